@@ -1,0 +1,263 @@
+//! Storage for Mission Control.
+//!
+//! Every query lives behind [`Store`]; rows never leak above this crate (each backend
+//! converts to `mc-domain` types at the boundary). Each trait method is one unit of
+//! work: it owns its transaction, so a method either happens completely or not at all.
+//!
+//! Errors: [`StoreError`] is this layer's one error type. Constraint violations are
+//! mapped to [`Constraint`] by the backend, in one place, so the HTTP edge can answer
+//! 409 by constraint rather than by matching driver messages.
+
+mod sqlite;
+
+use async_trait::async_trait;
+use mc_domain::activity::{ActivityEvent, NewActivity};
+use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
+use mc_domain::board::Board;
+use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
+use mc_domain::gateway::Gateway;
+use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId};
+use mc_domain::page::{Page, PageRequest};
+use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
+
+pub use sqlite::SqliteStore;
+
+/// A uniqueness or reference rule the database enforces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Constraint {
+    /// Agent names are unique per board (case-insensitively).
+    AgentNameOnBoard,
+    /// Board slugs are unique per organisation.
+    BoardSlug,
+    /// A gateway still has boards.
+    GatewayHasBoards,
+    /// A token digest collided (practically impossible with 256-bit tokens).
+    TokenDigest,
+}
+
+/// What can go wrong in storage.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A rule the database enforces was violated.
+    #[error("constraint violated: {0:?}")]
+    Conflict(Constraint),
+    /// An enrollment token could not be spent.
+    #[error("enrollment refused: {}", .0.message())]
+    EnrollmentRefused(EnrollmentRefusal),
+    /// The database cannot be reached or answered with an error.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// The database rejected a query (a bug, not a client error).
+    #[error("database error: {0}")]
+    Internal(String),
+    /// Stored data that the domain rejects (a bug or a hand-edited database).
+    #[error("corrupt row in {table}: {reason}")]
+    Corrupt {
+        /// The table read.
+        table: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The database URL or file is unusable.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Result alias for this crate.
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Filters for the agent list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AgentFilter {
+    /// Only agents of this board.
+    pub board_id: Option<BoardId>,
+    /// Only agents on this gateway.
+    pub gateway_id: Option<GatewayId>,
+}
+
+/// Filters for the activity list.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ActivityFilter {
+    /// Only events about this agent.
+    pub agent_id: Option<AgentId>,
+    /// Only events of this board.
+    pub board_id: Option<BoardId>,
+}
+
+/// An agent's liveness fields, written behind the heartbeat hot path in batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LivenessWrite {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its last heartbeat.
+    pub last_seen_at: Option<Timestamp>,
+    /// Its last reported health.
+    pub reported_health: Option<ReportedHealth>,
+    /// The status last published as a transition.
+    pub published_status: AgentStatus,
+    /// Whether it has used its own token.
+    pub own_token_used: bool,
+    /// Its `updated_at`.
+    pub updated_at: Timestamp,
+}
+
+/// An agent together with its token digest, as loaded into the in-memory index.
+#[derive(Debug, Clone)]
+pub struct StoredAgent {
+    /// The agent.
+    pub agent: Agent,
+    /// Its token digest, if a token was minted.
+    pub token_digest: Option<TokenDigest>,
+}
+
+/// The spending of one enrollment-token use, done in the same transaction as a create.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EnrollmentSpend {
+    /// The token spent.
+    pub token_id: EnrollmentTokenId,
+    /// The time of spending (for the expiry check).
+    pub now: Timestamp,
+}
+
+/// Everything Mission Control persists.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Checks that the database answers.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// The default organisation, created (with `admin` as owner) on first call.
+    async fn ensure_default_organization(&self, now: Timestamp) -> StoreResult<OrganizationId>;
+
+    /// Inserts a gateway.
+    async fn insert_gateway(&self, gateway: &Gateway) -> StoreResult<()>;
+    /// A gateway by id.
+    async fn gateway(&self, id: GatewayId) -> StoreResult<Option<Gateway>>;
+    /// Gateways of an organisation, newest first.
+    async fn list_gateways(
+        &self,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Gateway>>;
+    /// Replaces a gateway's mutable fields.
+    async fn update_gateway(&self, gateway: &Gateway) -> StoreResult<()>;
+    /// Deletes a gateway and its main agents; `Conflict(GatewayHasBoards)` while boards
+    /// use it. Returns the deleted agents' ids, or `None` when the gateway did not exist.
+    async fn delete_gateway(
+        &self,
+        id: GatewayId,
+        events: &[NewActivity],
+    ) -> StoreResult<Option<Vec<AgentId>>>;
+
+    /// Inserts a board.
+    async fn insert_board(&self, board: &Board) -> StoreResult<()>;
+    /// A board by id.
+    async fn board(&self, id: BoardId) -> StoreResult<Option<Board>>;
+    /// Boards of an organisation ordered by name, optionally of one gateway.
+    async fn list_boards(
+        &self,
+        org: OrganizationId,
+        gateway_id: Option<GatewayId>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Board>>;
+    /// Replaces a board's mutable fields.
+    async fn update_board(&self, board: &Board) -> StoreResult<()>;
+    /// Deletes a board with its agents and enrollment tokens, recording `events`.
+    /// Returns the deleted agents' ids, or `None` when the board did not exist.
+    async fn delete_board(
+        &self,
+        id: BoardId,
+        events: &[NewActivity],
+    ) -> StoreResult<Option<Vec<AgentId>>>;
+
+    /// Inserts an agent with its token digest and creation event; when `spend` is given,
+    /// spends one use of that enrollment token in the same transaction.
+    async fn insert_agent(
+        &self,
+        agent: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+    ) -> StoreResult<()>;
+    /// An agent by id.
+    async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>>;
+    /// Agents matching `filter`, newest first.
+    async fn list_agents(&self, filter: AgentFilter, page: PageRequest)
+    -> StoreResult<Page<Agent>>;
+    /// Agents whose case-insensitive name key is `name_key`, on `board_id` when given.
+    async fn agents_named(
+        &self,
+        name_key: &str,
+        board_id: Option<BoardId>,
+    ) -> StoreResult<Vec<Agent>>;
+    /// Every agent with its token digest (to build the in-memory index at start).
+    async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>>;
+    /// Replaces an agent's settings (not its liveness fields) and records `event`.
+    async fn update_agent(&self, agent: &Agent, event: &NewActivity) -> StoreResult<()>;
+    /// Replaces an agent's token digest (the old token stops working) and records `event`.
+    async fn set_agent_token(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+    ) -> StoreResult<bool>;
+    /// Deletes an agent and records `event`; false when it did not exist.
+    async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
+
+    /// Writes a batch of liveness fields and events in one transaction; returns the events
+    /// as recorded (with their ids), in order.
+    async fn apply_liveness(
+        &self,
+        writes: &[LivenessWrite],
+        events: &[NewActivity],
+    ) -> StoreResult<Vec<ActivityEvent>>;
+
+    /// Inserts an enrollment token.
+    async fn insert_enrollment_token(
+        &self,
+        token: &EnrollmentToken,
+        digest: TokenDigest,
+    ) -> StoreResult<()>;
+    /// An enrollment token by its digest.
+    async fn enrollment_token_by_digest(
+        &self,
+        digest: TokenDigest,
+    ) -> StoreResult<Option<EnrollmentToken>>;
+    /// A board's enrollment tokens, newest first.
+    async fn list_enrollment_tokens(
+        &self,
+        board_id: BoardId,
+        page: PageRequest,
+    ) -> StoreResult<Page<EnrollmentToken>>;
+    /// Revokes a board's enrollment token; `None` when there is no such token on the board.
+    async fn revoke_enrollment_token(
+        &self,
+        board_id: BoardId,
+        id: EnrollmentTokenId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EnrollmentToken>>;
+
+    /// Activity events matching `filter`, newest first.
+    async fn list_activity(
+        &self,
+        filter: ActivityFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<ActivityEvent>>;
+}
+
+/// Opens the store a database URL names, creating the SQLite file when allowed.
+/// Any scheme other than `sqlite:` is an error naming the accepted ones.
+pub async fn open(database_url: &str, create_if_missing: bool) -> StoreResult<SqliteStore> {
+    if database_url.starts_with("sqlite:") {
+        return SqliteStore::open(database_url, create_if_missing).await;
+    }
+    let scheme = database_url.split(':').next().unwrap_or_default();
+    if matches!(scheme, "postgres" | "postgresql") {
+        return Err(StoreError::Config(
+            "PostgreSQL is not supported by this build yet; use a sqlite: URL".into(),
+        ));
+    }
+    Err(StoreError::Config(format!(
+        "unsupported database URL scheme {scheme:?}: expected sqlite:PATH"
+    )))
+}

@@ -1,0 +1,856 @@
+//! The SQLite backend: the embedded default.
+//!
+//! Configured on purpose: WAL journal, `synchronous=NORMAL`, `foreign_keys=ON`, a busy
+//! timeout, one writer connection (SQLite allows one writer at a time; a single pooled
+//! connection turns lock contention into an orderly queue) and a small reader pool.
+
+mod rows;
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use mc_domain::activity::{ActivityEvent, NewActivity};
+use mc_domain::agent::Agent;
+use mc_domain::board::Board;
+use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
+use mc_domain::gateway::Gateway;
+use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, UserId};
+use mc_domain::page::{Page, PageRequest};
+use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row as _, Sqlite, SqlitePool, Transaction};
+
+use self::rows::{
+    AGENT_COLUMNS, BOARD_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row,
+    agent_from_row, board_from_row, enrollment_from_row, gateway_from_row,
+};
+use crate::{
+    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, Store, StoreError,
+    StoreResult, StoredAgent,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// Mission Control's store on an SQLite file.
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn map_err(error: sqlx::Error) -> StoreError {
+    match &error {
+        sqlx::Error::Database(db) if db.is_unique_violation() => {
+            let message = db.message();
+            let constraint = if message.contains("agents.name_key") {
+                Constraint::AgentNameOnBoard
+            } else if message.contains("boards.slug") {
+                Constraint::BoardSlug
+            } else if message.contains("token_digest") {
+                Constraint::TokenDigest
+            } else {
+                return StoreError::Internal(message.to_owned());
+            };
+            StoreError::Conflict(constraint)
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => StoreError::Unavailable(error.to_string()),
+        _ => StoreError::Internal(error.to_string()),
+    }
+}
+
+fn ms(ts: Timestamp) -> i64 {
+    ts.as_millis()
+}
+
+fn page_bounds(page: PageRequest) -> (i64, i64) {
+    (
+        i64::from(page.limit),
+        i64::try_from(page.offset).unwrap_or(i64::MAX),
+    )
+}
+
+fn count(total: i64) -> u64 {
+    u64::try_from(total).unwrap_or(0)
+}
+
+impl SqliteStore {
+    /// Opens (and migrates) the database at `url` (`sqlite:PATH` or `sqlite://PATH`).
+    /// Without `create_if_missing`, a missing file is an error, never a new empty database.
+    pub async fn open(url: &str, create_if_missing: bool) -> StoreResult<Self> {
+        let base = SqliteConnectOptions::from_str(url)
+            .map_err(|e| StoreError::Config(format!("invalid SQLite URL {url:?}: {e}")))?
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        let filename = base.get_filename().to_owned();
+        if !create_if_missing && !filename.exists() {
+            return Err(StoreError::Config(format!(
+                "SQLite database {} does not exist (check the database URL)",
+                filename.display()
+            )));
+        }
+        if let Some(parent) = filename.parent().filter(|p| !p.as_os_str().is_empty())
+            && !parent.is_dir()
+        {
+            return Err(StoreError::Config(format!(
+                "directory {} for the SQLite database does not exist",
+                parent.display()
+            )));
+        }
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.clone().create_if_missing(create_if_missing))
+            .await
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
+        let store_migrations = MIGRATOR.run(&writer).await;
+        store_migrations.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(base.read_only(true))
+            .await
+            .map_err(map_err)?;
+        Ok(Self { writer, reader })
+    }
+
+    /// Runs the migrations only (the `migrate` command); `open` already does this.
+    pub async fn migrate(url: &str) -> StoreResult<()> {
+        Self::open(url, true).await.map(|_| ())
+    }
+
+    async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
+        self.writer.begin().await.map_err(map_err)
+    }
+}
+
+async fn insert_activity(
+    tx: &mut Transaction<'_, Sqlite>,
+    event: &NewActivity,
+) -> StoreResult<ActivityEvent> {
+    let data = event.data.as_ref().map(ToString::to_string);
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO activity_events (event_type, message, agent_id, board_id, data, created_at)
+         VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+    )
+    .bind(event.event_type.as_str())
+    .bind(&event.message)
+    .bind(event.agent_id.map(|id| id.to_string()))
+    .bind(event.board_id.map(|id| id.to_string()))
+    .bind(data)
+    .bind(ms(event.created_at))
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(ActivityEvent {
+        id,
+        event_type: event.event_type.as_str().to_owned(),
+        message: event.message.clone(),
+        agent_id: event.agent_id,
+        board_id: event.board_id,
+        data: event.data.clone(),
+        created_at: event.created_at,
+    })
+}
+
+async fn insert_activities(
+    tx: &mut Transaction<'_, Sqlite>,
+    events: &[NewActivity],
+) -> StoreResult<Vec<ActivityEvent>> {
+    let mut recorded = Vec::with_capacity(events.len());
+    for event in events {
+        recorded.push(insert_activity(tx, event).await?);
+    }
+    Ok(recorded)
+}
+
+async fn delete_agents_returning(
+    tx: &mut Transaction<'_, Sqlite>,
+    sql: &str,
+    key: String,
+) -> StoreResult<Vec<AgentId>> {
+    let ids: Vec<String> = sqlx::query_scalar(sql)
+        .bind(key)
+        .fetch_all(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    ids.iter()
+        .map(|id| {
+            AgentId::from_str(id).map_err(|e| StoreError::Corrupt {
+                table: "agents",
+                reason: e.to_string(),
+            })
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> StoreResult<()> {
+        sqlx::query("SELECT 1")
+            .execute(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn ensure_default_organization(&self, now: Timestamp) -> StoreResult<OrganizationId> {
+        let mut tx = self.begin().await?;
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT id FROM organizations WHERE is_default = 1")
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if let Some(id) = existing {
+            tx.commit().await.map_err(map_err)?;
+            return rows::parse_id(&id, "organizations");
+        }
+        let org = OrganizationId::new();
+        let user = UserId::new();
+        sqlx::query(
+            "INSERT INTO organizations (id, name, is_default, created_at, updated_at)
+             VALUES (?, 'Default', 1, ?, ?)",
+        )
+        .bind(org.to_string())
+        .bind(ms(now))
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO users (id, external_id, name, email, created_at)
+             VALUES (?, 'local-admin', 'Administrator', NULL, ?)
+             ON CONFLICT (external_id) DO NOTHING",
+        )
+        .bind(user.to_string())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO organization_members
+               (organization_id, user_id, role, all_boards_read, all_boards_write, created_at)
+             SELECT ?, id, 'owner', 1, 1, ? FROM users WHERE external_id = 'local-admin'",
+        )
+        .bind(org.to_string())
+        .bind(ms(now))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(org)
+    }
+
+    async fn insert_gateway(&self, g: &Gateway) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO gateways ({GATEWAY_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(g.id.to_string())
+        .bind(g.organization_id.to_string())
+        .bind(&g.name)
+        .bind(g.url.stored())
+        .bind(g.token.as_ref().map(|t| t.expose().to_owned()))
+        .bind(&g.workspace_root)
+        .bind(g.allow_insecure_tls)
+        .bind(g.disable_device_pairing)
+        .bind(ms(g.created_at))
+        .bind(ms(g.updated_at))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn gateway(&self, id: GatewayId) -> StoreResult<Option<Gateway>> {
+        let row = sqlx::query(&format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(gateway_from_row).transpose()
+    }
+
+    async fn list_gateways(
+        &self,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Gateway>> {
+        let (limit, offset) = page_bounds(page);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM gateways WHERE organization_id = ?")
+                .bind(org.to_string())
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE organization_id = ?
+             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(org.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(Page {
+            items: rows
+                .iter()
+                .map(gateway_from_row)
+                .collect::<Result<_, _>>()?,
+            total: count(total),
+        })
+    }
+
+    async fn update_gateway(&self, g: &Gateway) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE gateways SET name = ?, url = ?, token = ?, workspace_root = ?,
+               allow_insecure_tls = ?, disable_device_pairing = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&g.name)
+        .bind(g.url.stored())
+        .bind(g.token.as_ref().map(|t| t.expose().to_owned()))
+        .bind(&g.workspace_root)
+        .bind(g.allow_insecure_tls)
+        .bind(g.disable_device_pairing)
+        .bind(ms(g.updated_at))
+        .bind(g.id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_gateway(
+        &self,
+        id: GatewayId,
+        events: &[NewActivity],
+    ) -> StoreResult<Option<Vec<AgentId>>> {
+        let mut tx = self.begin().await?;
+        let boards: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM boards WHERE gateway_id = ?")
+            .bind(id.to_string())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if boards > 0 {
+            return Err(StoreError::Conflict(Constraint::GatewayHasBoards));
+        }
+        let agents = delete_agents_returning(
+            &mut tx,
+            "DELETE FROM agents WHERE gateway_id = ? RETURNING id",
+            id.to_string(),
+        )
+        .await?;
+        let deleted = sqlx::query("DELETE FROM gateways WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        insert_activities(&mut tx, events).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(agents))
+    }
+
+    async fn insert_board(&self, b: &Board) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO boards ({BOARD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(b.id.to_string())
+        .bind(b.organization_id.to_string())
+        .bind(&b.name)
+        .bind(b.slug.as_str())
+        .bind(&b.description)
+        .bind(b.gateway_id.to_string())
+        .bind(b.rules.require_approval_for_done)
+        .bind(b.rules.require_review_before_done)
+        .bind(b.rules.comment_required_for_review)
+        .bind(b.rules.block_status_changes_with_pending_approval)
+        .bind(b.rules.only_lead_can_change_status)
+        .bind(i64::from(b.rules.max_agents))
+        .bind(ms(b.created_at))
+        .bind(ms(b.updated_at))
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn board(&self, id: BoardId) -> StoreResult<Option<Board>> {
+        let row = sqlx::query(&format!("SELECT {BOARD_COLUMNS} FROM boards WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(board_from_row).transpose()
+    }
+
+    async fn list_boards(
+        &self,
+        org: OrganizationId,
+        gateway_id: Option<GatewayId>,
+        page: PageRequest,
+    ) -> StoreResult<Page<Board>> {
+        let (limit, offset) = page_bounds(page);
+        let gateway = gateway_id.map(|g| g.to_string());
+        let total: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM boards WHERE organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)",
+        )
+        .bind(org.to_string())
+        .bind(&gateway)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {BOARD_COLUMNS} FROM boards
+             WHERE organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)
+             ORDER BY lower(name) ASC, created_at DESC LIMIT ?3 OFFSET ?4"
+        ))
+        .bind(org.to_string())
+        .bind(&gateway)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(Page {
+            items: rows.iter().map(board_from_row).collect::<Result<_, _>>()?,
+            total: count(total),
+        })
+    }
+
+    async fn update_board(&self, b: &Board) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE boards SET name = ?, slug = ?, description = ?, gateway_id = ?,
+               require_approval_for_done = ?, require_review_before_done = ?,
+               comment_required_for_review = ?, block_status_changes_with_pending_approval = ?,
+               only_lead_can_change_status = ?, max_agents = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(&b.name)
+        .bind(b.slug.as_str())
+        .bind(&b.description)
+        .bind(b.gateway_id.to_string())
+        .bind(b.rules.require_approval_for_done)
+        .bind(b.rules.require_review_before_done)
+        .bind(b.rules.comment_required_for_review)
+        .bind(b.rules.block_status_changes_with_pending_approval)
+        .bind(b.rules.only_lead_can_change_status)
+        .bind(i64::from(b.rules.max_agents))
+        .bind(ms(b.updated_at))
+        .bind(b.id.to_string())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn delete_board(
+        &self,
+        id: BoardId,
+        events: &[NewActivity],
+    ) -> StoreResult<Option<Vec<AgentId>>> {
+        let mut tx = self.begin().await?;
+        let agents = delete_agents_returning(
+            &mut tx,
+            "DELETE FROM agents WHERE board_id = ? RETURNING id",
+            id.to_string(),
+        )
+        .await?;
+        let deleted = sqlx::query("DELETE FROM boards WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(None);
+        }
+        insert_activities(&mut tx, events).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(agents))
+    }
+
+    async fn insert_agent(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        if let Some(spend) = spend {
+            spend_enrollment_use(&mut tx, spend).await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO agents ({AGENT_COLUMNS}, token_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(a.id.to_string())
+        .bind(a.board_id.map(|b| b.to_string()))
+        .bind(a.gateway_id.to_string())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(a.is_mc_agent)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(rows::profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(a.last_seen_at.map(ms))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.enrolled_via.map(|id| id.to_string()))
+        .bind(a.own_token_used)
+        .bind(ms(a.created_at))
+        .bind(ms(a.updated_at))
+        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
+        let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?"))
+            .bind(id.to_string())
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(agent_from_row).transpose()
+    }
+
+    async fn list_agents(
+        &self,
+        filter: AgentFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<Agent>> {
+        let (limit, offset) = page_bounds(page);
+        let board = filter.board_id.map(|b| b.to_string());
+        let gateway = filter.gateway_id.map(|g| g.to_string());
+        const WHERE: &str = "(?1 IS NULL OR board_id = ?1) AND (?2 IS NULL OR gateway_id = ?2)";
+        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM agents WHERE {WHERE}"))
+            .bind(&board)
+            .bind(&gateway)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE {WHERE}
+             ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
+        ))
+        .bind(&board)
+        .bind(&gateway)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(Page {
+            items: rows.iter().map(agent_from_row).collect::<Result<_, _>>()?,
+            total: count(total),
+        })
+    }
+
+    async fn agents_named(
+        &self,
+        name_key: &str,
+        board_id: Option<BoardId>,
+    ) -> StoreResult<Vec<Agent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM agents
+             WHERE name_key = ?1 AND (?2 IS NULL OR board_id = ?2)
+             ORDER BY created_at LIMIT 50"
+        ))
+        .bind(name_key)
+        .bind(board_id.map(|b| b.to_string()))
+        .fetch_all(&self.writer)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS}, token_digest FROM agents"))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| {
+                let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
+                Ok(StoredAgent {
+                    agent: agent_from_row(row)?,
+                    token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+                })
+            })
+            .collect()
+    }
+
+    async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE agents SET board_id = ?, gateway_id = ?, name = ?, name_key = ?,
+               is_board_lead = ?, gateway_agent_id = ?, workspace_path = ?,
+               openclaw_session_id = ?, heartbeat_interval_seconds = ?,
+               heartbeat_missing_tolerance = ?, identity_profile = ?, identity_template = ?,
+               soul_template = ?, last_provision_error = ?, updated_at = ?
+             WHERE id = ?",
+        )
+        .bind(a.board_id.map(|b| b.to_string()))
+        .bind(a.gateway_id.to_string())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(rows::profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(ms(a.updated_at))
+        .bind(a.id.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn set_agent_token(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+    ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let changed =
+            sqlx::query("UPDATE agents SET token_digest = ?, own_token_used = 0 WHERE id = ?")
+                .bind(token_digest.as_bytes().to_vec())
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+        if changed == 0 {
+            return Ok(false);
+        }
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let deleted = sqlx::query("DELETE FROM agents WHERE id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
+        if deleted == 0 {
+            return Ok(false);
+        }
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(true)
+    }
+
+    async fn apply_liveness(
+        &self,
+        writes: &[LivenessWrite],
+        events: &[NewActivity],
+    ) -> StoreResult<Vec<ActivityEvent>> {
+        let mut tx = self.begin().await?;
+        for w in writes {
+            sqlx::query(
+                "UPDATE agents SET last_seen_at = ?, reported_health = ?, published_status = ?,
+                   own_token_used = ?, updated_at = max(updated_at, ?)
+                 WHERE id = ?",
+            )
+            .bind(w.last_seen_at.map(ms))
+            .bind(w.reported_health.map(|h| h.as_str()))
+            .bind(w.published_status.as_str())
+            .bind(w.own_token_used)
+            .bind(ms(w.updated_at))
+            .bind(w.agent_id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        let recorded = insert_activities(&mut tx, events).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(recorded)
+    }
+
+    async fn insert_enrollment_token(
+        &self,
+        t: &EnrollmentToken,
+        digest: TokenDigest,
+    ) -> StoreResult<()> {
+        sqlx::query(&format!(
+            "INSERT INTO enrollment_tokens ({ENROLLMENT_COLUMNS}, token_digest)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(t.id.to_string())
+        .bind(t.board_id.to_string())
+        .bind(ms(t.expires_at))
+        .bind(t.max_uses.map(i64::from))
+        .bind(i64::from(t.uses))
+        .bind(t.revoked_at.map(ms))
+        .bind(ms(t.created_at))
+        .bind(digest.as_bytes().to_vec())
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn enrollment_token_by_digest(
+        &self,
+        digest: TokenDigest,
+    ) -> StoreResult<Option<EnrollmentToken>> {
+        let row = sqlx::query(&format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE token_digest = ?"
+        ))
+        .bind(digest.as_bytes().to_vec())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(enrollment_from_row).transpose()
+    }
+
+    async fn list_enrollment_tokens(
+        &self,
+        board_id: BoardId,
+        page: PageRequest,
+    ) -> StoreResult<Page<EnrollmentToken>> {
+        let (limit, offset) = page_bounds(page);
+        let total: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM enrollment_tokens WHERE board_id = ?")
+                .bind(board_id.to_string())
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE board_id = ?
+             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
+        ))
+        .bind(board_id.to_string())
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(Page {
+            items: rows
+                .iter()
+                .map(enrollment_from_row)
+                .collect::<Result<_, _>>()?,
+            total: count(total),
+        })
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        board_id: BoardId,
+        id: EnrollmentTokenId,
+        now: Timestamp,
+    ) -> StoreResult<Option<EnrollmentToken>> {
+        let row = sqlx::query(&format!(
+            "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, ?)
+             WHERE id = ? AND board_id = ? RETURNING {ENROLLMENT_COLUMNS}"
+        ))
+        .bind(ms(now))
+        .bind(id.to_string())
+        .bind(board_id.to_string())
+        .fetch_optional(&self.writer)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(enrollment_from_row).transpose()
+    }
+
+    async fn list_activity(
+        &self,
+        filter: ActivityFilter,
+        page: PageRequest,
+    ) -> StoreResult<Page<ActivityEvent>> {
+        let (limit, offset) = page_bounds(page);
+        let agent = filter.agent_id.map(|a| a.to_string());
+        let board = filter.board_id.map(|b| b.to_string());
+        const WHERE: &str = "(?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR board_id = ?2)";
+        let total: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM activity_events WHERE {WHERE}"
+        ))
+        .bind(&agent)
+        .bind(&board)
+        .fetch_one(&self.reader)
+        .await
+        .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT id, event_type, message, agent_id, board_id, data, created_at
+             FROM activity_events WHERE {WHERE} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
+        ))
+        .bind(&agent)
+        .bind(&board)
+        .bind(limit)
+        .bind(offset)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        Ok(Page {
+            items: rows
+                .iter()
+                .map(activity_from_row)
+                .collect::<Result<_, _>>()?,
+            total: count(total),
+        })
+    }
+}
+
+/// Spends one use of an enrollment token, or refuses with the reason.
+async fn spend_enrollment_use(
+    tx: &mut Transaction<'_, Sqlite>,
+    spend: EnrollmentSpend,
+) -> StoreResult<()> {
+    let row = sqlx::query(&format!(
+        "SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE id = ?"
+    ))
+    .bind(spend.token_id.to_string())
+    .fetch_optional(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    let Some(token) = row.as_ref().map(enrollment_from_row).transpose()? else {
+        return Err(StoreError::EnrollmentRefused(EnrollmentRefusal::Revoked));
+    };
+    token
+        .check_usable(spend.now)
+        .map_err(StoreError::EnrollmentRefused)?;
+    sqlx::query("UPDATE enrollment_tokens SET uses = uses + 1 WHERE id = ?")
+        .bind(spend.token_id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(())
+}
