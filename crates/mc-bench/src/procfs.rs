@@ -1,0 +1,142 @@
+//! Readers for `/proc`: resident memory and CPU time of a process, machine facts.
+
+use std::path::Path;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Memory figures of a process from `/proc/<pid>/status`, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Current resident set size (`VmRSS`).
+    pub rss_kib: u64,
+    /// Peak resident set size (`VmHWM`).
+    pub hwm_kib: u64,
+}
+
+/// Reads `VmRSS` and `VmHWM` of `pid`; `None` when the process is gone.
+pub fn memory(pid: u32) -> Option<Memory> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+    };
+    Some(Memory {
+        rss_kib: field("VmRSS:")?,
+        hwm_kib: field("VmHWM:").unwrap_or(0),
+    })
+}
+
+/// User + system CPU time consumed so far by `pid` (`"self"` for this process).
+pub fn cpu_time(pid: &str) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // `rest` starts at field 3 (state); utime is field 14 and stime field 15.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let ticks = utime + stime;
+    let hz = clock_ticks_per_second();
+    Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
+}
+
+/// `getconf CLK_TCK`, 100 when unavailable.
+fn clock_ticks_per_second() -> u64 {
+    static HZ: OnceLock<u64> = OnceLock::new();
+    *HZ.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// Sum of the sizes of all regular files under `dir` (the SQLite files of the server).
+pub fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map(|m| m.len()).unwrap_or(0),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// Facts about the machine the benchmark ran on.
+#[derive(Debug, Clone)]
+pub struct MachineFacts {
+    /// Logical CPUs available (what `nproc` prints).
+    pub nproc: usize,
+    /// `model name` from `/proc/cpuinfo`.
+    pub cpu_model: String,
+    /// `MemTotal` from `/proc/meminfo`, in GiB.
+    pub mem_total_gib: f64,
+    /// Kernel release (`/proc/sys/kernel/osrelease`).
+    pub kernel: String,
+    /// `git rev-parse --short HEAD`, with `+dirty` when the work tree has changes.
+    pub git_commit: String,
+    /// UTC date and time of the run.
+    pub date: String,
+}
+
+impl MachineFacts {
+    /// Collects the facts; every missing one reads `unknown`.
+    pub fn collect() -> Self {
+        let nproc = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu_model = cpuinfo
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k.trim() == "model name").then(|| v.trim().to_owned())
+            })
+            .unwrap_or_else(|| "unknown".to_owned());
+        let mem_total_gib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("MemTotal:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            })
+            .map(|kib| kib / (1024.0 * 1024.0))
+            .unwrap_or(0.0);
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".to_owned());
+        let git = |args: &[&str]| -> Option<String> {
+            let out = Command::new("git").args(args).output().ok()?;
+            out.status
+                .success()
+                .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+        };
+        let git_commit = match git(&["rev-parse", "--short", "HEAD"]) {
+            Some(c) if !c.is_empty() => {
+                let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
+                    .is_some_and(|s| !s.is_empty());
+                if dirty { format!("{c}+dirty") } else { c }
+            }
+            _ => "unknown (no commit)".to_owned(),
+        };
+        Self {
+            nproc,
+            cpu_model,
+            mem_total_gib,
+            kernel,
+            git_commit,
+            date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        }
+    }
+}

@@ -1,0 +1,27 @@
+//! The HTTP surface: `/api/v1` by resource, health checks and the OpenAPI document.
+//! [`router`] is pure: state in, `Router` out.
+
+pub mod health;
+pub mod openapi;
+pub mod v1;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+/// The whole application's routes.
+pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(openapi::openapi_json))
+        .nest("/api/v1", v1::router())
+        .fallback(|| async { ApiError::NotFound("Not Found") })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(axum::middleware::from_fn(crate::middleware::around_request))
+        .with_state(state)
+}

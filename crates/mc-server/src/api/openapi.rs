@@ -1,0 +1,100 @@
+//! The OpenAPI 3.1 document at `/openapi.json`. Agents discover their operations by the
+//! role tags `agent-main`, `agent-lead` and `agent-worker`; those operations also carry
+//! `x-llm-intent` and `x-when-to-use` hints.
+
+use std::sync::OnceLock;
+
+use axum::Json;
+use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+
+use super::v1::{activity, agents, boards, enrollment_tokens, gateways, heartbeats};
+use super::{health, v1};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Mission Control", description = "Control plane for fleets of OpenClaw agents."),
+    paths(
+        health::healthz, health::readyz,
+        gateways::create_gateway, gateways::list_gateways, gateways::get_gateway,
+        gateways::update_gateway, gateways::delete_gateway,
+        boards::create_board, boards::list_boards, boards::get_board, boards::update_board,
+        boards::delete_board,
+        enrollment_tokens::create_enrollment_token, enrollment_tokens::list_enrollment_tokens,
+        enrollment_tokens::revoke_enrollment_token,
+        agents::create_agent, agents::list_agents, agents::get_agent, agents::update_agent,
+        agents::delete_agent, agents::rotate_agent_token,
+        heartbeats::heartbeat_by_name, heartbeats::heartbeat_agent, heartbeats::heartbeat_own,
+        activity::list_activity,
+    ),
+    components(schemas(v1::OkResponse)),
+    modifiers(&Security),
+    security(("admin_token" = []), ("agent_token" = [])),
+)]
+struct ApiDoc;
+
+struct Security;
+
+impl utoipa::Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components.add_security_scheme(
+            "agent_token",
+            SecurityScheme::ApiKey(ApiKey::Header(ApiKeyValue::new("X-Agent-Token"))),
+        );
+    }
+}
+
+/// Hints for agents, by operation path.
+const AGENT_HINTS: [(&str, &str, &str); 4] = [
+    (
+        "/api/v1/agent/heartbeat",
+        "Tell Mission Control this agent is alive.",
+        "Every heartbeat_config.interval_seconds, and with status degraded while impaired.",
+    ),
+    (
+        "/api/v1/agents/heartbeat",
+        "Heartbeat by name; the first one with an enrollment token creates the agent.",
+        "Once, at first start with an enrollment token; keep the X-Agent-Token answer header.",
+    ),
+    (
+        "/api/v1/agents/{agent_id}/heartbeat",
+        "Heartbeat of this agent by its id.",
+        "When the agent knows its id; same effect as /api/v1/agent/heartbeat.",
+    ),
+    (
+        "/api/v1/activity",
+        "Read this agent's activity log.",
+        "To check which liveness transitions Mission Control recorded.",
+    ),
+];
+
+fn build() -> Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_else(|_| json!({}));
+    doc["openapi"] = json!("3.1.0");
+    for (path, intent, when) in AGENT_HINTS {
+        if let Some(Value::Object(methods)) = doc["paths"].get_mut(path) {
+            for operation in methods.values_mut() {
+                operation["x-llm-intent"] = json!(intent);
+                operation["x-when-to-use"] = json!(when);
+            }
+        }
+    }
+    doc
+}
+
+/// The document (built once).
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(build)
+}
+
+/// Serves the OpenAPI document.
+pub async fn openapi_json() -> Json<Value> {
+    Json(document().clone())
+}

@@ -1,0 +1,377 @@
+//! `/api/v1/agents`: the agent directory (admin).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use mc_domain::agent::{
+    Agent, AgentName, AgentStatus, HeartbeatConfig, normalize_identity_profile, normalize_template,
+};
+use mc_domain::ids::{AgentId, BoardId, GatewayId};
+use mc_domain::time::Timestamp;
+use mc_domain::{FieldError, ValidationErrors};
+use mc_store::AgentFilter;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::boards::load_board;
+use super::{OkResponse, PageOf, present};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::liveness::LiveAgent;
+use crate::services::agents::{self as service, NewAgent, Origin};
+use crate::state::SharedState;
+
+/// Heartbeat settings as read.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+pub struct HeartbeatConfigRead {
+    /// Seconds between heartbeats.
+    pub interval_seconds: u32,
+    /// Seconds of silence after which the agent is offline.
+    pub missing_tolerance: u32,
+}
+
+/// An agent as every endpoint returns it; `status` is computed at read time.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AgentRead {
+    /// Identity.
+    pub id: Uuid,
+    /// The gateway it runs on.
+    pub gateway_id: Uuid,
+    /// Its board; null for a gateway's main agent.
+    pub board_id: Option<Uuid>,
+    /// Display name.
+    pub name: String,
+    /// `provisioning`, `healthy`, `degraded` or `offline`.
+    #[schema(value_type = String, example = "healthy")]
+    pub status: AgentStatus,
+    /// Its id on the gateway.
+    pub gateway_agent_id: Option<String>,
+    /// Its workspace on the gateway host.
+    pub workspace_path: Option<String>,
+    /// Created by Mission Control.
+    pub is_mc_agent: bool,
+    /// Leads its board.
+    pub is_board_lead: bool,
+    /// A gateway's main agent (no board).
+    pub is_gateway_main: bool,
+    /// Its main session key.
+    pub openclaw_session_id: Option<String>,
+    /// The last heartbeat.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_seen_at: Option<Timestamp>,
+    /// Creation time.
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: Timestamp,
+    /// Last change.
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: Timestamp,
+    /// Interval and tolerance.
+    pub heartbeat_config: HeartbeatConfigRead,
+    /// Identity attributes.
+    pub identity_profile: Option<BTreeMap<String, String>>,
+    /// IDENTITY.md override.
+    pub identity_template: Option<String>,
+    /// SOUL.md override.
+    pub soul_template: Option<String>,
+    /// Why provisioning last failed.
+    pub last_provision_error: Option<String>,
+}
+
+impl AgentRead {
+    /// The read model of `agent` with computed `status`.
+    pub fn new(agent: Agent, status: AgentStatus) -> Self {
+        Self {
+            id: agent.id.as_uuid(),
+            gateway_id: agent.gateway_id.as_uuid(),
+            board_id: agent.board_id.map(|b| b.as_uuid()),
+            is_gateway_main: agent.is_gateway_main(),
+            name: agent.name.as_str().to_owned(),
+            status,
+            gateway_agent_id: agent.gateway_agent_id,
+            workspace_path: agent.workspace_path,
+            is_mc_agent: agent.is_mc_agent,
+            is_board_lead: agent.is_board_lead,
+            openclaw_session_id: agent.openclaw_session_id,
+            last_seen_at: agent.last_seen_at,
+            created_at: agent.created_at,
+            updated_at: agent.updated_at,
+            heartbeat_config: HeartbeatConfigRead {
+                interval_seconds: agent.heartbeat_config.interval_seconds,
+                missing_tolerance: agent.heartbeat_config.missing_tolerance,
+            },
+            identity_profile: agent.identity_profile,
+            identity_template: agent.identity_template,
+            soul_template: agent.soul_template,
+            last_provision_error: agent.last_provision_error,
+        }
+    }
+
+    /// The read model of a live agent at `now`.
+    pub fn of(agent: &LiveAgent, now: Timestamp) -> Self {
+        let (agent, status) = agent.snapshot(now);
+        Self::new(agent, status)
+    }
+}
+
+/// Heartbeat settings as written; omitted parts take defaults.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+pub struct HeartbeatConfigWrite {
+    interval_seconds: Option<i64>,
+    missing_tolerance: Option<i64>,
+}
+
+impl HeartbeatConfigWrite {
+    fn parse(self) -> Result<HeartbeatConfig, ValidationErrors> {
+        HeartbeatConfig::parse(self.interval_seconds, self.missing_tolerance)
+    }
+}
+
+/// An agent to create.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AgentCreate {
+    name: String,
+    board_id: Option<Uuid>,
+    heartbeat_config: Option<HeartbeatConfigWrite>,
+    identity_profile: Option<Value>,
+    identity_template: Option<String>,
+    soul_template: Option<String>,
+    #[serde(default)]
+    is_board_lead: bool,
+}
+
+/// Changes to an agent; `status` is refused (heartbeats own it).
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AgentUpdate {
+    name: Option<String>,
+    board_id: Option<Uuid>,
+    heartbeat_config: Option<HeartbeatConfigWrite>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    identity_profile: Option<Option<Value>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    identity_template: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    soul_template: Option<Option<String>>,
+    is_board_lead: Option<bool>,
+    /// Not writable: present → 403.
+    #[schema(value_type = Option<String>)]
+    status: Option<Value>,
+}
+
+/// The live agent with this id, or 404.
+pub fn load_agent(state: &SharedState, id: AgentId) -> ApiResult<Arc<LiveAgent>> {
+    state
+        .registry
+        .get(id)
+        .ok_or(ApiError::NotFound("Agent not found"))
+}
+
+fn required_board(board_id: Option<Uuid>) -> ApiResult<BoardId> {
+    board_id.map(BoardId::from_uuid).ok_or_else(|| {
+        ApiError::field(FieldError::new(
+            ["body", "board_id"],
+            "board_id is required",
+            "missing",
+        ))
+    })
+}
+
+/// Creates an agent on a board.
+#[utoipa::path(post, path = "/api/v1/agents", tag = "agents", request_body = AgentCreate,
+    responses((status = 200, body = AgentRead), (status = 404), (status = 409), (status = 422)))]
+pub async fn create_agent(
+    _: Admin,
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<AgentCreate>,
+) -> ApiResult<Json<AgentRead>> {
+    let mut errors = ValidationErrors::default();
+    let name = errors.collect(AgentName::parse(&body.name, "name"));
+    let config = errors.collect(body.heartbeat_config.unwrap_or_default().parse());
+    let profile = match &body.identity_profile {
+        Some(value) => errors.collect(normalize_identity_profile(value)).flatten(),
+        None => None,
+    };
+    let board_id = required_board(body.board_id);
+    errors.into_result()?;
+    let board = load_board(&state, board_id?).await?;
+    let (Some(name), Some(heartbeat_config)) = (name, config) else {
+        return Err(ApiError::Internal("validation inconsistency".into()));
+    };
+    let new = NewAgent {
+        name,
+        heartbeat_config,
+        identity_profile: profile,
+        identity_template: normalize_template(body.identity_template),
+        soul_template: normalize_template(body.soul_template),
+        is_board_lead: body.is_board_lead,
+    };
+    let (agent, _token) = service::create_agent(&state, &board, new, Origin::Admin).await?;
+    Ok(Json(AgentRead::of(&agent, Timestamp::now())))
+}
+
+/// Lists agents, newest first.
+#[utoipa::path(get, path = "/api/v1/agents", tag = "agents",
+    params(("board_id" = Option<Uuid>, Query), ("gateway_id" = Option<Uuid>, Query),
+        ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = PageOf<AgentRead>), (status = 422)))]
+pub async fn list_agents(
+    _: Admin,
+    State(state): State<SharedState>,
+    query: QueryParams,
+) -> ApiResult<Json<PageOf<AgentRead>>> {
+    let request = query.page()?;
+    let filter = AgentFilter {
+        board_id: query.id::<BoardId>("board_id")?,
+        gateway_id: query.id::<GatewayId>("gateway_id")?,
+    };
+    let page = state.store.list_agents(filter, request).await?;
+    let now = Timestamp::now();
+    Ok(Json(PageOf::from_page(
+        page,
+        request,
+        |stored| match state.registry.get(stored.id) {
+            Some(live) => AgentRead::of(&live, now),
+            None => {
+                let status = mc_domain::liveness::LivenessFacts {
+                    last_seen_at: stored.last_seen_at,
+                    reported: stored.reported_health,
+                    missing_tolerance_seconds: stored.heartbeat_config.missing_tolerance,
+                    grace_until: None,
+                }
+                .status(now);
+                AgentRead::new(stored, status)
+            }
+        },
+    )))
+}
+
+/// Reads an agent.
+#[utoipa::path(get, path = "/api/v1/agents/{agent_id}", tag = "agents",
+    params(("agent_id" = Uuid, Path)), responses((status = 200, body = AgentRead), (status = 404)))]
+pub async fn get_agent(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<AgentRead>> {
+    let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
+    Ok(Json(AgentRead::of(&agent, Timestamp::now())))
+}
+
+/// Changes an agent's settings.
+#[utoipa::path(patch, path = "/api/v1/agents/{agent_id}", tag = "agents",
+    params(("agent_id" = Uuid, Path)), request_body = AgentUpdate,
+    responses((status = 200, body = AgentRead), (status = 403), (status = 404), (status = 409), (status = 422)))]
+pub async fn update_agent(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+    ApiJson(body): ApiJson<AgentUpdate>,
+) -> ApiResult<Json<AgentRead>> {
+    let live = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
+    if body.status.is_some() {
+        return Err(ApiError::Forbidden(
+            "status is controlled by agent heartbeats".into(),
+        ));
+    }
+    let mut agent = (*live.profile()).clone();
+    let mut changed = Vec::new();
+    let mut errors = ValidationErrors::default();
+    if let Some(name) = body
+        .name
+        .as_deref()
+        .and_then(|n| errors.collect(AgentName::parse(n, "name")))
+    {
+        agent.name = name;
+        changed.push("name");
+    }
+    if let Some(config) = body
+        .heartbeat_config
+        .and_then(|c| errors.collect(c.parse()))
+    {
+        agent.heartbeat_config = config;
+        changed.push("heartbeat_config");
+    }
+    if let Some(profile) = body.identity_profile {
+        let value = profile.unwrap_or(Value::Null);
+        if let Some(profile) = errors.collect(normalize_identity_profile(&value)) {
+            agent.identity_profile = profile;
+            changed.push("identity_profile");
+        }
+    }
+    errors.into_result()?;
+    if let Some(template) = body.identity_template {
+        agent.identity_template = normalize_template(template);
+        changed.push("identity_template");
+    }
+    if let Some(template) = body.soul_template {
+        agent.soul_template = normalize_template(template);
+        changed.push("soul_template");
+    }
+    if let Some(lead) = body.is_board_lead {
+        agent.is_board_lead = lead;
+        changed.push("is_board_lead");
+    }
+    if let Some(board_id) = body.board_id {
+        let board = state
+            .store
+            .board(BoardId::from_uuid(board_id))
+            .await?
+            .filter(|b| b.organization_id == state.organization_id)
+            .ok_or_else(|| {
+                ApiError::body_field("board_id", "board_id does not name an existing board")
+            })?;
+        agent.board_id = Some(board.id);
+        agent.gateway_id = board.gateway_id;
+        changed.push("board_id");
+    }
+    if changed.is_empty() {
+        return Ok(Json(AgentRead::of(&live, Timestamp::now())));
+    }
+    agent.updated_at = Timestamp::now();
+    service::update_agent(&state, &live, agent, &changed).await?;
+    Ok(Json(AgentRead::of(&live, Timestamp::now())))
+}
+
+/// Deletes an agent; its token stops working at once.
+#[utoipa::path(delete, path = "/api/v1/agents/{agent_id}", tag = "agents",
+    params(("agent_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404)))]
+pub async fn delete_agent(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<OkResponse>> {
+    let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
+    if !service::delete_agent(&state, &agent).await? {
+        return Err(ApiError::NotFound("Agent not found"));
+    }
+    Ok(Json(OkResponse::ok()))
+}
+
+/// A freshly minted agent token, shown once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRead {
+    /// The new token; the previous one no longer works.
+    pub token: String,
+}
+
+/// Mints a new token for an agent (for agents of unmanaged gateways, or after a leak).
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/token", tag = "agents",
+    params(("agent_id" = Uuid, Path)), responses((status = 200, body = TokenRead), (status = 404)))]
+pub async fn rotate_agent_token(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<Json<TokenRead>> {
+    let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
+    let token = service::rotate_token(&state, &agent).await?;
+    Ok(Json(TokenRead {
+        token: token.expose().to_owned(),
+    }))
+}

@@ -1,0 +1,286 @@
+//! `/api/v1/boards`: boards and their rule flags.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use mc_domain::ValidationErrors;
+use mc_domain::board::{Board, BoardRules, Slug, required_text};
+use mc_domain::ids::{BoardId, GatewayId};
+use mc_domain::time::Timestamp;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{OkResponse, PageOf};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::state::SharedState;
+
+/// A board as read.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BoardRead {
+    id: Uuid,
+    organization_id: Uuid,
+    name: String,
+    slug: String,
+    description: String,
+    gateway_id: Uuid,
+    require_approval_for_done: bool,
+    require_review_before_done: bool,
+    comment_required_for_review: bool,
+    block_status_changes_with_pending_approval: bool,
+    only_lead_can_change_status: bool,
+    max_agents: u32,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: Timestamp,
+}
+
+impl From<Board> for BoardRead {
+    fn from(b: Board) -> Self {
+        Self {
+            id: b.id.as_uuid(),
+            organization_id: b.organization_id.as_uuid(),
+            name: b.name,
+            slug: b.slug.as_str().to_owned(),
+            description: b.description,
+            gateway_id: b.gateway_id.as_uuid(),
+            require_approval_for_done: b.rules.require_approval_for_done,
+            require_review_before_done: b.rules.require_review_before_done,
+            comment_required_for_review: b.rules.comment_required_for_review,
+            block_status_changes_with_pending_approval: b
+                .rules
+                .block_status_changes_with_pending_approval,
+            only_lead_can_change_status: b.rules.only_lead_can_change_status,
+            max_agents: b.rules.max_agents,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+        }
+    }
+}
+
+/// A board to create, or changes to one (every field optional on PATCH).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct BoardWrite {
+    name: Option<String>,
+    slug: Option<String>,
+    description: Option<String>,
+    gateway_id: Option<Uuid>,
+    require_approval_for_done: Option<bool>,
+    require_review_before_done: Option<bool>,
+    comment_required_for_review: Option<bool>,
+    block_status_changes_with_pending_approval: Option<bool>,
+    only_lead_can_change_status: Option<bool>,
+    max_agents: Option<i64>,
+}
+
+/// Loads a board or answers 404.
+pub async fn load_board(state: &SharedState, id: BoardId) -> ApiResult<Board> {
+    state
+        .store
+        .board(id)
+        .await?
+        .filter(|b| b.organization_id == state.organization_id)
+        .ok_or(ApiError::NotFound("Board not found"))
+}
+
+/// Applies a write body to `board`; `creating` makes name, slug, description and
+/// gateway_id required.
+async fn apply(
+    state: &SharedState,
+    board: &mut Board,
+    body: BoardWrite,
+    creating: bool,
+) -> ApiResult<()> {
+    let mut errors = ValidationErrors::default();
+    let require = |field: &str, value: &Option<String>, errors: &mut ValidationErrors| {
+        if creating && value.is_none() {
+            errors.0.push(mc_domain::FieldError::new(
+                ["body", field],
+                format!("{field} is required"),
+                "missing",
+            ));
+        }
+    };
+    require("name", &body.name, &mut errors);
+    require("slug", &body.slug, &mut errors);
+    require("description", &body.description, &mut errors);
+    if let Some(name) = body
+        .name
+        .as_deref()
+        .and_then(|v| errors.collect(required_text(v, "name", 200)))
+    {
+        board.name = name;
+    }
+    if let Some(slug) = body
+        .slug
+        .as_deref()
+        .and_then(|v| errors.collect(Slug::parse(v)))
+    {
+        board.slug = slug;
+    }
+    if let Some(text) = body
+        .description
+        .as_deref()
+        .and_then(|v| errors.collect(required_text(v, "description", 10_000)))
+    {
+        board.description = text;
+    }
+    match body.max_agents {
+        Some(n) if !(0..=i64::from(u32::MAX)).contains(&n) => {
+            errors.0.push(mc_domain::FieldError::body(
+                "max_agents",
+                "max_agents must be 0 or more",
+            ));
+        }
+        Some(n) => board.rules.max_agents = u32::try_from(n).unwrap_or(u32::MAX),
+        None => {}
+    }
+    match body.gateway_id {
+        Some(id) => {
+            let exists = state
+                .store
+                .gateway(GatewayId::from_uuid(id))
+                .await?
+                .is_some_and(|g| g.organization_id == state.organization_id);
+            if exists {
+                board.gateway_id = GatewayId::from_uuid(id);
+            } else {
+                errors.0.push(mc_domain::FieldError::body(
+                    "gateway_id",
+                    "gateway_id does not name an existing gateway",
+                ));
+            }
+        }
+        None if creating => errors.0.push(mc_domain::FieldError::new(
+            ["body", "gateway_id"],
+            "gateway_id is required",
+            "missing",
+        )),
+        None => {}
+    }
+    errors.into_result()?;
+    let rules = &mut board.rules;
+    for (value, flag) in [
+        (
+            body.require_approval_for_done,
+            &mut rules.require_approval_for_done,
+        ),
+        (
+            body.require_review_before_done,
+            &mut rules.require_review_before_done,
+        ),
+        (
+            body.comment_required_for_review,
+            &mut rules.comment_required_for_review,
+        ),
+        (
+            body.block_status_changes_with_pending_approval,
+            &mut rules.block_status_changes_with_pending_approval,
+        ),
+        (
+            body.only_lead_can_change_status,
+            &mut rules.only_lead_can_change_status,
+        ),
+    ] {
+        if let Some(value) = value {
+            *flag = value;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a board.
+#[utoipa::path(post, path = "/api/v1/boards", tag = "boards", request_body = BoardWrite,
+    responses((status = 200, body = BoardRead), (status = 409), (status = 422)))]
+pub async fn create_board(
+    _: Admin,
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<BoardWrite>,
+) -> ApiResult<Json<BoardRead>> {
+    let now = Timestamp::now();
+    let mut board = Board {
+        id: BoardId::new(),
+        organization_id: state.organization_id,
+        name: String::new(),
+        slug: Slug::from_stored(String::new()),
+        description: String::new(),
+        gateway_id: GatewayId::from_uuid(Uuid::nil()),
+        rules: BoardRules::default(),
+        created_at: now,
+        updated_at: now,
+    };
+    apply(&state, &mut board, body, true).await?;
+    state.store.insert_board(&board).await?;
+    Ok(Json(board.into()))
+}
+
+/// Lists boards by name.
+#[utoipa::path(get, path = "/api/v1/boards", tag = "boards",
+    params(("gateway_id" = Option<Uuid>, Query), ("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = PageOf<BoardRead>)))]
+pub async fn list_boards(
+    _: Admin,
+    State(state): State<SharedState>,
+    query: QueryParams,
+) -> ApiResult<Json<PageOf<BoardRead>>> {
+    let request = query.page()?;
+    let gateway = query.id::<GatewayId>("gateway_id")?;
+    let page = state
+        .store
+        .list_boards(state.organization_id, gateway, request)
+        .await?;
+    Ok(Json(PageOf::from_page(page, request, BoardRead::from)))
+}
+
+/// Reads a board.
+#[utoipa::path(get, path = "/api/v1/boards/{board_id}", tag = "boards",
+    params(("board_id" = Uuid, Path)), responses((status = 200, body = BoardRead), (status = 404)))]
+pub async fn get_board(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(board_id): Path<String>,
+) -> ApiResult<Json<BoardRead>> {
+    let id = path_id(&board_id, "board_id")?;
+    Ok(Json(load_board(&state, id).await?.into()))
+}
+
+/// Changes a board.
+#[utoipa::path(patch, path = "/api/v1/boards/{board_id}", tag = "boards",
+    params(("board_id" = Uuid, Path)), request_body = BoardWrite,
+    responses((status = 200, body = BoardRead), (status = 404), (status = 409), (status = 422)))]
+pub async fn update_board(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(board_id): Path<String>,
+    ApiJson(body): ApiJson<BoardWrite>,
+) -> ApiResult<Json<BoardRead>> {
+    let id = path_id(&board_id, "board_id")?;
+    let mut board = load_board(&state, id).await?;
+    apply(&state, &mut board, body, false).await?;
+    board.updated_at = Timestamp::now();
+    state.store.update_board(&board).await?;
+    Ok(Json(board.into()))
+}
+
+/// Deletes a board with its agents and enrollment tokens.
+#[utoipa::path(delete, path = "/api/v1/boards/{board_id}", tag = "boards",
+    params(("board_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404)))]
+pub async fn delete_board(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(board_id): Path<String>,
+) -> ApiResult<Json<OkResponse>> {
+    let id = path_id(&board_id, "board_id")?;
+    load_board(&state, id).await?;
+    let deleted = state
+        .store
+        .delete_board(id, &[])
+        .await?
+        .ok_or(ApiError::NotFound("Board not found"))?;
+    for agent in deleted {
+        state.registry.remove(agent);
+    }
+    Ok(Json(OkResponse::ok()))
+}

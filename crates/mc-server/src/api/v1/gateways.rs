@@ -1,0 +1,243 @@
+//! `/api/v1/gateways`: where agents run. The gateway token is write-only.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use mc_domain::board::required_text;
+use mc_domain::gateway::{Gateway, GatewayUrl};
+use mc_domain::ids::GatewayId;
+use mc_domain::time::Timestamp;
+use mc_domain::token::Secret;
+use mc_domain::{FieldError, ValidationErrors};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{OkResponse, PageOf, present};
+use crate::auth::Admin;
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::state::SharedState;
+
+/// A gateway as read (never its token).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayRead {
+    id: Uuid,
+    organization_id: Uuid,
+    name: String,
+    /// Empty for an unmanaged gateway.
+    url: String,
+    workspace_root: String,
+    allow_insecure_tls: bool,
+    disable_device_pairing: bool,
+    /// Whether a token is stored (the token itself is never returned).
+    has_token: bool,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: Timestamp,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: Timestamp,
+}
+
+impl From<Gateway> for GatewayRead {
+    fn from(g: Gateway) -> Self {
+        Self {
+            id: g.id.as_uuid(),
+            organization_id: g.organization_id.as_uuid(),
+            name: g.name,
+            url: g.url.stored().to_owned(),
+            workspace_root: g.workspace_root,
+            allow_insecure_tls: g.allow_insecure_tls,
+            disable_device_pairing: g.disable_device_pairing,
+            has_token: g.token.is_some(),
+            created_at: g.created_at,
+            updated_at: g.updated_at,
+        }
+    }
+}
+
+/// A gateway to register.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GatewayCreate {
+    name: String,
+    /// `ws://` or `wss://` URL; empty for an unmanaged gateway.
+    #[serde(default)]
+    url: String,
+    /// The gateway's auth token (write-only).
+    token: Option<String>,
+    /// Required for managed gateways.
+    #[serde(default)]
+    workspace_root: String,
+    #[serde(default)]
+    allow_insecure_tls: bool,
+    #[serde(default)]
+    disable_device_pairing: bool,
+}
+
+/// Changes to a gateway; absent fields stay, `token: null` removes the token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct GatewayUpdate {
+    name: Option<String>,
+    url: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    token: Option<Option<String>>,
+    workspace_root: Option<String>,
+    allow_insecure_tls: Option<bool>,
+    disable_device_pairing: Option<bool>,
+}
+
+fn token_of(raw: Option<String>) -> Option<Secret> {
+    raw.map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .map(Secret::new)
+}
+
+fn check_workspace_root(url: &GatewayUrl, root: &str) -> Result<(), ValidationErrors> {
+    if url.is_managed() && root.trim().is_empty() {
+        return Err(ValidationErrors::one(FieldError::body(
+            "workspace_root",
+            "workspace_root is required for a managed gateway (one with a url)",
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a gateway or answers 404.
+pub async fn load_gateway(state: &SharedState, id: GatewayId) -> ApiResult<Gateway> {
+    state
+        .store
+        .gateway(id)
+        .await?
+        .filter(|g| g.organization_id == state.organization_id)
+        .ok_or(ApiError::NotFound("Gateway not found"))
+}
+
+/// Registers a gateway.
+#[utoipa::path(post, path = "/api/v1/gateways", tag = "gateways", request_body = GatewayCreate,
+    responses((status = 200, body = GatewayRead), (status = 422, description = "Invalid field")))]
+pub async fn create_gateway(
+    _: Admin,
+    State(state): State<SharedState>,
+    ApiJson(body): ApiJson<GatewayCreate>,
+) -> ApiResult<Json<GatewayRead>> {
+    let mut errors = ValidationErrors::default();
+    let name = errors.collect(required_text(&body.name, "name", 200));
+    let url = errors.collect(GatewayUrl::parse(&body.url));
+    if let Some(url) = &url {
+        errors.collect(check_workspace_root(url, &body.workspace_root));
+    }
+    errors.into_result()?;
+    let (Some(name), Some(url)) = (name, url) else {
+        return Err(ApiError::Internal("validation inconsistency".into()));
+    };
+    let now = Timestamp::now();
+    let gateway = Gateway {
+        id: GatewayId::new(),
+        organization_id: state.organization_id,
+        name,
+        url,
+        token: token_of(body.token),
+        workspace_root: body.workspace_root.trim().to_owned(),
+        allow_insecure_tls: body.allow_insecure_tls,
+        disable_device_pairing: body.disable_device_pairing,
+        created_at: now,
+        updated_at: now,
+    };
+    state.store.insert_gateway(&gateway).await?;
+    Ok(Json(gateway.into()))
+}
+
+/// Lists gateways, newest first.
+#[utoipa::path(get, path = "/api/v1/gateways", tag = "gateways",
+    params(("limit" = Option<u32>, Query), ("offset" = Option<u64>, Query)),
+    responses((status = 200, body = PageOf<GatewayRead>)))]
+pub async fn list_gateways(
+    _: Admin,
+    State(state): State<SharedState>,
+    query: QueryParams,
+) -> ApiResult<Json<PageOf<GatewayRead>>> {
+    let request = query.page()?;
+    let page = state
+        .store
+        .list_gateways(state.organization_id, request)
+        .await?;
+    Ok(Json(PageOf::from_page(page, request, GatewayRead::from)))
+}
+
+/// Reads a gateway.
+#[utoipa::path(get, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = GatewayRead), (status = 404)))]
+pub async fn get_gateway(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+) -> ApiResult<Json<GatewayRead>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    Ok(Json(load_gateway(&state, id).await?.into()))
+}
+
+/// Changes a gateway.
+#[utoipa::path(patch, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), request_body = GatewayUpdate,
+    responses((status = 200, body = GatewayRead), (status = 404), (status = 422)))]
+pub async fn update_gateway(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+    ApiJson(body): ApiJson<GatewayUpdate>,
+) -> ApiResult<Json<GatewayRead>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    let mut gateway = load_gateway(&state, id).await?;
+    let mut errors = ValidationErrors::default();
+    if let Some(name) = body
+        .name
+        .as_deref()
+        .and_then(|n| errors.collect(required_text(n, "name", 200)))
+    {
+        gateway.name = name;
+    }
+    if let Some(url) = body
+        .url
+        .as_deref()
+        .and_then(|u| errors.collect(GatewayUrl::parse(u)))
+    {
+        gateway.url = url;
+    }
+    if let Some(root) = body.workspace_root {
+        gateway.workspace_root = root.trim().to_owned();
+    }
+    errors.collect(check_workspace_root(&gateway.url, &gateway.workspace_root));
+    errors.into_result()?;
+    if let Some(token) = body.token {
+        gateway.token = token_of(token);
+    }
+    if let Some(flag) = body.allow_insecure_tls {
+        gateway.allow_insecure_tls = flag;
+    }
+    if let Some(flag) = body.disable_device_pairing {
+        gateway.disable_device_pairing = flag;
+    }
+    gateway.updated_at = Timestamp::now();
+    state.store.update_gateway(&gateway).await?;
+    Ok(Json(gateway.into()))
+}
+
+/// Deletes a gateway (409 while boards use it) with its main agents.
+#[utoipa::path(delete, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404), (status = 409)))]
+pub async fn delete_gateway(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+) -> ApiResult<Json<OkResponse>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    load_gateway(&state, id).await?;
+    let deleted = state
+        .store
+        .delete_gateway(id, &[])
+        .await?
+        .ok_or(ApiError::NotFound("Gateway not found"))?;
+    for agent in deleted {
+        state.registry.remove(agent);
+    }
+    Ok(Json(OkResponse::ok()))
+}

@@ -1,0 +1,135 @@
+//! Who is calling: the admin (bearer token), an agent (`X-Agent-Token`, or a bearer that
+//! is an agent token) or a would-be agent holding an enrollment token.
+//!
+//! Agent authentication is one SHA-256 and one lookup in the in-memory index: O(1), no
+//! database. Enrollment tokens (prefix `mce_`) are looked up in the database, and only
+//! by the endpoint that accepts them.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
+use axum::http::request::Parts;
+use mc_domain::token::{Secret, TokenDigest, is_enrollment_token};
+
+use crate::error::{ApiError, ApiResult};
+use crate::liveness::LiveAgent;
+use crate::state::SharedState;
+
+/// The header agents authenticate with.
+pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub enum Caller {
+    /// The administrator.
+    Admin,
+    /// An agent, by its own token.
+    Agent(Arc<LiveAgent>),
+    /// An enrollment token (not yet checked against the database).
+    Enrollment(Secret),
+}
+
+impl Caller {
+    /// Refuses anyone but the admin.
+    pub fn require_admin(&self) -> ApiResult<()> {
+        match self {
+            Self::Admin => Ok(()),
+            Self::Agent(_) => Err(ApiError::Forbidden(
+                "this operation needs the admin token; agent tokens cannot use it".into(),
+            )),
+            Self::Enrollment(_) => Err(enrollment_not_accepted()),
+        }
+    }
+}
+
+fn enrollment_not_accepted() -> ApiError {
+    ApiError::Unauthorized("enrollment tokens are accepted only by POST /api/v1/agents/heartbeat")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Identifies the caller from the request headers.
+pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Caller> {
+    let agent_header = headers
+        .get(AGENT_TOKEN_HEADER)
+        .map(|v| v.to_str().map(str::trim).unwrap_or_default());
+    let (token, may_be_admin) = match (agent_header, bearer(headers)) {
+        (Some(token), _) => (token, false),
+        (None, Some(token)) => (token, true),
+        (None, None) => return Err(ApiError::Unauthorized("Unauthorized")),
+    };
+    if token.is_empty() {
+        return Err(ApiError::Unauthorized("Unauthorized"));
+    }
+    if may_be_admin && state.admin_token.matches(token) {
+        return Ok(Caller::Admin);
+    }
+    if is_enrollment_token(token) {
+        return Ok(Caller::Enrollment(Secret::new(token)));
+    }
+    let agent = state
+        .registry
+        .by_token(&TokenDigest::of(token))
+        .ok_or(ApiError::Unauthorized("Unauthorized"))?;
+    state.registry.note_own_token_use(&agent);
+    Ok(Caller::Agent(agent))
+}
+
+impl FromRequestParts<SharedState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers)
+    }
+}
+
+/// A caller that must be the admin (403 for agents, 401 otherwise).
+#[derive(Debug, Clone, Copy)]
+pub struct Admin;
+
+impl FromRequestParts<SharedState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        authenticate(state, &parts.headers)?.require_admin()?;
+        Ok(Self)
+    }
+}
+
+/// A caller that must be an agent using its own token.
+#[derive(Debug, Clone)]
+pub struct AgentCaller(pub Arc<LiveAgent>);
+
+impl FromRequestParts<SharedState> for AgentCaller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        match authenticate(state, &parts.headers)? {
+            Caller::Agent(agent) => Ok(Self(agent)),
+            Caller::Admin => Err(ApiError::Forbidden(
+                "this endpoint is for agents: send the agent's own X-Agent-Token".into(),
+            )),
+            Caller::Enrollment(_) => Err(enrollment_not_accepted()),
+        }
+    }
+}

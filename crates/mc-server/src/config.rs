@@ -1,0 +1,54 @@
+//! Server configuration, as resolved by the binary from defaults, file, environment and
+//! flags. Tests build it directly with [`ServerConfig::for_data_dir`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mc_domain::token::Secret;
+
+/// Default request body limit: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Directory for the SQLite database and the generated admin token.
+    pub data_dir: PathBuf,
+    /// Database URL; `None` means `sqlite:<data_dir>/mission-control.db`.
+    pub database_url: Option<String>,
+    /// The admin bearer token; `None` means load or generate `<data_dir>/admin-token`.
+    pub admin_token: Option<Secret>,
+    /// The URL agents use to reach this server; `None` derives it from the listener.
+    pub base_url: Option<String>,
+    /// Largest accepted request body, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest delay before a heartbeat's `last_seen_at` is durable.
+    pub write_behind_interval: Duration,
+    /// How often the liveness engine looks for passed deadlines.
+    pub liveness_tick: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory.
+    pub fn for_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            database_url: None,
+            admin_token: None,
+            base_url: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            write_behind_interval: Duration::from_millis(500),
+            liveness_tick: Duration::from_millis(100),
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn effective_database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}",
+                self.data_dir.join("mission-control.db").display()
+            )
+        })
+    }
+}

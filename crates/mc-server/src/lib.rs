@@ -1,0 +1,13 @@
+//! The Mission Control server: the `/api/v1` REST API, authentication, the liveness
+//! engine and the OpenAPI document, assembled by [`startup::Server`].
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod liveness;
+pub mod middleware;
+pub mod services;
+pub mod startup;
+pub mod state;

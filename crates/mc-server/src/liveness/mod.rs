@@ -1,0 +1,154 @@
+//! The liveness engine: the heartbeat hot path and offline detection.
+//!
+//! - Every agent lives in memory ([`Registry`]): a heartbeat authenticates by a digest
+//!   lookup in a concurrent map and updates the agent under its own small lock. No
+//!   database round trip, no scan, no global lock held across I/O.
+//! - `last_seen_at` and friends are written behind in batches ([`Engine::flush`]), one
+//!   transaction per batch, at most `write_behind_interval` late.
+//! - Offline detection is push: each agent with a silence deadline sits once in an
+//!   ordered deadline index; a ticker pops passed deadlines and either reschedules the
+//!   agent (it heartbeated since) or records the transition. Heartbeats never touch the
+//!   index except to schedule an agent that was not scheduled.
+//! - A change of computed status is one durable activity event, written with the next
+//!   batch, then published on the event bus.
+
+mod registry;
+
+pub use registry::{LiveAgent, Registry};
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mc_domain::activity::ActivityEvent;
+use mc_domain::time::Timestamp;
+use mc_store::Store;
+use tokio::sync::{Mutex as AsyncMutex, broadcast, watch};
+use tokio::task::JoinHandle;
+
+/// Capacity of the in-process event bus (slow subscribers lag, never block writers).
+const BUS_CAPACITY: usize = 4096;
+
+/// The background half of the engine: the write-behind flusher and the deadline ticker.
+pub struct Engine {
+    registry: Arc<Registry>,
+    store: Arc<dyn Store>,
+    bus: broadcast::Sender<ActivityEvent>,
+    flush_lock: AsyncMutex<()>,
+}
+
+/// Handles of the engine's background tasks, to stop them at shutdown.
+pub struct EngineTasks {
+    stop: watch::Sender<bool>,
+    handles: Vec<JoinHandle<()>>,
+}
+
+impl Engine {
+    /// An engine over a loaded registry.
+    pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Arc<Self> {
+        let (bus, _) = broadcast::channel(BUS_CAPACITY);
+        Arc::new(Self {
+            registry,
+            store,
+            bus,
+            flush_lock: AsyncMutex::new(()),
+        })
+    }
+
+    /// Subscribes to recorded activity events.
+    pub fn subscribe(&self) -> broadcast::Receiver<ActivityEvent> {
+        self.bus.subscribe()
+    }
+
+    /// Publishes an event recorded outside the engine (creates, updates, deletes).
+    pub fn publish(&self, event: ActivityEvent) {
+        let _ = self.bus.send(event);
+    }
+
+    /// Writes every pending liveness change and event now. Concurrent callers queue; on a
+    /// database error the batch is put back and the error returned.
+    pub async fn flush(&self) -> Result<(), mc_store::StoreError> {
+        let _guard = self.flush_lock.lock().await;
+        let batch = self.registry.take_pending();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match self
+            .store
+            .apply_liveness(&batch.writes, &batch.events)
+            .await
+        {
+            Ok(recorded) => {
+                for event in recorded {
+                    let _ = self.bus.send(event);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                self.registry.restore_pending(batch);
+                Err(error)
+            }
+        }
+    }
+
+    /// Starts the flusher and the deadline ticker.
+    pub fn start(self: &Arc<Self>, write_behind: Duration, tick: Duration) -> EngineTasks {
+        let (stop, stopped) = watch::channel(false);
+        let flusher = {
+            let engine = Arc::clone(self);
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(write_behind);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failing = false;
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        () = engine.registry.events_waiting() => {}
+                        _ = stopped.changed() => break,
+                    }
+                    match engine.flush().await {
+                        Ok(()) if failing => {
+                            tracing::info!("liveness writes recovered");
+                            failing = false;
+                        }
+                        Ok(()) => {}
+                        Err(error) if !failing => {
+                            tracing::warn!(error = %error, "liveness writes failing; will retry");
+                            failing = true;
+                        }
+                        Err(_) => {}
+                    }
+                }
+            })
+        };
+        let ticker = {
+            let engine = Arc::clone(self);
+            let mut stopped = stopped;
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = stopped.changed() => break,
+                    }
+                    engine.registry.expire_deadlines(Timestamp::now());
+                }
+            })
+        };
+        EngineTasks {
+            stop,
+            handles: vec![flusher, ticker],
+        }
+    }
+}
+
+impl EngineTasks {
+    /// Stops the background tasks and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for handle in self.handles {
+            let _ = handle.await;
+        }
+    }
+}

@@ -1,0 +1,523 @@
+//! The in-memory agent index and the per-agent live state behind the hot path.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dashmap::DashMap;
+use mc_domain::activity::{NewActivity, status_transition};
+use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
+use mc_domain::ids::AgentId;
+use mc_domain::liveness::LivenessFacts;
+use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
+use mc_store::{LivenessWrite, StoredAgent};
+use parking_lot::{Mutex, RwLock};
+use serde_json::json;
+use tokio::sync::Notify;
+
+/// One agent in memory: its settings (swapped whole on update) and its live state.
+#[derive(Debug)]
+pub struct LiveAgent {
+    id: AgentId,
+    profile: RwLock<Arc<Agent>>,
+    live: Mutex<LiveState>,
+}
+
+#[derive(Debug)]
+struct LiveState {
+    last_seen_at: Option<Timestamp>,
+    reported: Option<ReportedHealth>,
+    updated_at: Timestamp,
+    published: AgentStatus,
+    grace_until: Option<Timestamp>,
+    own_token_used: bool,
+    token_digest: Option<TokenDigest>,
+    /// Queued for the next write-behind batch.
+    dirty: bool,
+    /// The deadline under which the agent sits in the deadline index.
+    scheduled: Option<Timestamp>,
+    removed: bool,
+}
+
+impl LiveState {
+    fn facts(&self, tolerance_seconds: u32) -> LivenessFacts {
+        LivenessFacts {
+            last_seen_at: self.last_seen_at,
+            reported: self.reported,
+            missing_tolerance_seconds: tolerance_seconds,
+            grace_until: self.grace_until,
+        }
+    }
+}
+
+impl LiveAgent {
+    /// The agent's id.
+    pub fn id(&self) -> AgentId {
+        self.id
+    }
+
+    /// The agent's settings (without live fields).
+    pub fn profile(&self) -> Arc<Agent> {
+        Arc::clone(&self.profile.read())
+    }
+
+    /// Whether the agent has authenticated with its current token yet.
+    pub fn own_token_used(&self) -> bool {
+        self.live.lock().own_token_used
+    }
+
+    /// The agent as a reader sees it at `now`: settings, live fields and computed status.
+    pub fn snapshot(&self, now: Timestamp) -> (Agent, AgentStatus) {
+        let profile = self.profile();
+        let live = self.live.lock();
+        let status = live
+            .facts(profile.heartbeat_config.missing_tolerance)
+            .status(now);
+        let mut agent = (*profile).clone();
+        agent.last_seen_at = live.last_seen_at;
+        agent.reported_health = live.reported;
+        agent.published_status = live.published;
+        agent.own_token_used = live.own_token_used;
+        agent.updated_at = live.updated_at;
+        drop(live);
+        (agent, status)
+    }
+}
+
+/// A batch for the write-behind flusher.
+#[derive(Debug, Default)]
+pub struct PendingBatch {
+    /// Liveness fields to write.
+    pub writes: Vec<LivenessWrite>,
+    /// Events to record, in order.
+    pub events: Vec<NewActivity>,
+    agents: Vec<Arc<LiveAgent>>,
+}
+
+impl PendingBatch {
+    /// Nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.events.is_empty()
+    }
+}
+
+/// Every agent, indexed by id and by token digest, plus the write-behind queue and the
+/// deadline index.
+#[derive(Debug, Default)]
+pub struct Registry {
+    by_id: DashMap<AgentId, Arc<LiveAgent>>,
+    by_token: DashMap<TokenDigest, Arc<LiveAgent>>,
+    dirty: Mutex<Vec<Arc<LiveAgent>>>,
+    events: Mutex<Vec<NewActivity>>,
+    events_notify: Notify,
+    deadlines: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
+}
+
+impl Registry {
+    /// Builds the index from stored agents. Restart grace: an agent that was not offline
+    /// when the server stopped gets a full tolerance from `started_at` before it can go
+    /// offline by silence.
+    pub fn load(stored: Vec<StoredAgent>, started_at: Timestamp) -> Self {
+        let registry = Self::default();
+        for StoredAgent {
+            agent,
+            token_digest,
+        } in stored
+        {
+            let grace = (agent.published_status != AgentStatus::Offline
+                && agent.last_seen_at.is_some())
+            .then(|| started_at.plus_seconds(i64::from(agent.heartbeat_config.missing_tolerance)));
+            let live = registry.add(agent, token_digest, grace);
+            registry.schedule(&live);
+        }
+        registry
+    }
+
+    fn add(
+        &self,
+        agent: Agent,
+        token_digest: Option<TokenDigest>,
+        grace_until: Option<Timestamp>,
+    ) -> Arc<LiveAgent> {
+        let live = Arc::new(LiveAgent {
+            id: agent.id,
+            live: Mutex::new(LiveState {
+                last_seen_at: agent.last_seen_at,
+                reported: agent.reported_health,
+                updated_at: agent.updated_at,
+                published: agent.published_status,
+                grace_until,
+                own_token_used: agent.own_token_used,
+                token_digest,
+                dirty: false,
+                scheduled: None,
+                removed: false,
+            }),
+            profile: RwLock::new(Arc::new(agent)),
+        });
+        self.by_id.insert(live.id, Arc::clone(&live));
+        if let Some(digest) = token_digest {
+            self.by_token.insert(digest, Arc::clone(&live));
+        }
+        live
+    }
+
+    /// Adds a newly created (already stored) agent.
+    pub fn insert(&self, agent: Agent, token_digest: Option<TokenDigest>) -> Arc<LiveAgent> {
+        let live = self.add(agent, token_digest, None);
+        self.schedule(&live);
+        live
+    }
+
+    /// Number of agents.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether there are no agents.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// The agent holding a token.
+    pub fn by_token(&self, digest: &TokenDigest) -> Option<Arc<LiveAgent>> {
+        self.by_token
+            .get(digest)
+            .map(|entry| Arc::clone(entry.value()))
+    }
+
+    /// An agent by id.
+    pub fn get(&self, id: AgentId) -> Option<Arc<LiveAgent>> {
+        self.by_id.get(&id).map(|entry| Arc::clone(entry.value()))
+    }
+
+    fn mark_dirty(&self, agent: &Arc<LiveAgent>, live: &mut LiveState) {
+        if !live.dirty {
+            live.dirty = true;
+            self.dirty.lock().push(Arc::clone(agent));
+        }
+    }
+
+    fn push_event(&self, event: NewActivity) {
+        self.events.lock().push(event);
+        self.events_notify.notify_one();
+    }
+
+    /// Resolves when events wait to be written.
+    pub async fn events_waiting(&self) {
+        self.events_notify.notified().await;
+    }
+
+    /// Records that the agent authenticated with its own token.
+    pub fn note_own_token_use(&self, agent: &Arc<LiveAgent>) {
+        let mut live = agent.live.lock();
+        if !live.own_token_used {
+            live.own_token_used = true;
+            self.mark_dirty(agent, &mut live);
+        }
+    }
+
+    /// The hot path: records a heartbeat at `now`, emits a transition event when the
+    /// computed status changes, and returns the agent as seen right after.
+    pub fn heartbeat(
+        &self,
+        agent: &Arc<LiveAgent>,
+        reported: Option<ReportedHealth>,
+        now: Timestamp,
+    ) -> (Agent, AgentStatus) {
+        let profile = agent.profile();
+        let tolerance = profile.heartbeat_config.missing_tolerance;
+        let mut live = agent.live.lock();
+        live.last_seen_at = Some(now);
+        live.reported = reported.or(live.reported).or(Some(ReportedHealth::Healthy));
+        live.updated_at = now;
+        live.grace_until = None;
+        let status = live.facts(tolerance).status(now);
+        if status != live.published {
+            let (event_type, message) =
+                status_transition(profile.name.as_str(), live.published, status, None);
+            self.push_event(NewActivity {
+                event_type,
+                message,
+                agent_id: Some(agent.id),
+                board_id: profile.board_id,
+                data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
+                created_at: now,
+            });
+            live.published = status;
+        }
+        self.mark_dirty(agent, &mut live);
+        let to_schedule = match (live.scheduled, live.facts(tolerance).silence_deadline()) {
+            (None, Some(deadline)) => {
+                live.scheduled = Some(deadline);
+                Some(deadline)
+            }
+            _ => None,
+        };
+        let mut snapshot = (*profile).clone();
+        snapshot.last_seen_at = live.last_seen_at;
+        snapshot.reported_health = live.reported;
+        snapshot.published_status = live.published;
+        snapshot.own_token_used = live.own_token_used;
+        snapshot.updated_at = live.updated_at;
+        drop(live);
+        if let Some(deadline) = to_schedule {
+            self.deadlines
+                .lock()
+                .insert((deadline, agent.id), Arc::clone(agent));
+        }
+        (snapshot, status)
+    }
+
+    /// Puts the agent in the deadline index at its current deadline (if it has one and is
+    /// not already there at that deadline).
+    fn schedule(&self, agent: &Arc<LiveAgent>) {
+        let tolerance = agent.profile().heartbeat_config.missing_tolerance;
+        let mut live = agent.live.lock();
+        let deadline = live.facts(tolerance).silence_deadline();
+        if live.scheduled == deadline || live.removed {
+            return;
+        }
+        live.scheduled = deadline;
+        drop(live);
+        if let Some(deadline) = deadline {
+            self.deadlines
+                .lock()
+                .insert((deadline, agent.id), Arc::clone(agent));
+        }
+    }
+
+    /// Pops every passed deadline: reschedules agents that heartbeated since, and marks
+    /// the rest offline (one event each). Returns how many went offline.
+    pub fn expire_deadlines(&self, now: Timestamp) -> usize {
+        let due: Vec<((Timestamp, AgentId), Arc<LiveAgent>)> = {
+            let mut deadlines = self.deadlines.lock();
+            let mut due = Vec::new();
+            while let Some(entry) = deadlines.first_entry() {
+                if entry.key().0 >= now {
+                    break;
+                }
+                due.push(entry.remove_entry());
+            }
+            due
+        };
+        let mut went_offline = 0;
+        let mut reschedule = Vec::new();
+        for ((key, _), agent) in due {
+            let profile = agent.profile();
+            let tolerance = profile.heartbeat_config.missing_tolerance;
+            let mut live = agent.live.lock();
+            if live.removed || live.scheduled != Some(key) {
+                continue;
+            }
+            match live.facts(tolerance).silence_deadline() {
+                None => live.scheduled = None,
+                Some(deadline) if deadline >= now => {
+                    live.scheduled = Some(deadline);
+                    reschedule.push(((deadline, agent.id), Arc::clone(&agent)));
+                }
+                Some(_) => {
+                    live.scheduled = None;
+                    if live.published != AgentStatus::Offline {
+                        let (event_type, message) = status_transition(
+                            profile.name.as_str(),
+                            live.published,
+                            AgentStatus::Offline,
+                            Some(tolerance),
+                        );
+                        self.push_event(NewActivity {
+                            event_type,
+                            message,
+                            agent_id: Some(agent.id),
+                            board_id: profile.board_id,
+                            data: Some(json!({"from": live.published.as_str(), "to": "offline"})),
+                            created_at: now,
+                        });
+                        live.published = AgentStatus::Offline;
+                        self.mark_dirty(&agent, &mut live);
+                        went_offline += 1;
+                    }
+                }
+            }
+        }
+        if !reschedule.is_empty() {
+            self.deadlines.lock().extend(reschedule);
+        }
+        went_offline
+    }
+
+    /// Replaces the agent's token: the old one stops working at once.
+    pub fn replace_token(&self, agent: &Arc<LiveAgent>, digest: TokenDigest) {
+        let mut live = agent.live.lock();
+        if let Some(old) = live.token_digest.replace(digest) {
+            self.by_token.remove(&old);
+        }
+        live.own_token_used = false;
+        drop(live);
+        self.by_token.insert(digest, Arc::clone(agent));
+    }
+
+    /// Swaps in new settings (after they were stored) and moves the deadline if the
+    /// tolerance changed.
+    pub fn update_profile(&self, agent: &Arc<LiveAgent>, updated: Agent) {
+        {
+            let mut live = agent.live.lock();
+            live.updated_at = live.updated_at.max(updated.updated_at);
+        }
+        *agent.profile.write() = Arc::new(updated);
+        self.schedule(agent);
+    }
+
+    /// Forgets a deleted agent; its token stops working at once.
+    pub fn remove(&self, id: AgentId) {
+        if let Some((_, agent)) = self.by_id.remove(&id) {
+            let mut live = agent.live.lock();
+            live.removed = true;
+            if let Some(digest) = live.token_digest.take() {
+                self.by_token.remove(&digest);
+            }
+        }
+    }
+
+    /// Takes everything waiting to be written.
+    pub fn take_pending(&self) -> PendingBatch {
+        let agents = std::mem::take(&mut *self.dirty.lock());
+        let events = std::mem::take(&mut *self.events.lock());
+        let writes = agents
+            .iter()
+            .map(|agent| {
+                let mut live = agent.live.lock();
+                live.dirty = false;
+                LivenessWrite {
+                    agent_id: agent.id,
+                    last_seen_at: live.last_seen_at,
+                    reported_health: live.reported,
+                    published_status: live.published,
+                    own_token_used: live.own_token_used,
+                    updated_at: live.updated_at,
+                }
+            })
+            .collect();
+        PendingBatch {
+            writes,
+            events,
+            agents,
+        }
+    }
+
+    /// Puts a batch that could not be written back in front of the queue.
+    pub fn restore_pending(&self, batch: PendingBatch) {
+        for agent in &batch.agents {
+            let mut live = agent.live.lock();
+            if !live.removed {
+                self.mark_dirty(agent, &mut live);
+            }
+        }
+        let mut events = self.events.lock();
+        let newer = std::mem::replace(&mut *events, batch.events);
+        events.extend(newer);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mc_domain::agent::{AgentName, HeartbeatConfig};
+    use mc_domain::ids::GatewayId;
+
+    fn agent(tolerance: u32) -> Agent {
+        Agent {
+            id: AgentId::new(),
+            board_id: None,
+            gateway_id: GatewayId::new(),
+            name: AgentName::parse("a", "name").unwrap(),
+            is_board_lead: false,
+            is_mc_agent: true,
+            gateway_agent_id: None,
+            workspace_path: None,
+            openclaw_session_id: None,
+            heartbeat_config: HeartbeatConfig {
+                interval_seconds: 1,
+                missing_tolerance: tolerance,
+            },
+            identity_profile: None,
+            identity_template: None,
+            soul_template: None,
+            last_provision_error: None,
+            last_seen_at: None,
+            reported_health: None,
+            published_status: AgentStatus::Provisioning,
+            enrolled_via: None,
+            own_token_used: false,
+            created_at: Timestamp::from_millis(0),
+            updated_at: Timestamp::from_millis(0),
+        }
+    }
+
+    fn event_types(batch: &PendingBatch) -> Vec<&'static str> {
+        batch.events.iter().map(|e| e.event_type.as_str()).collect()
+    }
+
+    #[test]
+    fn first_heartbeat_then_silence_then_return_make_three_events() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        let (_, status) = registry.heartbeat(&live, None, t0);
+        assert_eq!(status, AgentStatus::Healthy);
+        // Before the deadline nothing happens; after it, exactly one offline event.
+        assert_eq!(registry.expire_deadlines(t0.plus_seconds(10)), 0);
+        assert_eq!(registry.expire_deadlines(t0.plus_millis(10_001)), 1);
+        assert_eq!(registry.expire_deadlines(t0.plus_seconds(60)), 0);
+        let (_, status) = registry.heartbeat(&live, None, t0.plus_seconds(61));
+        assert_eq!(status, AgentStatus::Healthy);
+        let batch = registry.take_pending();
+        assert_eq!(
+            event_types(&batch),
+            ["agent.healthy", "agent.offline", "agent.healthy"]
+        );
+        assert_eq!(batch.writes.len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_push_the_deadline_without_touching_the_index() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.heartbeat(&live, None, t0.plus_seconds(8));
+        assert_eq!(registry.deadlines.lock().len(), 1);
+        assert_eq!(registry.expire_deadlines(t0.plus_seconds(11)), 0);
+        assert_eq!(registry.expire_deadlines(t0.plus_millis(18_001)), 1);
+    }
+
+    #[test]
+    fn restart_grace_keeps_a_silent_agent_alive_for_one_tolerance() {
+        let mut stored = agent(10);
+        stored.last_seen_at = Some(Timestamp::from_millis(0));
+        stored.reported_health = Some(ReportedHealth::Healthy);
+        stored.published_status = AgentStatus::Healthy;
+        let start = Timestamp::from_millis(1_000_000);
+        let registry = Registry::load(
+            vec![StoredAgent {
+                agent: stored,
+                token_digest: None,
+            }],
+            start,
+        );
+        assert_eq!(registry.expire_deadlines(start.plus_seconds(9)), 0);
+        assert_eq!(registry.expire_deadlines(start.plus_millis(10_001)), 1);
+    }
+
+    #[test]
+    fn a_replaced_token_stops_resolving() {
+        let registry = Registry::default();
+        let old = TokenDigest::of("old");
+        let live = registry.insert(agent(10), Some(old));
+        registry.replace_token(&live, TokenDigest::of("new"));
+        assert!(registry.by_token(&old).is_none());
+        assert!(registry.by_token(&TokenDigest::of("new")).is_some());
+        registry.remove(live.id());
+        assert!(registry.by_token(&TokenDigest::of("new")).is_none());
+    }
+}

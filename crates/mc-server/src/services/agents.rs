@@ -1,0 +1,180 @@
+//! Creating, changing, deleting agents and rotating their tokens.
+
+use std::sync::Arc;
+
+use mc_domain::activity::{EventType, NewActivity};
+use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, IdentityProfile};
+use mc_domain::board::Board;
+use mc_domain::ids::{AgentId, EnrollmentTokenId};
+use mc_domain::time::Timestamp;
+use mc_domain::token::{Secret, generate_agent_token};
+use mc_store::EnrollmentSpend;
+
+use crate::error::{ApiError, ApiResult};
+use crate::liveness::LiveAgent;
+use crate::state::AppState;
+
+/// The settings of an agent to create.
+#[derive(Debug, Clone)]
+pub struct NewAgent {
+    /// Its name.
+    pub name: AgentName,
+    /// Heartbeat settings.
+    pub heartbeat_config: HeartbeatConfig,
+    /// Identity attributes.
+    pub identity_profile: Option<IdentityProfile>,
+    /// IDENTITY.md override.
+    pub identity_template: Option<String>,
+    /// SOUL.md override.
+    pub soul_template: Option<String>,
+    /// Leads its board.
+    pub is_board_lead: bool,
+}
+
+impl NewAgent {
+    /// An agent with default settings (heartbeat bootstrap).
+    pub fn named(name: AgentName) -> Self {
+        Self {
+            name,
+            heartbeat_config: HeartbeatConfig::default(),
+            identity_profile: None,
+            identity_template: None,
+            soul_template: None,
+            is_board_lead: false,
+        }
+    }
+}
+
+/// How an agent came to be: who asked, and (for enrollment) which token to spend.
+#[derive(Debug, Clone, Copy)]
+pub enum Origin {
+    /// Created by the admin.
+    Admin,
+    /// Created by an enrollment token on its first heartbeat.
+    Enrollment(EnrollmentTokenId),
+}
+
+/// An event about `agent`, now.
+pub fn agent_event(agent: &Agent, event_type: EventType, message: String) -> NewActivity {
+    NewActivity {
+        event_type,
+        message,
+        agent_id: Some(agent.id),
+        board_id: agent.board_id,
+        data: None,
+        created_at: Timestamp::now(),
+    }
+}
+
+/// Creates an agent on `board` with a fresh token; durable before it returns.
+pub async fn create_agent(
+    state: &AppState,
+    board: &Board,
+    new: NewAgent,
+    origin: Origin,
+) -> ApiResult<(Arc<LiveAgent>, Secret)> {
+    let now = Timestamp::now();
+    let agent = Agent {
+        id: AgentId::new(),
+        board_id: Some(board.id),
+        gateway_id: board.gateway_id,
+        name: new.name,
+        is_board_lead: new.is_board_lead,
+        is_mc_agent: true,
+        gateway_agent_id: None,
+        workspace_path: None,
+        openclaw_session_id: None,
+        heartbeat_config: new.heartbeat_config,
+        identity_profile: new.identity_profile,
+        identity_template: new.identity_template,
+        soul_template: new.soul_template,
+        last_provision_error: None,
+        last_seen_at: None,
+        reported_health: None,
+        published_status: AgentStatus::Provisioning,
+        enrolled_via: match origin {
+            Origin::Enrollment(id) => Some(id),
+            Origin::Admin => None,
+        },
+        own_token_used: false,
+        created_at: now,
+        updated_at: now,
+    };
+    let token = generate_agent_token();
+    let spend = match origin {
+        Origin::Enrollment(token_id) => Some(EnrollmentSpend { token_id, now }),
+        Origin::Admin => None,
+    };
+    let how = match origin {
+        Origin::Admin => "by the admin",
+        Origin::Enrollment(_) => "by enrollment",
+    };
+    let event = agent_event(
+        &agent,
+        EventType::AgentCreated,
+        format!("Agent {} was created {how}.", agent.name),
+    );
+    state
+        .store
+        .insert_agent(&agent, Some(token.digest()), spend, &event)
+        .await?;
+    let live = state.registry.insert(agent, Some(token.digest()));
+    Ok((live, token))
+}
+
+/// Mints a new token for an agent; the old one stops working at once.
+pub async fn rotate_token(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<Secret> {
+    let token = generate_agent_token();
+    let profile = agent.profile();
+    let event = agent_event(
+        &profile,
+        EventType::AgentTokenRotated,
+        format!(
+            "Agent {} got a new token; the previous one no longer works.",
+            profile.name
+        ),
+    );
+    let stored = state
+        .store
+        .set_agent_token(agent.id(), token.digest(), &event)
+        .await?;
+    if !stored {
+        return Err(ApiError::NotFound("Agent not found"));
+    }
+    state.registry.replace_token(agent, token.digest());
+    Ok(token)
+}
+
+/// Stores new settings for an agent and swaps them into the registry.
+pub async fn update_agent(
+    state: &AppState,
+    agent: &Arc<LiveAgent>,
+    updated: Agent,
+    changed: &[&str],
+) -> ApiResult<()> {
+    let event = agent_event(
+        &updated,
+        EventType::AgentUpdated,
+        format!(
+            "Agent {} was updated: {}.",
+            updated.name,
+            changed.join(", ")
+        ),
+    );
+    state.store.update_agent(&updated, &event).await?;
+    state.registry.update_profile(agent, updated);
+    Ok(())
+}
+
+/// Deletes an agent; false when it did not exist.
+pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<bool> {
+    let profile = agent.profile();
+    let event = agent_event(
+        &profile,
+        EventType::AgentDeleted,
+        format!("Agent {} was deleted.", profile.name),
+    );
+    let deleted = state.store.delete_agent(agent.id(), &event).await?;
+    state.registry.remove(agent.id());
+    Ok(deleted)
+}

@@ -1,0 +1,120 @@
+//! Building and running the server: open the store, load agents into memory, start the
+//! liveness engine, serve on a given listener until the shutdown signal, then drain
+//! requests and flush pending writes.
+
+use std::future::Future;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use mc_domain::time::Timestamp;
+use mc_domain::token::{Secret, generate_admin_token};
+use mc_store::Store;
+use tokio::net::TcpListener;
+
+use crate::config::ServerConfig;
+use crate::liveness::{Engine, Registry};
+use crate::state::{AppState, SharedState};
+
+/// Shortest accepted admin token.
+pub const MIN_ADMIN_TOKEN_CHARS: usize = 50;
+
+/// A built server, ready to serve.
+pub struct Server {
+    state: SharedState,
+    config: ServerConfig,
+}
+
+/// Reads `<data_dir>/admin-token`, or creates it (mode 0600) with a fresh token.
+fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<Secret> {
+    let path = data_dir.join("admin-token");
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        return Ok(Secret::new(text.trim()));
+    }
+    let token = generate_admin_token();
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{}\n", token.expose()).as_bytes())?;
+    tracing::info!(path = %path.display(), "generated the admin token; it is stored in this file");
+    Ok(token)
+}
+
+impl Server {
+    /// Opens the database (migrating it), loads every agent and resolves the admin token.
+    pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data dir {}", config.data_dir.display()))?;
+        let admin_token = match &config.admin_token {
+            Some(token) => token.clone(),
+            None => load_or_create_admin_token(&config.data_dir)?,
+        };
+        anyhow::ensure!(
+            admin_token.expose().chars().count() >= MIN_ADMIN_TOKEN_CHARS,
+            "the admin token must be at least {MIN_ADMIN_TOKEN_CHARS} characters"
+        );
+        let url = config.effective_database_url();
+        let store = mc_store::open(&url, config.database_url.is_none())
+            .await
+            .context("opening the database")?;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let organization_id = store
+            .ensure_default_organization(Timestamp::now())
+            .await
+            .context("creating the default organisation")?;
+        let agents = store.all_agents().await.context("loading agents")?;
+        let registry = Arc::new(Registry::load(agents, Timestamp::now()));
+        tracing::info!(agents = registry.len(), "agents loaded");
+        let engine = Engine::new(Arc::clone(&registry), Arc::clone(&store));
+        let state = Arc::new(AppState {
+            store,
+            registry,
+            engine,
+            admin_token,
+            organization_id,
+            base_url: config.base_url.clone().unwrap_or_default(),
+        });
+        Ok(Self { state, config })
+    }
+
+    /// The admin token in effect.
+    pub fn admin_token(&self) -> &Secret {
+        &self.state.admin_token
+    }
+
+    /// Serves on `listener` until `shutdown` resolves, then drains in-flight requests and
+    /// flushes pending liveness writes.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let address = listener.local_addr()?;
+        let mut state = self.state;
+        if state.base_url.is_empty()
+            && let Some(inner) = Arc::get_mut(&mut state)
+        {
+            inner.base_url = format!("http://{address}");
+        }
+        let tasks = state
+            .engine
+            .start(self.config.write_behind_interval, self.config.liveness_tick);
+        let app = crate::api::router(Arc::clone(&state), self.config.max_body_bytes);
+        tracing::info!("listening on http://{address}");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        tasks.stop().await;
+        let flushed = state.engine.flush().await;
+        served.context("serving HTTP")?;
+        flushed.context("flushing pending heartbeat writes at shutdown")?;
+        tracing::info!("stopped; pending writes flushed");
+        Ok(())
+    }
+}

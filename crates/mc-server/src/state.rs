@@ -1,0 +1,28 @@
+//! Shared application state handed to every handler.
+
+use std::sync::Arc;
+
+use mc_domain::ids::OrganizationId;
+use mc_domain::token::Secret;
+use mc_store::Store;
+
+use crate::liveness::{Engine, Registry};
+
+/// Everything handlers share.
+pub struct AppState {
+    /// Durable storage.
+    pub store: Arc<dyn Store>,
+    /// Every agent in memory (the heartbeat hot path).
+    pub registry: Arc<Registry>,
+    /// Write-behind, deadlines and the event bus.
+    pub engine: Arc<Engine>,
+    /// The admin bearer token.
+    pub admin_token: Secret,
+    /// The default organisation (owner of every gateway and board).
+    pub organization_id: OrganizationId,
+    /// The URL agents use to reach this server.
+    pub base_url: String,
+}
+
+/// The state as handlers receive it.
+pub type SharedState = Arc<AppState>;
