@@ -1,0 +1,380 @@
+//! The storage conformance suite: what every backend must do. Each test takes a fresh
+//! store; the SQLite runner below gives each its own temporary database file.
+
+use std::future::Future;
+
+use mc_domain::activity::{EventType, NewActivity};
+use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedHealth};
+use mc_domain::board::{Board, BoardRules, Slug};
+use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
+use mc_domain::gateway::{Gateway, GatewayUrl};
+use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId};
+use mc_domain::page::PageRequest;
+use mc_domain::time::Timestamp;
+use mc_domain::token::{Secret, TokenDigest};
+use mc_store::{
+    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, SqliteStore, Store,
+    StoreError,
+};
+
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(SqliteStore) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    test(store).await;
+}
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(1_800_000_000_000)
+}
+
+fn event(agent: Option<AgentId>) -> NewActivity {
+    NewActivity {
+        event_type: EventType::AgentCreated,
+        message: "Created.".into(),
+        agent_id: agent,
+        board_id: None,
+        data: None,
+        created_at: now(),
+    }
+}
+
+async fn seed(store: &dyn Store) -> (OrganizationId, GatewayId, BoardId) {
+    let org = store.ensure_default_organization(now()).await.unwrap();
+    let gateway = Gateway {
+        id: GatewayId::new(),
+        organization_id: org,
+        name: "gw".into(),
+        url: GatewayUrl::parse("").unwrap(),
+        token: Some(Secret::new("gateway-secret")),
+        workspace_root: String::new(),
+        allow_insecure_tls: false,
+        disable_device_pairing: false,
+        created_at: now(),
+        updated_at: now(),
+    };
+    store.insert_gateway(&gateway).await.unwrap();
+    let board = board(org, gateway.id, "ops");
+    store.insert_board(&board).await.unwrap();
+    (org, gateway.id, board.id)
+}
+
+fn board(org: OrganizationId, gateway: GatewayId, slug: &str) -> Board {
+    Board {
+        id: BoardId::new(),
+        organization_id: org,
+        name: slug.to_uppercase(),
+        slug: Slug::parse(slug).unwrap(),
+        description: "d".into(),
+        gateway_id: gateway,
+        rules: BoardRules::default(),
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+fn agent(gateway: GatewayId, board: BoardId, name: &str) -> Agent {
+    Agent {
+        id: AgentId::new(),
+        board_id: Some(board),
+        gateway_id: gateway,
+        name: AgentName::parse(name, "name").unwrap(),
+        is_board_lead: false,
+        is_mc_agent: true,
+        gateway_agent_id: None,
+        workspace_path: None,
+        openclaw_session_id: None,
+        heartbeat_config: HeartbeatConfig::default(),
+        identity_profile: None,
+        identity_template: None,
+        soul_template: None,
+        last_provision_error: None,
+        last_seen_at: None,
+        reported_health: None,
+        published_status: AgentStatus::Provisioning,
+        enrolled_via: None,
+        own_token_used: false,
+        created_at: now(),
+        updated_at: now(),
+    }
+}
+
+fn enrollment(board: BoardId, max_uses: Option<u32>) -> EnrollmentToken {
+    EnrollmentToken {
+        id: EnrollmentTokenId::new(),
+        board_id: board,
+        expires_at: now().plus_seconds(3600),
+        max_uses,
+        uses: 0,
+        revoked_at: None,
+        created_at: now(),
+    }
+}
+
+#[tokio::test]
+async fn the_default_organisation_is_created_once() {
+    with_sqlite(|store| async move {
+        let a = store.ensure_default_organization(now()).await.unwrap();
+        let b = store.ensure_default_organization(now()).await.unwrap();
+        assert_eq!(a, b);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agents_round_trip_with_every_field() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let mut a = agent(gw, board, "Worker");
+        a.identity_profile = Some([("role".to_owned(), "Lead".to_owned())].into());
+        a.soul_template = Some("soul".into());
+        let digest = TokenDigest::of("t");
+        store
+            .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
+            .await
+            .unwrap();
+        assert_eq!(store.agent(a.id).await.unwrap(), Some(a.clone()));
+        let all = store.all_agents().await.unwrap();
+        assert_eq!(all.len(), 1);
+        assert_eq!(all[0].token_digest, Some(digest));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn agent_names_are_unique_per_board_case_insensitively() {
+    with_sqlite(|store| async move {
+        let (org, gw, board_id) = seed(&store).await;
+        let first = agent(gw, board_id, "Worker");
+        store
+            .insert_agent(&first, None, None, &event(None))
+            .await
+            .unwrap();
+        let clash = agent(gw, board_id, "WORKER");
+        let err = store
+            .insert_agent(&clash, None, None, &event(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict(Constraint::AgentNameOnBoard)
+        ));
+        let other = board(org, gw, "other");
+        store.insert_board(&other).await.unwrap();
+        store
+            .insert_agent(&agent(gw, other.id, "worker"), None, None, &event(None))
+            .await
+            .unwrap();
+        let found = store.agents_named("worker", None).await.unwrap();
+        assert_eq!(found.len(), 2);
+        let on_board = store.agents_named("worker", Some(board_id)).await.unwrap();
+        assert_eq!(on_board.len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted() {
+    with_sqlite(|store| async move {
+        let (org, gw, _) = seed(&store).await;
+        let err = store
+            .insert_board(&board(org, gw, "ops"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Conflict(Constraint::BoardSlug)));
+        let err = store.delete_gateway(gw, &[]).await.unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::Conflict(Constraint::GatewayHasBoards)
+        ));
+        assert!(store.gateway(gw).await.unwrap().is_some());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_enrollment_use_is_spent_with_the_create_or_not_at_all() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let token = enrollment(board, Some(1));
+        store
+            .insert_enrollment_token(&token, TokenDigest::of("mce_x"))
+            .await
+            .unwrap();
+        let spend = Some(EnrollmentSpend {
+            token_id: token.id,
+            now: now(),
+        });
+        store
+            .insert_agent(&agent(gw, board, "a"), None, spend, &event(None))
+            .await
+            .unwrap();
+        let second = agent(gw, board, "b");
+        let err = store
+            .insert_agent(&second, None, spend, &event(None))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            err,
+            StoreError::EnrollmentRefused(EnrollmentRefusal::UsedUp)
+        ));
+        assert_eq!(store.agent(second.id).await.unwrap(), None);
+        let stored = store
+            .enrollment_token_by_digest(TokenDigest::of("mce_x"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.uses, 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn revoking_is_scoped_to_the_board_and_idempotent() {
+    with_sqlite(|store| async move {
+        let (_, _, board) = seed(&store).await;
+        let token = enrollment(board, None);
+        store
+            .insert_enrollment_token(&token, TokenDigest::of("mce_y"))
+            .await
+            .unwrap();
+        assert!(
+            store
+                .revoke_enrollment_token(BoardId::new(), token.id, now())
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let first = store
+            .revoke_enrollment_token(board, token.id, now())
+            .await
+            .unwrap()
+            .unwrap();
+        let again = store
+            .revoke_enrollment_token(board, token.id, now().plus_seconds(5))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(first.revoked_at, Some(now()));
+        assert_eq!(again.revoked_at, Some(now()));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn liveness_batches_write_fields_and_events_in_order() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let a = agent(gw, board, "a");
+        store
+            .insert_agent(&a, None, None, &event(Some(a.id)))
+            .await
+            .unwrap();
+        let seen = now().plus_seconds(10);
+        let write = LivenessWrite {
+            agent_id: a.id,
+            last_seen_at: Some(seen),
+            reported_health: Some(ReportedHealth::Degraded),
+            published_status: AgentStatus::Degraded,
+            own_token_used: true,
+            updated_at: seen,
+        };
+        let mut transition = event(Some(a.id));
+        transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
+        let recorded = store
+            .apply_liveness(&[write], &[transition.clone(), transition])
+            .await
+            .unwrap();
+        assert!(recorded[0].id < recorded[1].id);
+        let stored = store.agent(a.id).await.unwrap().unwrap();
+        assert_eq!(stored.last_seen_at, Some(seen));
+        assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
+        assert!(stored.own_token_used);
+        let page = store
+            .list_activity(
+                ActivityFilter {
+                    agent_id: Some(a.id),
+                    board_id: None,
+                },
+                PageRequest::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, 3);
+        assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn lists_are_paged_with_totals() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        for i in 0..5 {
+            let mut a = agent(gw, board, &format!("a{i}"));
+            a.created_at = now().plus_seconds(i);
+            store
+                .insert_agent(&a, None, None, &event(None))
+                .await
+                .unwrap();
+        }
+        let page = store
+            .list_agents(
+                AgentFilter {
+                    board_id: Some(board),
+                    gateway_id: None,
+                },
+                PageRequest::parse(Some(2), Some(1)).unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(page.total, 5);
+        let names: Vec<_> = page
+            .items
+            .iter()
+            .map(|a| a.name.as_str().to_owned())
+            .collect();
+        assert_eq!(names, ["a3", "a2"]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_board_deletes_its_agents_and_reports_them() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let a = agent(gw, board, "a");
+        store
+            .insert_agent(&a, None, None, &event(None))
+            .await
+            .unwrap();
+        let deleted = store.delete_board(board, &[]).await.unwrap();
+        assert_eq!(deleted, Some(vec![a.id]));
+        assert_eq!(store.agent(a.id).await.unwrap(), None);
+        assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
+        assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_mistyped_url_is_an_error_never_a_new_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = format!("sqlite://{}", dir.path().join("typo.db").display());
+    assert!(matches!(
+        mc_store::open(&missing, false).await,
+        Err(StoreError::Config(_))
+    ));
+    assert!(!dir.path().join("typo.db").exists());
+    assert!(matches!(
+        mc_store::open("sqllite://x.db", true).await,
+        Err(StoreError::Config(_))
+    ));
+    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
+    SqliteStore::migrate(&url).await.unwrap();
+    SqliteStore::migrate(&url).await.unwrap();
+}
