@@ -98,3 +98,35 @@ pub fn document() -> &'static Value {
 pub async fn openapi_json() -> Json<Value> {
     Json(document().clone())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_operations_carry_role_tags_and_hints() {
+        let doc = document();
+        for path in [
+            "/api/v1/agent/heartbeat",
+            "/api/v1/agents/heartbeat",
+            "/api/v1/agents/{agent_id}/heartbeat",
+        ] {
+            let operation = &doc["paths"][path]["post"];
+            let tags: Vec<&str> = operation["tags"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path} has no tags"))
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            for role in ["agent-main", "agent-lead", "agent-worker"] {
+                assert!(tags.contains(&role), "{path} lacks {role}");
+            }
+            assert!(operation["x-llm-intent"].is_string(), "{path} lacks a hint");
+        }
+    }
+
+    #[test]
+    fn the_document_is_stable() {
+        insta::assert_json_snapshot!("openapi", document());
+    }
+}
