@@ -6,12 +6,15 @@ use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {
     let cli = cli::Cli::parse();
+    // Log lines go through a buffer drained by a background thread, so a busy server
+    // never waits on its terminal.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

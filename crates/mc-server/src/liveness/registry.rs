@@ -40,6 +40,17 @@ struct LiveState {
 }
 
 impl LiveState {
+    /// The stored settings overlaid with these live fields.
+    fn merged(&self, profile: &Agent) -> Agent {
+        let mut agent = profile.clone();
+        agent.last_seen_at = self.last_seen_at;
+        agent.reported_health = self.reported;
+        agent.published_status = self.published;
+        agent.own_token_used = self.own_token_used;
+        agent.updated_at = self.updated_at;
+        agent
+    }
+
     fn facts(&self, tolerance_seconds: u32) -> LivenessFacts {
         LivenessFacts {
             last_seen_at: self.last_seen_at,
@@ -73,12 +84,7 @@ impl LiveAgent {
         let status = live
             .facts(profile.heartbeat_config.missing_tolerance)
             .status(now);
-        let mut agent = (*profile).clone();
-        agent.last_seen_at = live.last_seen_at;
-        agent.reported_health = live.reported;
-        agent.published_status = live.published;
-        agent.own_token_used = live.own_token_used;
-        agent.updated_at = live.updated_at;
+        let agent = live.merged(&profile);
         drop(live);
         (agent, status)
     }
@@ -254,12 +260,7 @@ impl Registry {
             }
             _ => None,
         };
-        let mut snapshot = (*profile).clone();
-        snapshot.last_seen_at = live.last_seen_at;
-        snapshot.reported_health = live.reported;
-        snapshot.published_status = live.published;
-        snapshot.own_token_used = live.own_token_used;
-        snapshot.updated_at = live.updated_at;
+        let snapshot = live.merged(&profile);
         drop(live);
         if let Some(deadline) = to_schedule {
             self.deadlines

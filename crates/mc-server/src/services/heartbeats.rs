@@ -9,7 +9,6 @@ use mc_domain::ids::BoardId;
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_domain::{FieldError, ValidationErrors};
-use mc_store::{Constraint, StoreError};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
@@ -115,17 +114,13 @@ async fn create_by_enrollment(
         .board(token.board_id)
         .await?
         .ok_or(ApiError::Unauthorized("Unauthorized"))?;
-    let created = create_agent(
+    let (agent, new_token) = create_agent(
         state,
         &board,
         NewAgent::named(name.clone()),
         Origin::Enrollment(token.id),
     )
-    .await;
-    let (agent, new_token) = match created {
-        Err(ApiError::Conflict(message)) => return Err(ApiError::Conflict(message)),
-        other => other?,
-    };
+    .await?;
     let mut outcome = beat(state, &agent, reported);
     outcome.new_token = Some(new_token);
     Ok(outcome)
@@ -183,14 +178,8 @@ async fn admin_heartbeat(
             Ok(beat(state, &live, reported))
         }
         ([], Some(board)) => {
-            let (agent, token) = create_agent(state, &board, NewAgent::named(name), Origin::Admin)
-                .await
-                .map_err(|e| match e {
-                    ApiError::Conflict(_) => {
-                        ApiError::from(StoreError::Conflict(Constraint::AgentNameOnBoard))
-                    }
-                    other => other,
-                })?;
+            let (agent, token) =
+                create_agent(state, &board, NewAgent::named(name), Origin::Admin).await?;
             let mut outcome = beat(state, &agent, reported);
             outcome.new_token = Some(token);
             Ok(outcome)
