@@ -11,7 +11,7 @@ pub const DEFAULT_EXPIRES_IN_SECONDS: i64 = 86_400;
 /// Shortest allowed lifetime.
 pub const MIN_EXPIRES_IN_SECONDS: i64 = 60;
 /// Longest allowed lifetime: one year.
-pub const MAX_EXPIRES_IN_SECONDS: i64 = 366 * 86_400;
+pub const MAX_EXPIRES_IN_SECONDS: i64 = 365 * 86_400;
 
 /// An enrollment token as stored (its secret only as a digest).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -67,16 +67,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     } else {
         bytes
     };
-    let mut deserializer = serde_json::Deserializer::from_slice(text);
-    let value = serde_path_to_error::deserialize(&mut deserializer).map_err(|e| {
+    // Syntax first: a broken body is `json_invalid` even when a value before the break
+    // has the wrong type.
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| ApiError::field(json_error(Vec::new(), &e)))?;
+    let value = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::field(json_error(
             e.path().iter().map(ToString::to_string).collect(),
             e.inner(),
         ))
     })?;
-    deserializer
-        .end()
-        .map_err(|e| ApiError::field(json_error(Vec::new(), &e)))?;
     Ok(value)
 }
 

@@ -1,0 +1,10 @@
+//! HTTP integration tests: the wire contract of `docs/api-contract.md`, proven against the
+//! real server bound to `127.0.0.1:0`, each test with its own temporary database.
+
+mod agents;
+mod boards_gateways;
+mod enrollment;
+mod heartbeat;
+mod helpers;
+mod liveness;
+mod wire;
