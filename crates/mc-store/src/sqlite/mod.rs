@@ -19,12 +19,14 @@ use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, Organizatio
 use mc_domain::page::{Page, PageRequest};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row as _, Sqlite, SqlitePool, Transaction};
 
 use self::rows::{
-    AGENT_COLUMNS, BOARD_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row,
-    agent_from_row, board_from_row, enrollment_from_row, gateway_from_row,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, BOARD_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS,
+    activity_from_row, agent_from_row, board_from_row, enrollment_from_row, gateway_from_row,
 };
 use crate::{
     ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, Store, StoreError,
@@ -127,6 +129,61 @@ impl SqliteStore {
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
         self.writer.begin().await.map_err(map_err)
+    }
+}
+
+/// A filtered, ordered listing: `SELECT columns FROM table WHERE filter ORDER BY order_by`,
+/// where `filter` refers to `params` as `?1`, `?2`, ...
+struct Listing<'a> {
+    table: &'a str,
+    columns: &'a str,
+    filter: &'a str,
+    order_by: &'a str,
+    params: Vec<Option<String>>,
+}
+
+impl SqliteStore {
+    /// One page of a listing and the total count before paging.
+    async fn fetch_page<T>(
+        &self,
+        listing: Listing<'_>,
+        page: PageRequest,
+        convert: fn(&SqliteRow) -> StoreResult<T>,
+    ) -> StoreResult<Page<T>> {
+        let (limit, offset) = page_bounds(page);
+        let Listing {
+            table,
+            columns,
+            filter,
+            order_by,
+            params,
+        } = listing;
+        let count_sql = format!("SELECT COUNT(*) FROM {table} WHERE {filter}");
+        let mut count_query = sqlx::query_scalar::<_, i64>(&count_sql);
+        for param in &params {
+            count_query = count_query.bind(param);
+        }
+        let total = count_query.fetch_one(&self.reader).await.map_err(map_err)?;
+        let n = params.len();
+        let rows_sql = format!(
+            "SELECT {columns} FROM {table} WHERE {filter} ORDER BY {order_by} LIMIT ?{} OFFSET ?{}",
+            n + 1,
+            n + 2
+        );
+        let mut rows_query = sqlx::query(&rows_sql);
+        for param in &params {
+            rows_query = rows_query.bind(param);
+        }
+        let rows = rows_query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        Ok(Page {
+            items: rows.iter().map(convert).collect::<Result<_, _>>()?,
+            total: count(total),
+        })
     }
 }
 
@@ -283,30 +340,14 @@ impl Store for SqliteStore {
         org: OrganizationId,
         page: PageRequest,
     ) -> StoreResult<Page<Gateway>> {
-        let (limit, offset) = page_bounds(page);
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM gateways WHERE organization_id = ?")
-                .bind(org.to_string())
-                .fetch_one(&self.reader)
-                .await
-                .map_err(map_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE organization_id = ?
-             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(org.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(Page {
-            items: rows
-                .iter()
-                .map(gateway_from_row)
-                .collect::<Result<_, _>>()?,
-            total: count(total),
-        })
+        let listing = Listing {
+            table: "gateways",
+            columns: GATEWAY_COLUMNS,
+            filter: "organization_id = ?1",
+            order_by: "created_at DESC, id DESC",
+            params: vec![Some(org.to_string())],
+        };
+        self.fetch_page(listing, page, gateway_from_row).await
     }
 
     async fn update_gateway(&self, g: &Gateway) -> StoreResult<()> {
@@ -402,32 +443,14 @@ impl Store for SqliteStore {
         gateway_id: Option<GatewayId>,
         page: PageRequest,
     ) -> StoreResult<Page<Board>> {
-        let (limit, offset) = page_bounds(page);
-        let gateway = gateway_id.map(|g| g.to_string());
-        let total: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM boards WHERE organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)",
-        )
-        .bind(org.to_string())
-        .bind(&gateway)
-        .fetch_one(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {BOARD_COLUMNS} FROM boards
-             WHERE organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)
-             ORDER BY lower(name) ASC, created_at DESC LIMIT ?3 OFFSET ?4"
-        ))
-        .bind(org.to_string())
-        .bind(&gateway)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(Page {
-            items: rows.iter().map(board_from_row).collect::<Result<_, _>>()?,
-            total: count(total),
-        })
+        let listing = Listing {
+            table: "boards",
+            columns: BOARD_COLUMNS,
+            filter: "organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)",
+            order_by: "lower(name) ASC, created_at DESC",
+            params: vec![Some(org.to_string()), gateway_id.map(|g| g.to_string())],
+        };
+        self.fetch_page(listing, page, board_from_row).await
     }
 
     async fn update_board(&self, b: &Board) -> StoreResult<()> {
@@ -543,31 +566,17 @@ impl Store for SqliteStore {
         filter: AgentFilter,
         page: PageRequest,
     ) -> StoreResult<Page<Agent>> {
-        let (limit, offset) = page_bounds(page);
-        let board = filter.board_id.map(|b| b.to_string());
-        let gateway = filter.gateway_id.map(|g| g.to_string());
-        const WHERE: &str = "(?1 IS NULL OR board_id = ?1) AND (?2 IS NULL OR gateway_id = ?2)";
-        let total: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM agents WHERE {WHERE}"))
-            .bind(&board)
-            .bind(&gateway)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(map_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE {WHERE}
-             ORDER BY created_at DESC, id DESC LIMIT ?3 OFFSET ?4"
-        ))
-        .bind(&board)
-        .bind(&gateway)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(Page {
-            items: rows.iter().map(agent_from_row).collect::<Result<_, _>>()?,
-            total: count(total),
-        })
+        let listing = Listing {
+            table: "agents",
+            columns: AGENT_COLUMNS,
+            filter: "(?1 IS NULL OR board_id = ?1) AND (?2 IS NULL OR gateway_id = ?2)",
+            order_by: "created_at DESC, id DESC",
+            params: vec![
+                filter.board_id.map(|b| b.to_string()),
+                filter.gateway_id.map(|g| g.to_string()),
+            ],
+        };
+        self.fetch_page(listing, page, agent_from_row).await
     }
 
     async fn agents_named(
@@ -746,30 +755,14 @@ impl Store for SqliteStore {
         board_id: BoardId,
         page: PageRequest,
     ) -> StoreResult<Page<EnrollmentToken>> {
-        let (limit, offset) = page_bounds(page);
-        let total: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM enrollment_tokens WHERE board_id = ?")
-                .bind(board_id.to_string())
-                .fetch_one(&self.reader)
-                .await
-                .map_err(map_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT {ENROLLMENT_COLUMNS} FROM enrollment_tokens WHERE board_id = ?
-             ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?"
-        ))
-        .bind(board_id.to_string())
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(Page {
-            items: rows
-                .iter()
-                .map(enrollment_from_row)
-                .collect::<Result<_, _>>()?,
-            total: count(total),
-        })
+        let listing = Listing {
+            table: "enrollment_tokens",
+            columns: ENROLLMENT_COLUMNS,
+            filter: "board_id = ?1",
+            order_by: "created_at DESC, id DESC",
+            params: vec![Some(board_id.to_string())],
+        };
+        self.fetch_page(listing, page, enrollment_from_row).await
     }
 
     async fn revoke_enrollment_token(
@@ -796,36 +789,17 @@ impl Store for SqliteStore {
         filter: ActivityFilter,
         page: PageRequest,
     ) -> StoreResult<Page<ActivityEvent>> {
-        let (limit, offset) = page_bounds(page);
-        let agent = filter.agent_id.map(|a| a.to_string());
-        let board = filter.board_id.map(|b| b.to_string());
-        const WHERE: &str = "(?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR board_id = ?2)";
-        let total: i64 = sqlx::query_scalar(&format!(
-            "SELECT COUNT(*) FROM activity_events WHERE {WHERE}"
-        ))
-        .bind(&agent)
-        .bind(&board)
-        .fetch_one(&self.reader)
-        .await
-        .map_err(map_err)?;
-        let rows = sqlx::query(&format!(
-            "SELECT id, event_type, message, agent_id, board_id, data, created_at
-             FROM activity_events WHERE {WHERE} ORDER BY id DESC LIMIT ?3 OFFSET ?4"
-        ))
-        .bind(&agent)
-        .bind(&board)
-        .bind(limit)
-        .bind(offset)
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        Ok(Page {
-            items: rows
-                .iter()
-                .map(activity_from_row)
-                .collect::<Result<_, _>>()?,
-            total: count(total),
-        })
+        let listing = Listing {
+            table: "activity_events",
+            columns: ACTIVITY_COLUMNS,
+            filter: "(?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR board_id = ?2)",
+            order_by: "id DESC",
+            params: vec![
+                filter.agent_id.map(|a| a.to_string()),
+                filter.board_id.map(|b| b.to_string()),
+            ],
+        };
+        self.fetch_page(listing, page, activity_from_row).await
     }
 }
 

@@ -30,6 +30,9 @@ pub(super) const AGENT_COLUMNS: &str = "id, board_id, gateway_id, name, name_key
     soul_template, last_provision_error, last_seen_at, reported_health, published_status, \
     enrolled_via, own_token_used, created_at, updated_at";
 
+pub(super) const ACTIVITY_COLUMNS: &str =
+    "id, event_type, message, agent_id, board_id, data, created_at";
+
 pub(super) const ENROLLMENT_COLUMNS: &str =
     "id, board_id, expires_at, max_uses, uses, revoked_at, created_at";
 
