@@ -66,7 +66,12 @@ pub async fn around_request(request: Request, next: Next) -> Response {
 
     let status = response.status().as_u16();
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    if route == "/healthz" || route == "/readyz" {
+    // Health checks and successful heartbeats are routine (thousands a second with a large
+    // fleet): they log at debug; everything else, and every failure, at info.
+    let routine = route == "/healthz"
+        || route == "/readyz"
+        || (route.ends_with("/heartbeat") && status < 400);
+    if routine {
         tracing::debug!(http.method = %method, http.route = %route, http.status = status, duration_ms, request.id = %id, "request");
     } else {
         tracing::info!(http.method = %method, http.route = %route, http.status = status, duration_ms, request.id = %id, "request");
