@@ -101,6 +101,7 @@ CREATE TABLE agents (
 );
 -- Names are unique per board, case-insensitively (name_key is the lowercased name).
 CREATE UNIQUE INDEX agents_board_name_key ON agents (board_id, name_key);
+CREATE INDEX agents_name_key ON agents (name_key);
 CREATE INDEX agents_created ON agents (created_at, id);
 CREATE INDEX agents_board_created ON agents (board_id, created_at);
 CREATE INDEX agents_gateway_created ON agents (gateway_id, created_at);

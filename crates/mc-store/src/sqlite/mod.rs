@@ -132,14 +132,30 @@ impl SqliteStore {
     }
 }
 
-/// A filtered, ordered listing: `SELECT columns FROM table WHERE filter ORDER BY order_by`,
-/// where `filter` refers to `params` as `?1`, `?2`, ...
+/// A filtered, ordered listing. Only the filters that are set become conditions (`column =
+/// ?`), so each query is one an index can serve: an `(? IS NULL OR column = ?)` form would
+/// make SQLite scan the table.
 struct Listing<'a> {
     table: &'a str,
     columns: &'a str,
-    filter: &'a str,
+    filters: Vec<(&'static str, Option<String>)>,
     order_by: &'a str,
-    params: Vec<Option<String>>,
+}
+
+/// The `WHERE` clause for the filters that are set, and their values in order.
+fn where_clause(filters: Vec<(&'static str, Option<String>)>) -> (String, Vec<String>) {
+    let mut conditions = Vec::new();
+    let mut params = Vec::new();
+    for (column, value) in filters {
+        if let Some(value) = value {
+            params.push(value);
+            conditions.push(format!("{column} = ?{}", params.len()));
+        }
+    }
+    if conditions.is_empty() {
+        conditions.push("1 = 1".to_owned());
+    }
+    (conditions.join(" AND "), params)
 }
 
 impl SqliteStore {
@@ -154,10 +170,10 @@ impl SqliteStore {
         let Listing {
             table,
             columns,
-            filter,
+            filters,
             order_by,
-            params,
         } = listing;
+        let (filter, params) = where_clause(filters);
         let count_sql = format!("SELECT COUNT(*) FROM {table} WHERE {filter}");
         let mut count_query = sqlx::query_scalar::<_, i64>(&count_sql);
         for param in &params {
@@ -343,9 +359,8 @@ impl Store for SqliteStore {
         let listing = Listing {
             table: "gateways",
             columns: GATEWAY_COLUMNS,
-            filter: "organization_id = ?1",
+            filters: vec![("organization_id", Some(org.to_string()))],
             order_by: "created_at DESC, id DESC",
-            params: vec![Some(org.to_string())],
         };
         self.fetch_page(listing, page, gateway_from_row).await
     }
@@ -446,9 +461,11 @@ impl Store for SqliteStore {
         let listing = Listing {
             table: "boards",
             columns: BOARD_COLUMNS,
-            filter: "organization_id = ?1 AND (?2 IS NULL OR gateway_id = ?2)",
+            filters: vec![
+                ("organization_id", Some(org.to_string())),
+                ("gateway_id", gateway_id.map(|g| g.to_string())),
+            ],
             order_by: "lower(name) ASC, created_at DESC",
-            params: vec![Some(org.to_string()), gateway_id.map(|g| g.to_string())],
         };
         self.fetch_page(listing, page, board_from_row).await
     }
@@ -569,12 +586,11 @@ impl Store for SqliteStore {
         let listing = Listing {
             table: "agents",
             columns: AGENT_COLUMNS,
-            filter: "(?1 IS NULL OR board_id = ?1) AND (?2 IS NULL OR gateway_id = ?2)",
-            order_by: "created_at DESC, id DESC",
-            params: vec![
-                filter.board_id.map(|b| b.to_string()),
-                filter.gateway_id.map(|g| g.to_string()),
+            filters: vec![
+                ("board_id", filter.board_id.map(|b| b.to_string())),
+                ("gateway_id", filter.gateway_id.map(|g| g.to_string())),
             ],
+            order_by: "created_at DESC, id DESC",
         };
         self.fetch_page(listing, page, agent_from_row).await
     }
@@ -584,16 +600,18 @@ impl Store for SqliteStore {
         name_key: &str,
         board_id: Option<BoardId>,
     ) -> StoreResult<Vec<Agent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS} FROM agents
-             WHERE name_key = ?1 AND (?2 IS NULL OR board_id = ?2)
-             ORDER BY created_at LIMIT 50"
-        ))
-        .bind(name_key)
-        .bind(board_id.map(|b| b.to_string()))
-        .fetch_all(&self.writer)
-        .await
-        .map_err(map_err)?;
+        let (filter, params) = where_clause(vec![
+            ("name_key", Some(name_key.to_owned())),
+            ("board_id", board_id.map(|b| b.to_string())),
+        ]);
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM agents WHERE {filter} ORDER BY created_at LIMIT 50"
+        );
+        let mut query = sqlx::query(&sql);
+        for param in &params {
+            query = query.bind(param);
+        }
+        let rows = query.fetch_all(&self.writer).await.map_err(map_err)?;
         rows.iter().map(agent_from_row).collect()
     }
 
@@ -758,9 +776,8 @@ impl Store for SqliteStore {
         let listing = Listing {
             table: "enrollment_tokens",
             columns: ENROLLMENT_COLUMNS,
-            filter: "board_id = ?1",
+            filters: vec![("board_id", Some(board_id.to_string()))],
             order_by: "created_at DESC, id DESC",
-            params: vec![Some(board_id.to_string())],
         };
         self.fetch_page(listing, page, enrollment_from_row).await
     }
@@ -792,12 +809,11 @@ impl Store for SqliteStore {
         let listing = Listing {
             table: "activity_events",
             columns: ACTIVITY_COLUMNS,
-            filter: "(?1 IS NULL OR agent_id = ?1) AND (?2 IS NULL OR board_id = ?2)",
-            order_by: "id DESC",
-            params: vec![
-                filter.agent_id.map(|a| a.to_string()),
-                filter.board_id.map(|b| b.to_string()),
+            filters: vec![
+                ("agent_id", filter.agent_id.map(|a| a.to_string())),
+                ("board_id", filter.board_id.map(|b| b.to_string())),
             ],
+            order_by: "id DESC",
         };
         self.fetch_page(listing, page, activity_from_row).await
     }
