@@ -378,3 +378,36 @@ async fn a_mistyped_url_is_an_error_never_a_new_database() {
     SqliteStore::migrate(&url).await.unwrap();
     SqliteStore::migrate(&url).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_liveness_batch_larger_than_one_statement_updates_every_agent() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let mut writes = Vec::new();
+        for i in 0..2_345 {
+            let a = agent(gw, board, &format!("a{i}"));
+            store
+                .insert_agent(&a, None, None, &event(None))
+                .await
+                .unwrap();
+            writes.push(LivenessWrite {
+                agent_id: a.id,
+                last_seen_at: Some(now().plus_millis(i)),
+                reported_health: Some(ReportedHealth::Healthy),
+                published_status: AgentStatus::Healthy,
+                own_token_used: false,
+                updated_at: now().plus_millis(i),
+            });
+        }
+        store.apply_liveness(&writes, &[]).await.unwrap();
+        for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
+            let expected = writes
+                .iter()
+                .find(|w| w.agent_id == stored.agent.id)
+                .unwrap_or_else(|| panic!("agent {i} missing"));
+            assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
+            assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
+        }
+    })
+    .await;
+}

@@ -33,6 +33,9 @@ use crate::{
     StoreResult, StoredAgent,
 };
 
+/// Agents updated by one statement of a liveness batch (6 parameters each).
+const LIVENESS_ROWS_PER_STATEMENT: usize = 1000;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Mission Control's store on an SQLite file.
@@ -710,21 +713,30 @@ impl Store for SqliteStore {
         events: &[NewActivity],
     ) -> StoreResult<Vec<ActivityEvent>> {
         let mut tx = self.begin().await?;
-        for w in writes {
-            sqlx::query(
-                "UPDATE agents SET last_seen_at = ?, reported_health = ?, published_status = ?,
-                   own_token_used = ?, updated_at = max(updated_at, ?)
-                 WHERE id = ?",
-            )
-            .bind(w.last_seen_at.map(ms))
-            .bind(w.reported_health.map(|h| h.as_str()))
-            .bind(w.published_status.as_str())
-            .bind(w.own_token_used)
-            .bind(ms(w.updated_at))
-            .bind(w.agent_id.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
+        // Many rows per statement: a statement costs a round trip to SQLite's worker
+        // thread, and a batch can hold tens of thousands of agents.
+        for chunk in writes.chunks(LIVENESS_ROWS_PER_STATEMENT) {
+            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH v (id, last_seen_at, reported_health, published_status, own_token_used,
+                         updated_at) AS (VALUES {values})
+                 UPDATE agents SET last_seen_at = v.last_seen_at,
+                   reported_health = v.reported_health, published_status = v.published_status,
+                   own_token_used = v.own_token_used,
+                   updated_at = max(agents.updated_at, v.updated_at)
+                 FROM v WHERE agents.id = v.id"
+            );
+            let mut query = sqlx::query(&sql);
+            for w in chunk {
+                query = query
+                    .bind(w.agent_id.to_string())
+                    .bind(w.last_seen_at.map(ms))
+                    .bind(w.reported_health.map(|h| h.as_str()))
+                    .bind(w.published_status.as_str())
+                    .bind(w.own_token_used)
+                    .bind(ms(w.updated_at));
+            }
+            query.execute(&mut *tx).await.map_err(map_err)?;
         }
         let recorded = insert_activities(&mut tx, events).await?;
         tx.commit().await.map_err(map_err)?;
