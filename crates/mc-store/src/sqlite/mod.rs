@@ -1,7 +1,7 @@
 //! The SQLite backend: the embedded default.
 //!
 //! Configured on purpose: WAL journal, `synchronous=NORMAL`, `foreign_keys=ON`, a busy
-//! timeout, one writer connection (SQLite allows one writer at a time; a single pooled
+//! timeout, a page cache sized for a large fleet, one writer connection (SQLite allows one writer at a time; a single pooled
 //! connection turns lock contention into an orderly queue) and a small reader pool.
 
 mod rows;
@@ -92,7 +92,12 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(5));
+            .busy_timeout(Duration::from_secs(5))
+            // A large fleet's agents table should stay in memory: 64 MiB page cache per
+            // connection (negative = KiB) and reads through a memory map.
+            .pragma("cache_size", "-65536")
+            .pragma("mmap_size", "268435456")
+            .pragma("temp_store", "memory");
         let filename = base.get_filename().to_owned();
         if !create_if_missing && !filename.exists() {
             return Err(StoreError::Config(format!(
