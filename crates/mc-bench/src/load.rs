@@ -94,9 +94,42 @@ pub struct PhaseResult {
     pub server_cpu: Option<Duration>,
     /// Load generator (this process) CPU time during the window.
     pub loadgen_cpu: Option<Duration>,
+    /// CPU time of the whole machine (all processes) during the window.
+    pub machine_cpu: Option<Duration>,
+    /// Requests per second of each round merged into this result.
+    pub round_rps: Vec<f64>,
 }
 
 impl PhaseResult {
+    /// Adds another round of the same phase: counts, windows, CPU times and histograms sum.
+    pub fn merge(&mut self, other: Self) -> Result<()> {
+        let add = |a: Option<Duration>, b: Option<Duration>| Some(a? + b?);
+        self.window += other.window;
+        self.ok += other.ok;
+        self.errors += other.errors;
+        for (k, v) in other.error_kinds {
+            *self.error_kinds.entry(k).or_default() += v;
+        }
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+        self.latency
+            .add(&other.latency)
+            .context("merging histograms")?;
+        self.server_cpu = add(self.server_cpu, other.server_cpu);
+        self.loadgen_cpu = add(self.loadgen_cpu, other.loadgen_cpu);
+        self.machine_cpu = add(self.machine_cpu, other.machine_cpu);
+        self.round_rps.extend(other.round_rps);
+        Ok(())
+    }
+
+    /// Lowest and highest per-round requests per second.
+    pub fn spread(&self) -> (f64, f64) {
+        let min = self.round_rps.iter().copied().fold(f64::INFINITY, f64::min);
+        let max = self.round_rps.iter().copied().fold(0.0, f64::max);
+        (min, max)
+    }
+
     /// Successful requests per second.
     pub fn rps(&self) -> f64 {
         self.ok as f64 / self.window.as_secs_f64()
@@ -115,6 +148,15 @@ impl PhaseResult {
     /// CPU time as a percentage of one core over the window.
     pub fn cpu_pct(&self, cpu: Option<Duration>) -> Option<f64> {
         cpu.map(|c| 100.0 * c.as_secs_f64() / self.window.as_secs_f64())
+    }
+
+    /// CPU time used by other processes than the server and the load generator.
+    pub fn other_cpu(&self) -> Option<Duration> {
+        Some(
+            self.machine_cpu?
+                .saturating_sub(self.server_cpu?)
+                .saturating_sub(self.loadgen_cpu?),
+        )
     }
 }
 
@@ -245,11 +287,13 @@ pub async fn run_phase(
         tokio::time::sleep_until(measure_from.into()).await;
         let s0 = procfs::cpu_time(&server_pid.to_string());
         let l0 = procfs::cpu_time("self");
+        let m0 = procfs::machine_cpu().map(|(busy, _)| busy);
         tokio::time::sleep_until(end.into()).await;
         let s1 = procfs::cpu_time(&server_pid.to_string());
         let l1 = procfs::cpu_time("self");
+        let m1 = procfs::machine_cpu().map(|(busy, _)| busy);
         let diff = |a: Option<Duration>, b: Option<Duration>| Some(b?.saturating_sub(a?));
-        (diff(s0, s1), diff(l0, l1))
+        (diff(s0, s1), diff(l0, l1), diff(m0, m1))
     });
 
     let mut latency = new_histogram()?;
@@ -279,7 +323,8 @@ pub async fn run_phase(
             bail!("phase {} did not stop within {hard_limit:?}", target.name());
         }
     }
-    let (server_cpu, loadgen_cpu) = cpu.await.unwrap_or((None, None));
+    let (server_cpu, loadgen_cpu, machine_cpu) = cpu.await.unwrap_or((None, None, None));
+    let round_rps = vec![ok as f64 / cfg.duration.as_secs_f64()];
     Ok(PhaseResult {
         target: target.name(),
         connections: cfg.connections,
@@ -291,5 +336,7 @@ pub async fn run_phase(
         latency,
         server_cpu,
         loadgen_cpu,
+        machine_cpu,
+        round_rps,
     })
 }

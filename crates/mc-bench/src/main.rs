@@ -30,7 +30,7 @@ use rand::Rng as _;
 
 use crate::load::{PhaseConfig, Target};
 use crate::report::{Report, StepReport};
-use crate::seed::Seeder;
+use crate::seed::{SeedMode, Seeder};
 use crate::server::{Server, ServerConfig};
 
 /// Load benchmark for Mission Control: heartbeat throughput against a /healthz baseline.
@@ -58,11 +58,28 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     duration: f64,
 
+    /// Rounds per agent count: each round runs the /healthz phase then the heartbeat phase;
+    /// figures are merged over rounds (the report shows the per-round spread).
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
+
     /// Unmeasured warm-up seconds at the start of each phase.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
 
-    /// Enrollment requests in flight while seeding.
+    /// How agents are created: `enroll` = `POST /api/v1/agents/heartbeat` with an enrollment
+    /// token (what real agents do); `admin` = `POST /api/v1/agents` + `POST /agents/{id}/token`.
+    #[arg(long, value_enum, default_value_t = SeedMode::Enroll)]
+    seed_mode: SeedMode,
+
+    /// Skip the refresh pass: by default, right before each step's phases every agent sends
+    /// one heartbeat with its own token, so that none is offline (silent past its 120 s
+    /// tolerance after a long seeding) and the heartbeat phase measures steady state rather
+    /// than offline→healthy transitions.
+    #[arg(long)]
+    no_refresh: bool,
+
+    /// Seeding requests in flight.
     #[arg(long, default_value_t = 32)]
     seed_concurrency: usize,
 
@@ -85,6 +102,11 @@ struct Args {
     /// Extra argument for `mission-control serve` (repeatable), e.g. `--server-arg=--foo`.
     #[arg(long = "server-arg", allow_hyphen_values = true)]
     server_args: Vec<String>,
+
+    /// `RUST_LOG` for the server, e.g. `warn,mc_server::startup=info` (the bench needs the
+    /// `listening on` line, logged at info by the server) [default: inherited].
+    #[arg(long)]
+    server_rust_log: Option<String>,
 
     /// Also print a markdown block for docs/benchmarks.md.
     #[arg(long)]
@@ -215,6 +237,7 @@ async fn run_in(
         admin_token: &token,
         extra_args: &args.server_args,
         startup_timeout: secs("startup-timeout", args.startup_timeout)?,
+        rust_log: args.server_rust_log.as_deref(),
     })
     .await?;
     eprintln!(
@@ -230,7 +253,18 @@ async fn run_in(
         phase,
         loadgen_threads: threads,
         seed_concurrency: args.seed_concurrency.max(1),
+        seed_mode: args.seed_mode,
+        rounds: args.rounds.max(1),
+        refresh: !args.no_refresh,
         server_bin: server_bin.display().to_string(),
+        server_built: std::fs::metadata(&server_bin)
+            .and_then(|m| m.modified())
+            .map(|t| {
+                chrono::DateTime::<chrono::Utc>::from(t)
+                    .format("%Y-%m-%d %H:%M UTC")
+                    .to_string()
+            })
+            .unwrap_or_else(|_| "unknown".to_owned()),
         steps: Vec::new(),
         server_log_lines: None,
     };
@@ -242,6 +276,7 @@ async fn run_in(
         &token,
         &data_dir,
         seed_timeout,
+        args.rounds.max(1),
     )
     .await;
     // Collect a crash tail before the kill.
@@ -276,13 +311,20 @@ async fn drive(
     admin_token: &str,
     data_dir: &std::path::Path,
     seed_timeout: Duration,
+    rounds: usize,
 ) -> Result<()> {
     let addr = server.addr();
     let phase = report.phase;
     let max_agents = steps.iter().copied().max().unwrap_or(1);
-    let mut seeder = Seeder::setup(addr, admin_token, max_agents, phase.request_timeout)
-        .await
-        .context("setting up the bench gateway, board and enrollment token")?;
+    let mut seeder = Seeder::setup(
+        addr,
+        admin_token,
+        max_agents,
+        phase.request_timeout,
+        report.seed_mode,
+    )
+    .await
+    .context("setting up the bench gateway, board and enrollment token")?;
     for &agents in steps {
         eprintln!(
             "seeding agents {}..{} ({} in flight) ...",
@@ -294,7 +336,7 @@ async fn drive(
             .seed_to(agents, report.seed_concurrency, seed_timeout)
             .await?;
         eprintln!(
-            "  {} agents enrolled in {:.1} s ({:.0}/s, {} retries)",
+            "  {} agents seeded in {:.1} s ({:.0}/s, {} retries)",
             seed.to - seed.from,
             seed.elapsed.as_secs_f64(),
             seed.rate(),
@@ -302,46 +344,100 @@ async fn drive(
         );
         server.check_alive().await?;
         let mem_after_seed = procfs::memory(server.pid());
+        let refresh = if report.refresh {
+            let took = seeder
+                .refresh_all(phase.connections, seed_timeout)
+                .await
+                .context("refreshing the agents (one heartbeat each)")?;
+            eprintln!(
+                "  refreshed all {agents} agents (one heartbeat each) in {:.1} s",
+                took.as_secs_f64()
+            );
+            Some(took)
+        } else {
+            None
+        };
+        let events_before = activity_total(&seeder).await;
 
-        let healthz = Target::Healthz;
-        load::preflight(addr, &healthz, phase.request_timeout).await?;
-        eprintln!(
-            "phase GET /healthz: {} connections, {:?} warm-up + {:?} ...",
-            phase.connections, phase.warmup, phase.duration
-        );
-        let healthz = load::run_phase(addr, healthz, phase, server.pid()).await?;
-        server.check_alive().await?;
-        eprintln!(
-            "  {:.0} req/s, p99 {:.2} ms",
-            healthz.rps(),
-            healthz.ms(0.99)
-        );
-
-        let heartbeat = Target::Heartbeat(Arc::new(seeder.tokens.clone()));
-        load::preflight(addr, &heartbeat, phase.request_timeout).await?;
-        eprintln!(
-            "phase POST /api/v1/agent/heartbeat over {agents} agents: {} connections ...",
-            phase.connections
-        );
-        let heartbeat = load::run_phase(addr, heartbeat, phase, server.pid()).await?;
-        server.check_alive().await?;
-        eprintln!(
-            "  {:.0} req/s, p99 {:.2} ms, {} errors",
-            heartbeat.rps(),
-            heartbeat.ms(0.99),
-            heartbeat.errors
-        );
+        let healthz_target = Target::Healthz;
+        let heartbeat_target = Target::Heartbeat(Arc::new(seeder.tokens.clone()));
+        load::preflight(addr, &healthz_target, phase.request_timeout).await?;
+        load::preflight(addr, &heartbeat_target, phase.request_timeout).await?;
+        let mut healthz: Option<load::PhaseResult> = None;
+        let mut heartbeat: Option<load::PhaseResult> = None;
+        // Rounds alternate the two phases so slow drifts of the machine hit both alike.
+        for round in 1..=rounds {
+            let of = if rounds > 1 {
+                format!(" (round {round}/{rounds})")
+            } else {
+                String::new()
+            };
+            for (target, slot) in [
+                (&healthz_target, &mut healthz),
+                (&heartbeat_target, &mut heartbeat),
+            ] {
+                eprintln!(
+                    "phase {}{of}: {agents} agents, {} connections, {:?} warm-up + {:?} ...",
+                    target.name(),
+                    phase.connections,
+                    phase.warmup,
+                    phase.duration
+                );
+                let r = load::run_phase(addr, target.clone(), phase, server.pid()).await?;
+                server.check_alive().await?;
+                eprintln!(
+                    "  {:.0} req/s, p99 {:.2} ms, {} errors",
+                    r.rps(),
+                    r.ms(0.99),
+                    r.errors
+                );
+                warn_if_disturbed(&r);
+                match slot {
+                    Some(acc) => acc.merge(r)?,
+                    None => *slot = Some(r),
+                }
+            }
+        }
+        let (Some(healthz), Some(heartbeat)) = (healthz, heartbeat) else {
+            bail!("no round was run");
+        };
+        let events_during_phases = match (events_before, activity_total(&seeder).await) {
+            (Some(a), Some(b)) => Some(b.saturating_sub(a)),
+            _ => None,
+        };
         report.steps.push(StepReport {
             agents,
             seed,
             mem_after_seed,
             mem_after_heartbeat: procfs::memory(server.pid()),
             data_bytes: procfs::dir_size(data_dir),
+            refresh,
+            events_during_phases,
             healthz,
             heartbeat,
         });
     }
     Ok(())
+}
+
+/// The bench board's activity event count, `None` (with a warning) when unavailable.
+async fn activity_total(seeder: &Seeder) -> Option<u64> {
+    match seeder.activity_total().await {
+        Ok(n) => Some(n),
+        Err(e) => {
+            eprintln!("  warning: cannot count activity events: {e:#}");
+            None
+        }
+    }
+}
+
+/// Warns when other processes used a noticeable share of the CPU during a phase.
+fn warn_if_disturbed(p: &load::PhaseResult) {
+    if let Some(pct) = p.cpu_pct(p.other_cpu()).filter(|&pct| pct > 15.0) {
+        eprintln!(
+            "  warning: other processes used {pct:.0} % of a core during this phase; the figures are disturbed"
+        );
+    }
 }
 
 fn main() -> ExitCode {

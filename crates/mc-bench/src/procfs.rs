@@ -43,6 +43,24 @@ pub fn cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// Machine-wide CPU time from the first line of `/proc/stat`: (busy, total) summed over all
+/// CPUs; busy excludes idle and iowait.
+pub fn machine_cpu() -> Option<(Duration, Duration)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    // user nice system idle iowait irq softirq steal (guest times are inside user/nice).
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = v.iter().sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    let hz = clock_ticks_per_second();
+    let d = |t: u64| Duration::from_nanos(t * 1_000_000_000 / hz);
+    Some((d(total.saturating_sub(idle)), d(total)))
+}
+
 /// `getconf CLK_TCK`, 100 when unavailable.
 fn clock_ticks_per_second() -> u64 {
     static HZ: OnceLock<u64> = OnceLock::new();

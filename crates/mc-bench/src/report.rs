@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::load::{PhaseConfig, PhaseResult};
 use crate::procfs::{MachineFacts, Memory};
-use crate::seed::SeedStats;
+use crate::seed::{SeedMode, SeedStats};
 
 /// Heartbeat throughput must reach this share of the `/healthz` baseline.
 pub const TARGET_RATIO_PCT: f64 = 40.0;
@@ -29,6 +29,10 @@ pub struct StepReport {
     pub mem_after_heartbeat: Option<Memory>,
     /// Size of the data directory after the heartbeat phase.
     pub data_bytes: u64,
+    /// Wall time of the refresh pass (one heartbeat per agent) before the phases.
+    pub refresh: Option<Duration>,
+    /// Activity events (status transitions) recorded on the board during the phases.
+    pub events_during_phases: Option<u64>,
     /// `/healthz` baseline.
     pub healthz: PhaseResult,
     /// Heartbeat phase.
@@ -54,8 +58,16 @@ pub struct Report {
     pub loadgen_threads: usize,
     /// Seeding concurrency.
     pub seed_concurrency: usize,
+    /// Rounds of (healthz, heartbeat) phases per step.
+    pub rounds: usize,
+    /// How agents were created.
+    pub seed_mode: SeedMode,
+    /// Whether every agent sent one heartbeat with its own token right before the phases.
+    pub refresh: bool,
     /// Server binary path.
     pub server_bin: String,
+    /// Modification time of the server binary (when it was built).
+    pub server_built: String,
     /// Completed steps.
     pub steps: Vec<StepReport>,
     /// Lines the server wrote to stderr/stdout over the run.
@@ -93,6 +105,20 @@ fn errors(p: &PhaseResult) -> String {
         .map(|(k, v)| format!("{k}×{v}"))
         .collect();
     format!("{} ({})", p.errors, kinds.join(", "))
+}
+
+fn events(s: &StepReport) -> String {
+    s.events_during_phases
+        .map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+}
+
+fn rps(p: &PhaseResult) -> String {
+    if p.round_rps.len() > 1 {
+        let (min, max) = p.spread();
+        format!("{:.0} ({min:.0}–{max:.0})", p.rps())
+    } else {
+        format!("{:.0}", p.rps())
+    }
 }
 
 fn pass(ok: bool) -> &'static str {
@@ -162,6 +188,27 @@ impl Report {
         v
     }
 
+    /// How the agents were seeded, in one sentence.
+    pub fn seeding_sentence(&self) -> String {
+        let how = match self.seed_mode {
+            SeedMode::Enroll => {
+                "enrolled through `POST /api/v1/agents/heartbeat` with an enrollment token"
+            }
+            SeedMode::Admin => {
+                "created by the admin (`POST /api/v1/agents` + `POST /api/v1/agents/{id}/token`)"
+            }
+        };
+        let prime = if self.refresh {
+            "; right before each step's phases every agent sends one heartbeat with its own token (refresh), so none starts offline"
+        } else {
+            ""
+        };
+        format!(
+            "Seeding: agents {how}, {} requests in flight{prime}.",
+            self.seed_concurrency
+        )
+    }
+
     /// Plain-text report for the terminal.
     pub fn text(&self) -> String {
         let mut o = String::new();
@@ -174,39 +221,50 @@ impl Report {
         );
         let _ = writeln!(
             o,
-            "load:    {} keep-alive HTTP/1.1 connections, 1 request in flight each, {} warm-up + {} measured per phase, {} load-generator threads on the same machine",
+            "load:    {} keep-alive HTTP/1.1 connections, 1 request in flight each, {} warm-up + {} measured per phase, {} round(s) alternating /healthz and heartbeat, {} load-generator threads on the same machine",
             self.phase.connections,
             secs(self.phase.warmup),
             secs(self.phase.duration),
+            self.rounds,
             self.loadgen_threads
         );
-        let _ = writeln!(o, "server:  {} (SQLite, temp data dir)", self.server_bin);
+        let _ = writeln!(
+            o,
+            "server:  {} (built {}), SQLite in a temp data dir",
+            self.server_bin, self.server_built
+        );
+        let _ = writeln!(o, "{}", self.seeding_sentence());
         let _ = writeln!(o, "command: {}\n", self.command);
 
         let _ = writeln!(
             o,
-            "{:>7}  {:<22} {:>5} {:>10} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8}  errors",
+            "{:>7}  {:<22} {:>5} {:>21} {:>8} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8}  errors",
             "agents",
             "endpoint",
             "conns",
-            "req/s",
+            if self.rounds > 1 {
+                "req/s (min–max)"
+            } else {
+                "req/s"
+            },
             "p50 ms",
             "p90 ms",
             "p99 ms",
             "p99.9 ms",
             "max ms",
             "srv CPU",
-            "gen CPU"
+            "gen CPU",
+            "other"
         );
         for s in &self.steps {
             for p in [&s.healthz, &s.heartbeat] {
                 let _ = writeln!(
                     o,
-                    "{:>7}  {:<22} {:>5} {:>10.0} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8} {:>8}  {}",
+                    "{:>7}  {:<22} {:>5} {:>21} {:>8.3} {:>8.3} {:>8.3} {:>9.3} {:>8.3} {:>8} {:>8} {:>8}  {}",
                     s.agents,
                     p.target,
                     p.connections,
-                    p.rps(),
+                    rps(p),
                     p.ms(0.5),
                     p.ms(0.9),
                     p.ms(0.99),
@@ -214,6 +272,7 @@ impl Report {
                     p.max_ms(),
                     cpu(p, p.server_cpu),
                     cpu(p, p.loadgen_cpu),
+                    cpu(p, p.other_cpu()),
                     errors(p)
                 );
             }
@@ -222,12 +281,14 @@ impl Report {
 
         let _ = writeln!(
             o,
-            "\n{:>7}  {:>9} {:>9} {:>9} {:>8}  {:>15} {:>15} {:>12} {:>12}",
+            "\n{:>7}  {:>9} {:>9} {:>9} {:>8} {:>8} {:>7}  {:>15} {:>15} {:>12} {:>12}",
             "agents",
             "added",
             "seed time",
             "agents/s",
             "retries",
+            "refresh",
+            "events",
             "RSS after seed",
             "RSS after hb",
             "peak RSS",
@@ -236,12 +297,14 @@ impl Report {
         for s in &self.steps {
             let _ = writeln!(
                 o,
-                "{:>7}  {:>9} {:>9} {:>9.0} {:>8}  {:>15} {:>15} {:>12} {:>12}",
+                "{:>7}  {:>9} {:>9} {:>9.0} {:>8} {:>8} {:>7}  {:>15} {:>15} {:>12} {:>12}",
                 s.agents,
                 s.seed.to - s.seed.from,
                 secs(s.seed.elapsed),
                 s.seed.rate(),
                 s.seed.retries,
+                s.refresh.map_or_else(|| "-".to_owned(), secs),
+                events(s),
                 mem(s.mem_after_seed),
                 mem(s.mem_after_heartbeat),
                 s.mem_after_heartbeat
@@ -293,23 +356,30 @@ impl Report {
         let _ = writeln!(o, "- Commit: `{}`", f.git_commit);
         let _ = writeln!(
             o,
-            "- Server: `mission-control serve` on SQLite (fresh temp data dir), started by the bench on 127.0.0.1"
+            "- Server: `mission-control serve` (binary built {}) on SQLite (fresh temp data dir), started by the bench on 127.0.0.1",
+            self.server_built
         );
         let _ = writeln!(
             o,
-            "- Load generator: same machine, {} tokio worker threads, {} keep-alive HTTP/1.1 connections with one request in flight each (closed loop), {} warm-up + {} measured per phase; heartbeats rotate `X-Agent-Token` over all agents\n",
+            "- Load generator: same machine, {} tokio worker threads, {} keep-alive HTTP/1.1 connections with one request in flight each (closed loop), {} warm-up + {} measured per phase, {} round(s) alternating the /healthz and heartbeat phases (figures merged over rounds); heartbeats rotate `X-Agent-Token` over all agents\n",
             self.loadgen_threads,
             self.phase.connections,
             secs(self.phase.warmup),
-            secs(self.phase.duration)
+            secs(self.phase.duration),
+            self.rounds
         );
         let _ = writeln!(
             o,
-            "| Agents | Endpoint | Conns | Req/s | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Errors | Server CPU | Load-gen CPU | vs /healthz |"
+            "| Agents | Endpoint | Conns | {} | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | Errors | Server CPU | Load-gen CPU | Other CPU | vs /healthz |",
+            if self.rounds > 1 {
+                "Req/s (min–max of rounds)"
+            } else {
+                "Req/s"
+            }
         );
         let _ = writeln!(
             o,
-            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+            "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         );
         for s in &self.steps {
             for (p, ratio) in [
@@ -318,11 +388,11 @@ impl Report {
             ] {
                 let _ = writeln!(
                     o,
-                    "| {} | `{}` | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |",
+                    "| {} | `{}` | {} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} | {} |",
                     s.agents,
                     p.target,
                     p.connections,
-                    p.rps(),
+                    rps(p),
                     p.ms(0.5),
                     p.ms(0.9),
                     p.ms(0.99),
@@ -331,29 +401,32 @@ impl Report {
                     errors(p),
                     cpu(p, p.server_cpu),
                     cpu(p, p.loadgen_cpu),
+                    cpu(p, p.other_cpu()),
                     ratio
                 );
             }
         }
         let _ = writeln!(
             o,
-            "\nCPU columns are CPU time over the measured window as a percentage of one core ({} cores = {} %).\n",
+            "\nCPU columns are CPU time over the measured window as a percentage of one core ({} cores = {} %); \"Other\" is every other process on the machine (should be near 0).\n",
             f.nproc,
             f.nproc * 100
         );
         let _ = writeln!(
             o,
-            "| Agents | Added | Seeding time | Agents/s | Server RSS after seeding | after heartbeats | peak RSS | Data dir |"
+            "| Agents | Added | Seeding time | Agents/s | Refresh | Status events during phases | Server RSS after seeding | after heartbeats | peak RSS | Data dir |"
         );
-        let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(o, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for s in &self.steps {
             let _ = writeln!(
                 o,
-                "| {} | {} | {} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} |",
                 s.agents,
                 s.seed.to - s.seed.from,
                 secs(s.seed.elapsed),
                 s.seed.rate(),
+                s.refresh.map_or_else(|| "-".to_owned(), secs),
+                events(s),
                 mem(s.mem_after_seed),
                 mem(s.mem_after_heartbeat),
                 s.mem_after_heartbeat
@@ -361,11 +434,7 @@ impl Report {
                 bytes(s.data_bytes)
             );
         }
-        let _ = writeln!(
-            o,
-            "\nSeeding enrolls agents through `POST /api/v1/agents/heartbeat` with an enrollment token, {} requests in flight.\n",
-            self.seed_concurrency
-        );
+        let _ = writeln!(o, "\n{}\n", self.seeding_sentence());
         let _ = writeln!(o, "| Target | Measured | Result |");
         let _ = writeln!(o, "|---|---|---|");
         for v in self.verdicts() {

@@ -1,5 +1,7 @@
 //! Seeding: one gateway, one board, one enrollment token, then agents enrolled through
-//! `POST /api/v1/agents/heartbeat`, each yielding its own agent token.
+//! `POST /api/v1/agents/heartbeat` (or created by the admin), each yielding its own agent
+//! token. Before measuring, every agent can be refreshed with one heartbeat on its own
+//! token so that no agent is offline (silent past its tolerance) when the phases start.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,11 +22,30 @@ pub const AGENT_TOKEN_HEADER: &str = "x-agent-token";
 /// Attempts per agent for transient failures (transport errors, timeouts, 5xx).
 const ATTEMPTS: usize = 3;
 
+/// How agents are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeedMode {
+    /// `POST /api/v1/agents/heartbeat` with the board's enrollment token (one request; the
+    /// agent's token comes back in `X-Agent-Token`).
+    Enroll,
+    /// `POST /api/v1/agents` then `POST /api/v1/agents/{id}/token` with the admin token.
+    Admin,
+}
+
+/// Where and how agents are created.
+#[derive(Clone)]
+struct Creator {
+    mode: SeedMode,
+    enrollment: HeaderValue,
+    admin: HeaderValue,
+    board_id: String,
+}
+
 /// The board agents enroll on, and the tokens of the agents enrolled so far.
 pub struct Seeder {
     addr: SocketAddr,
     timeout: Duration,
-    enrollment: HeaderValue,
+    creator: Creator,
     /// Agent tokens, index `i` belongs to `agent-<i>`.
     pub tokens: Vec<HeaderValue>,
 }
@@ -69,6 +90,7 @@ impl Seeder {
         admin_token: &str,
         max_agents: usize,
         timeout: Duration,
+        mode: SeedMode,
     ) -> Result<Self> {
         let auth = HeaderValue::from_str(&format!("Bearer {admin_token}"))?;
         let h = [(AUTHORIZATION.as_str(), &auth)];
@@ -113,8 +135,13 @@ impl Seeder {
         Ok(Self {
             addr,
             timeout,
-            enrollment: HeaderValue::from_str(&token)
-                .context("enrollment token is not a valid header value")?,
+            creator: Creator {
+                mode,
+                enrollment: HeaderValue::from_str(&token)
+                    .context("enrollment token is not a valid header value")?,
+                admin: auth,
+                board_id,
+            },
             tokens: Vec::new(),
         })
     }
@@ -146,7 +173,7 @@ impl Seeder {
             let (next, done, retries, abort) =
                 (next.clone(), done.clone(), retries.clone(), abort.clone());
             let mut conn = Conn::new(self.addr, self.timeout);
-            let enrollment = self.enrollment.clone();
+            let creator = self.creator.clone();
             workers.spawn(async move {
                 let mut mine: Vec<(usize, HeaderValue)> = Vec::new();
                 while !abort.load(Ordering::Relaxed) {
@@ -154,7 +181,7 @@ impl Seeder {
                     if i >= target {
                         break;
                     }
-                    match enroll(&mut conn, &enrollment, i, &retries).await {
+                    match creator.create(&mut conn, i, &retries).await {
                         Ok(tok) => {
                             mine.push((i, tok));
                             done.fetch_add(1, Ordering::Relaxed);
@@ -237,53 +264,272 @@ impl Seeder {
     }
 }
 
-/// Enrolls `agent-<i>` and returns its own token, retrying transient failures.
-async fn enroll(
-    conn: &mut Conn,
-    enrollment: &HeaderValue,
-    i: usize,
-    retries: &AtomicUsize,
-) -> Result<HeaderValue> {
-    let body = json!({ "name": format!("agent-{i}") });
-    let mut last_err = anyhow!("no attempt made");
-    for attempt in 0..ATTEMPTS {
-        if attempt > 0 {
-            retries.fetch_add(1, Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+impl Seeder {
+    /// Sends one heartbeat with its own token for every agent (`concurrency` in flight), so
+    /// that all agents are alive when the phases start. Returns the wall time.
+    pub async fn refresh_all(&self, concurrency: usize, limit: Duration) -> Result<Duration> {
+        let started = Instant::now();
+        let tokens = Arc::new(self.tokens.clone());
+        let next = Arc::new(AtomicUsize::new(0));
+        let abort = Arc::new(AtomicBool::new(false));
+        let mut workers = JoinSet::new();
+        for _ in 0..concurrency.clamp(1, tokens.len().max(1)) {
+            let (tokens, next, abort) = (tokens.clone(), next.clone(), abort.clone());
+            let mut conn = Conn::new(self.addr, self.timeout);
+            workers.spawn(async move {
+                while !abort.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(token) = tokens.get(i) else { break };
+                    let mut last = Ok(());
+                    for attempt in 0..ATTEMPTS {
+                        if attempt > 0 {
+                            tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+                        }
+                        match prime(&mut conn, token, i).await {
+                            Ok(()) => {
+                                last = Ok(());
+                                break;
+                            }
+                            Err(Failure::Transient(e)) => last = Err(e),
+                            Err(Failure::Fatal(e)) => {
+                                last = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                    if let Err(e) = last {
+                        abort.store(true, Ordering::Relaxed);
+                        return Err(e);
+                    }
+                }
+                Ok(())
+            });
         }
-        let resp = match conn
+        let joined = tokio::time::timeout(limit, async {
+            let mut first_err = None;
+            while let Some(r) = workers.join_next().await {
+                match r {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        first_err.get_or_insert(e);
+                    }
+                    Err(e) => {
+                        first_err.get_or_insert(anyhow!("refresh task failed: {e}"));
+                    }
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        })
+        .await;
+        match joined {
+            Ok(r) => r?,
+            Err(_) => {
+                workers.abort_all();
+                bail!("refreshing the agents did not finish within {limit:?}");
+            }
+        }
+        Ok(started.elapsed())
+    }
+
+    /// Number of activity events recorded on the bench board (`GET /api/v1/activity`).
+    pub async fn activity_total(&self) -> Result<u64> {
+        let mut conn = Conn::new(self.addr, self.timeout);
+        let path = format!(
+            "/api/v1/activity?board_id={}&limit=1",
+            self.creator.board_id
+        );
+        let req = hyper::Request::builder()
+            .method(Method::GET)
+            .uri(&path)
+            .header(hyper::header::HOST, conn.host().clone())
+            .header(AUTHORIZATION, self.creator.admin.clone())
+            .body(http_body_util::Full::new(bytes::Bytes::new()))?;
+        let resp = conn
+            .send(req)
+            .await
+            .with_context(|| format!("GET {path}"))?;
+        if !resp.status.is_success() {
+            bail!("GET {path}: HTTP {} — {}", resp.status, resp.body_snippet());
+        }
+        resp.json()?["total"]
+            .as_u64()
+            .ok_or_else(|| anyhow!("GET {path}: no `total` in {}", resp.body_snippet()))
+    }
+}
+
+/// Whether an attempt may be retried.
+enum Failure {
+    /// Transport error, timeout, 5xx or 429.
+    Transient(anyhow::Error),
+    /// Anything else: retrying will not help.
+    Fatal(anyhow::Error),
+}
+
+impl Failure {
+    fn of_status(what: &str, resp: &Response) -> Self {
+        let e = anyhow!("{what} → HTTP {} — {}", resp.status, resp.body_snippet());
+        if resp.status.is_client_error() && resp.status != StatusCode::TOO_MANY_REQUESTS {
+            Self::Fatal(e)
+        } else {
+            Self::Transient(e)
+        }
+    }
+}
+
+impl Creator {
+    /// Creates `agent-<i>` and returns its own token, retrying transient failures.
+    async fn create(
+        &self,
+        conn: &mut Conn,
+        i: usize,
+        retries: &AtomicUsize,
+    ) -> Result<HeaderValue> {
+        let mut last_err = anyhow!("no attempt made");
+        for attempt in 0..ATTEMPTS {
+            if attempt > 0 {
+                retries.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100 << attempt)).await;
+            }
+            let created = match self.mode {
+                SeedMode::Enroll => self.enroll(conn, i).await,
+                SeedMode::Admin => self.admin_create(conn, i).await,
+            };
+            let token = match created {
+                Ok(t) => t,
+                Err(Failure::Transient(e)) => {
+                    last_err = e;
+                    continue;
+                }
+                Err(Failure::Fatal(e)) => return Err(e),
+            };
+            return Ok(token);
+        }
+        Err(last_err)
+    }
+
+    /// `POST /api/v1/agents/heartbeat` with the enrollment token.
+    async fn enroll(&self, conn: &mut Conn, i: usize) -> Result<HeaderValue, Failure> {
+        let what = format!("enrolling agent-{i}: POST /api/v1/agents/heartbeat");
+        let resp = conn
             .json(
                 Method::POST,
                 "/api/v1/agents/heartbeat",
-                &[(AGENT_TOKEN_HEADER, enrollment)],
-                &body,
+                &[(AGENT_TOKEN_HEADER, &self.enrollment)],
+                &json!({ "name": format!("agent-{i}") }),
             )
             .await
-        {
-            Ok(r) => r,
-            Err(e) => {
-                last_err = e.context(format!("enrolling agent-{i}"));
-                continue;
-            }
-        };
-        if resp.status.is_success() {
-            return resp.headers.get(AGENT_TOKEN_HEADER).cloned().ok_or_else(|| {
-                anyhow!(
-                    "enrolling agent-{i}: HTTP {} without an X-Agent-Token response header; body: {}",
+            .map_err(|e| Failure::Transient(e.context(what.clone())))?;
+        if !resp.status.is_success() {
+            return Err(Failure::of_status(&what, &resp));
+        }
+        resp.headers
+            .get(AGENT_TOKEN_HEADER)
+            .cloned()
+            .ok_or_else(|| {
+                Failure::Fatal(anyhow!(
+                    "{what}: HTTP {} without an X-Agent-Token response header; body: {}",
                     resp.status,
                     resp.body_snippet()
-                )
-            });
+                ))
+            })
+    }
+
+    /// `POST /api/v1/agents`, then `POST /api/v1/agents/{id}/token`, with the admin token.
+    async fn admin_create(&self, conn: &mut Conn, i: usize) -> Result<HeaderValue, Failure> {
+        let auth = [(AUTHORIZATION.as_str(), &self.admin)];
+        let name = format!("agent-{i}");
+        let what = format!("creating {name}: POST /api/v1/agents");
+        let resp = conn
+            .json(
+                Method::POST,
+                "/api/v1/agents",
+                &auth,
+                &json!({ "name": name, "board_id": self.board_id }),
+            )
+            .await
+            .map_err(|e| Failure::Transient(e.context(what.clone())))?;
+        let id = if resp.status == StatusCode::CONFLICT {
+            // A retry after a lost response: the agent exists; find its id.
+            self.find_agent_id(conn, &name).await?
+        } else if resp.status.is_success() {
+            expect_field(&what, &resp, "id").map_err(Failure::Fatal)?
+        } else {
+            return Err(Failure::of_status(&what, &resp));
+        };
+        let path = format!("/api/v1/agents/{id}/token");
+        let what = format!("creating {name}: POST {path}");
+        let resp = conn
+            .json(Method::POST, &path, &auth, &json!({}))
+            .await
+            .map_err(|e| Failure::Transient(e.context(what.clone())))?;
+        if !resp.status.is_success() {
+            return Err(Failure::of_status(&what, &resp));
         }
-        last_err = anyhow!(
-            "enrolling agent-{i}: POST /api/v1/agents/heartbeat → HTTP {} — {}",
-            resp.status,
-            resp.body_snippet()
-        );
-        // 4xx will not get better by retrying (except 429).
-        if resp.status.is_client_error() && resp.status != StatusCode::TOO_MANY_REQUESTS {
-            break;
+        let token = expect_field(&what, &resp, "token").map_err(Failure::Fatal)?;
+        HeaderValue::from_str(&token)
+            .map_err(|_| Failure::Fatal(anyhow!("{what}: token is not a valid header value")))
+    }
+
+    /// The id of the agent named `name` on the bench board (pages through the board).
+    async fn find_agent_id(&self, conn: &mut Conn, name: &str) -> Result<String, Failure> {
+        let mut offset = 0;
+        loop {
+            let path = format!(
+                "/api/v1/agents?board_id={}&limit=200&offset={offset}",
+                self.board_id
+            );
+            let what = format!("looking up {name}: GET {path}");
+            let req = hyper::Request::builder()
+                .method(Method::GET)
+                .uri(&path)
+                .header(hyper::header::HOST, conn.host().clone())
+                .header(AUTHORIZATION, self.admin.clone())
+                .body(http_body_util::Full::new(bytes::Bytes::new()))
+                .map_err(|e| Failure::Fatal(e.into()))?;
+            let resp = conn
+                .send(req)
+                .await
+                .map_err(|e| Failure::Transient(e.context(what.clone())))?;
+            if !resp.status.is_success() {
+                return Err(Failure::of_status(&what, &resp));
+            }
+            let page = resp.json().map_err(Failure::Fatal)?;
+            let items = page["items"].as_array().cloned().unwrap_or_default();
+            if let Some(id) = items
+                .iter()
+                .find(|a| a["name"] == name)
+                .and_then(|a| a["id"].as_str())
+            {
+                return Ok(id.to_owned());
+            }
+            if items.len() < 200 {
+                return Err(Failure::Fatal(anyhow!(
+                    "{name}: 409 on create but not found on the board"
+                )));
+            }
+            offset += 200;
         }
     }
-    Err(last_err)
+}
+
+/// One `POST /api/v1/agent/heartbeat` with the agent's own token, expecting 200.
+async fn prime(conn: &mut Conn, token: &HeaderValue, i: usize) -> Result<(), Failure> {
+    let what = format!("priming agent-{i}: POST /api/v1/agent/heartbeat");
+    let req = hyper::Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/agent/heartbeat")
+        .header(hyper::header::HOST, conn.host().clone())
+        .header(hyper::header::CONTENT_LENGTH, HeaderValue::from_static("0"))
+        .header(AGENT_TOKEN_HEADER, token.clone())
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .map_err(|e| Failure::Fatal(e.into()))?;
+    let resp = conn
+        .send(req)
+        .await
+        .map_err(|e| Failure::Transient(e.context(what.clone())))?;
+    if resp.status == StatusCode::OK {
+        Ok(())
+    } else {
+        Err(Failure::of_status(&what, &resp))
+    }
 }

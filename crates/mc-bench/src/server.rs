@@ -43,6 +43,8 @@ pub struct ServerConfig<'a> {
     pub extra_args: &'a [String],
     /// How long to wait for the listening line.
     pub startup_timeout: Duration,
+    /// `RUST_LOG` for the child; `None` inherits this process's environment.
+    pub rust_log: Option<&'a str>,
 }
 
 impl Server {
@@ -68,6 +70,9 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        if let Some(filter) = cfg.rust_log {
+            cmd.env("RUST_LOG", filter);
+        }
         let mut child = cmd
             .spawn()
             .with_context(|| format!("cannot start {}", cfg.bin.display()))?;
