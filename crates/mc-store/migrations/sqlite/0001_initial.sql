@@ -90,12 +90,8 @@ CREATE TABLE agents (
     identity_template            TEXT,
     soul_template                TEXT,
     last_provision_error         TEXT,
-    last_seen_at                 INTEGER,
-    reported_health              TEXT,
-    published_status             TEXT NOT NULL,
     token_digest                 BLOB UNIQUE,
     enrolled_via                 TEXT REFERENCES enrollment_tokens (id) ON DELETE SET NULL,
-    own_token_used               INTEGER NOT NULL DEFAULT 0,
     created_at                   INTEGER NOT NULL,
     updated_at                   INTEGER NOT NULL
 );
@@ -105,6 +101,18 @@ CREATE INDEX agents_name_key ON agents (name_key);
 CREATE INDEX agents_created ON agents (created_at, id);
 CREATE INDEX agents_board_created ON agents (board_id, created_at);
 CREATE INDEX agents_gateway_created ON agents (gateway_id, created_at);
+
+-- What heartbeats change, apart from the settings: narrow rows in a clustered table, so
+-- the write-behind batches (tens of thousands of rows a second with a large fleet) touch
+-- few pages.
+CREATE TABLE agent_liveness (
+    agent_id          TEXT PRIMARY KEY REFERENCES agents (id) ON DELETE CASCADE,
+    last_seen_at      INTEGER,
+    reported_health   TEXT,
+    published_status  TEXT NOT NULL,
+    own_token_used    INTEGER NOT NULL DEFAULT 0,
+    updated_at        INTEGER NOT NULL
+) WITHOUT ROWID;
 
 -- The activity log. No foreign keys: history outlives the agents and boards it mentions.
 CREATE TABLE activity_events (

@@ -25,8 +25,9 @@ use sqlx::sqlite::{
 use sqlx::{Row as _, Sqlite, SqlitePool, Transaction};
 
 use self::rows::{
-    ACTIVITY_COLUMNS, AGENT_COLUMNS, BOARD_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS,
-    activity_from_row, agent_from_row, board_from_row, enrollment_from_row, gateway_from_row,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, BOARD_COLUMNS,
+    ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
+    enrollment_from_row, gateway_from_row,
 };
 use crate::{
     ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, Store, StoreError,
@@ -93,10 +94,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // A large fleet's agents table should stay in memory: 64 MiB page cache per
-            // connection (negative = KiB) and reads through a memory map.
-            .pragma("cache_size", "-65536")
-            .pragma("mmap_size", "268435456")
+            // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the page
+            // cache: 16 MiB per connection (negative means KiB).
+            .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
         let filename = base.get_filename().to_owned();
         if !create_if_missing && !filename.exists() {
@@ -542,8 +542,8 @@ impl Store for SqliteStore {
             spend_enrollment_use(&mut tx, spend).await?;
         }
         sqlx::query(&format!(
-            "INSERT INTO agents ({AGENT_COLUMNS}, token_digest)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         ))
         .bind(a.id.to_string())
         .bind(a.board_id.map(|b| b.to_string()))
@@ -561,14 +561,24 @@ impl Store for SqliteStore {
         .bind(&a.identity_template)
         .bind(&a.soul_template)
         .bind(&a.last_provision_error)
-        .bind(a.last_seen_at.map(ms))
-        .bind(a.reported_health.map(|h| h.as_str()))
-        .bind(a.published_status.as_str())
         .bind(a.enrolled_via.map(|id| id.to_string()))
-        .bind(a.own_token_used)
         .bind(ms(a.created_at))
         .bind(ms(a.updated_at))
         .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO agent_liveness
+               (agent_id, last_seen_at, reported_health, published_status, own_token_used, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(a.id.to_string())
+        .bind(a.last_seen_at.map(ms))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.own_token_used)
+        .bind(ms(a.updated_at))
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
@@ -578,11 +588,13 @@ impl Store for SqliteStore {
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
-        let row = sqlx::query(&format!("SELECT {AGENT_COLUMNS} FROM agents WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS} FROM {AGENT_FROM} WHERE a.id = ?"
+        ))
+        .bind(id.to_string())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
         row.as_ref().map(agent_from_row).transpose()
     }
 
@@ -592,13 +604,13 @@ impl Store for SqliteStore {
         page: PageRequest,
     ) -> StoreResult<Page<Agent>> {
         let listing = Listing {
-            table: "agents",
+            table: AGENT_FROM,
             columns: AGENT_COLUMNS,
             filters: vec![
-                ("board_id", filter.board_id.map(|b| b.to_string())),
-                ("gateway_id", filter.gateway_id.map(|g| g.to_string())),
+                ("a.board_id", filter.board_id.map(|b| b.to_string())),
+                ("a.gateway_id", filter.gateway_id.map(|g| g.to_string())),
             ],
-            order_by: "created_at DESC, id DESC",
+            order_by: "a.created_at DESC, a.id DESC",
         };
         self.fetch_page(listing, page, agent_from_row).await
     }
@@ -609,11 +621,11 @@ impl Store for SqliteStore {
         board_id: Option<BoardId>,
     ) -> StoreResult<Vec<Agent>> {
         let (filter, params) = where_clause(vec![
-            ("name_key", Some(name_key.to_owned())),
-            ("board_id", board_id.map(|b| b.to_string())),
+            ("a.name_key", Some(name_key.to_owned())),
+            ("a.board_id", board_id.map(|b| b.to_string())),
         ]);
         let sql = format!(
-            "SELECT {AGENT_COLUMNS} FROM agents WHERE {filter} ORDER BY created_at LIMIT 50"
+            "SELECT {AGENT_COLUMNS} FROM {AGENT_FROM} WHERE {filter} ORDER BY a.created_at LIMIT 50"
         );
         let mut query = sqlx::query(&sql);
         for param in &params {
@@ -624,10 +636,12 @@ impl Store for SqliteStore {
     }
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
-        let rows = sqlx::query(&format!("SELECT {AGENT_COLUMNS}, token_digest FROM agents"))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, a.token_digest FROM {AGENT_FROM}"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
         rows.iter()
             .map(|row| {
                 let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
@@ -680,17 +694,21 @@ impl Store for SqliteStore {
         event: &NewActivity,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        let changed =
-            sqlx::query("UPDATE agents SET token_digest = ?, own_token_used = 0 WHERE id = ?")
-                .bind(token_digest.as_bytes().to_vec())
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?
-                .rows_affected();
+        let changed = sqlx::query("UPDATE agents SET token_digest = ? WHERE id = ?")
+            .bind(token_digest.as_bytes().to_vec())
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?
+            .rows_affected();
         if changed == 0 {
             return Ok(false);
         }
+        sqlx::query("UPDATE agent_liveness SET own_token_used = 0 WHERE agent_id = ?")
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         insert_activity(&mut tx, event).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
@@ -725,11 +743,11 @@ impl Store for SqliteStore {
             let sql = format!(
                 "WITH v (id, last_seen_at, reported_health, published_status, own_token_used,
                          updated_at) AS (VALUES {values})
-                 UPDATE agents SET last_seen_at = v.last_seen_at,
+                 UPDATE agent_liveness SET last_seen_at = v.last_seen_at,
                    reported_health = v.reported_health, published_status = v.published_status,
                    own_token_used = v.own_token_used,
-                   updated_at = max(agents.updated_at, v.updated_at)
-                 FROM v WHERE agents.id = v.id"
+                   updated_at = max(agent_liveness.updated_at, v.updated_at)
+                 FROM v WHERE agent_liveness.agent_id = v.id"
             );
             let mut query = sqlx::query(&sql);
             for w in chunk {

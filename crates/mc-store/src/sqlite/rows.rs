@@ -24,11 +24,22 @@ pub(super) const BOARD_COLUMNS: &str = "id, organization_id, name, slug, descrip
     block_status_changes_with_pending_approval, only_lead_can_change_status, max_agents, \
     created_at, updated_at";
 
-pub(super) const AGENT_COLUMNS: &str = "id, board_id, gateway_id, name, name_key, is_board_lead, \
-    is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id, \
+/// The columns an agent is inserted with (its liveness row is separate).
+pub(super) const AGENT_INSERT_COLUMNS: &str = "id, board_id, gateway_id, name, name_key, \
+    is_board_lead, is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id, \
     heartbeat_interval_seconds, heartbeat_missing_tolerance, identity_profile, identity_template, \
-    soul_template, last_provision_error, last_seen_at, reported_health, published_status, \
-    enrolled_via, own_token_used, created_at, updated_at";
+    soul_template, last_provision_error, enrolled_via, created_at, updated_at, token_digest";
+
+/// An agent's settings joined with its liveness row (see [`AGENT_FROM`]).
+pub(super) const AGENT_COLUMNS: &str = "a.id, a.board_id, a.gateway_id, a.name, \
+    a.is_board_lead, a.is_mc_agent, a.gateway_agent_id, a.workspace_path, a.openclaw_session_id, \
+    a.heartbeat_interval_seconds, a.heartbeat_missing_tolerance, a.identity_profile, \
+    a.identity_template, a.soul_template, a.last_provision_error, a.enrolled_via, a.created_at, \
+    max(a.updated_at, l.updated_at) AS updated_at, l.last_seen_at, l.reported_health, \
+    l.published_status, l.own_token_used";
+
+/// The join that [`AGENT_COLUMNS`] reads from.
+pub(super) const AGENT_FROM: &str = "agents a JOIN agent_liveness l ON l.agent_id = a.id";
 
 pub(super) const ACTIVITY_COLUMNS: &str =
     "id, event_type, message, agent_id, board_id, data, created_at";
