@@ -2,6 +2,11 @@
 
 mod cli;
 
+/// mimalloc: the server allocates many small, short-lived buffers per request, where
+/// glibc's allocator spends a measurable share of CPU (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser as _;
 
 fn main() -> anyhow::Result<()> {

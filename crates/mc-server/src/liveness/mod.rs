@@ -14,7 +14,7 @@
 
 mod registry;
 
-pub use registry::{LiveAgent, Registry};
+pub use registry::{AgentView, LiveAgent, Registry};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -40,17 +40,6 @@ struct LiveState {
 }
 
 impl LiveState {
-    /// The stored settings overlaid with these live fields.
-    fn merged(&self, profile: &Agent) -> Agent {
-        let mut agent = profile.clone();
-        agent.last_seen_at = self.last_seen_at;
-        agent.reported_health = self.reported;
-        agent.published_status = self.published;
-        agent.own_token_used = self.own_token_used;
-        agent.updated_at = self.updated_at;
-        agent
-    }
-
     fn facts(&self, tolerance_seconds: u32) -> LivenessFacts {
         LivenessFacts {
             last_seen_at: self.last_seen_at,
@@ -77,17 +66,36 @@ impl LiveAgent {
         self.live.lock().own_token_used
     }
 
-    /// The agent as a reader sees it at `now`: settings, live fields and computed status.
-    pub fn snapshot(&self, now: Timestamp) -> (Agent, AgentStatus) {
+    /// The agent as a reader sees it at `now`.
+    pub fn view(&self, now: Timestamp) -> AgentView {
         let profile = self.profile();
         let live = self.live.lock();
         let status = live
             .facts(profile.heartbeat_config.missing_tolerance)
             .status(now);
-        let agent = live.merged(&profile);
+        let (last_seen_at, updated_at) = (live.last_seen_at, live.updated_at);
         drop(live);
-        (agent, status)
+        AgentView {
+            profile,
+            last_seen_at,
+            updated_at,
+            status,
+        }
     }
+}
+
+/// An agent as a reader sees it: its shared settings, its live fields and its computed
+/// status. Cheap to make: the settings are shared, not copied.
+#[derive(Debug, Clone)]
+pub struct AgentView {
+    /// The stored settings (their liveness fields may be stale; use the fields below).
+    pub profile: Arc<Agent>,
+    /// The last heartbeat.
+    pub last_seen_at: Option<Timestamp>,
+    /// The last change, heartbeats included.
+    pub updated_at: Timestamp,
+    /// The computed status.
+    pub status: AgentStatus,
 }
 
 /// A batch for the write-behind flusher.
@@ -230,7 +238,7 @@ impl Registry {
         agent: &Arc<LiveAgent>,
         reported: Option<ReportedHealth>,
         now: Timestamp,
-    ) -> (Agent, AgentStatus) {
+    ) -> AgentView {
         let profile = agent.profile();
         let tolerance = profile.heartbeat_config.missing_tolerance;
         let mut live = agent.live.lock();
@@ -260,14 +268,19 @@ impl Registry {
             }
             _ => None,
         };
-        let snapshot = live.merged(&profile);
+        let (last_seen_at, updated_at) = (live.last_seen_at, live.updated_at);
         drop(live);
         if let Some(deadline) = to_schedule {
             self.deadlines
                 .lock()
                 .insert((deadline, agent.id), Arc::clone(agent));
         }
-        (snapshot, status)
+        AgentView {
+            profile,
+            last_seen_at,
+            updated_at,
+            status,
+        }
     }
 
     /// Puts the agent in the deadline index at its current deadline (if it has one and is
@@ -464,13 +477,13 @@ mod tests {
         let registry = Registry::default();
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
-        let (_, status) = registry.heartbeat(&live, None, t0);
+        let status = registry.heartbeat(&live, None, t0).status;
         assert_eq!(status, AgentStatus::Healthy);
         // Before the deadline nothing happens; after it, exactly one offline event.
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(10)), 0);
         assert_eq!(registry.expire_deadlines(t0.plus_millis(10_001)), 1);
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(60)), 0);
-        let (_, status) = registry.heartbeat(&live, None, t0.plus_seconds(61));
+        let status = registry.heartbeat(&live, None, t0.plus_seconds(61)).status;
         assert_eq!(status, AgentStatus::Healthy);
         let batch = registry.take_pending();
         assert_eq!(

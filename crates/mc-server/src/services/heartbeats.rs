@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use mc_domain::agent::{Agent, AgentName, AgentStatus, ReportedHealth};
+use mc_domain::agent::{Agent, AgentName, ReportedHealth};
 use mc_domain::enrollment::EnrollmentToken;
 use mc_domain::ids::BoardId;
 use mc_domain::time::Timestamp;
@@ -12,7 +12,7 @@ use mc_domain::{FieldError, ValidationErrors};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
-use crate::liveness::LiveAgent;
+use crate::liveness::{AgentView, LiveAgent};
 use crate::services::agents::{NewAgent, Origin, create_agent, rotate_token};
 use crate::state::AppState;
 
@@ -20,9 +20,7 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct HeartbeatOutcome {
     /// The agent as seen right after the heartbeat.
-    pub agent: Agent,
-    /// Its computed status.
-    pub status: AgentStatus,
+    pub agent: AgentView,
     /// A freshly minted token, to hand back once in `X-Agent-Token`.
     pub new_token: Option<Secret>,
 }
@@ -33,10 +31,8 @@ pub fn beat(
     agent: &Arc<LiveAgent>,
     reported: Option<ReportedHealth>,
 ) -> HeartbeatOutcome {
-    let (agent, status) = state.registry.heartbeat(agent, reported, Timestamp::now());
     HeartbeatOutcome {
-        agent,
-        status,
+        agent: state.registry.heartbeat(agent, reported, Timestamp::now()),
         new_token: None,
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::response::{IntoResponse as _, Response};
 use mc_domain::agent::{
     Agent, AgentName, AgentStatus, HeartbeatConfig, normalize_identity_profile, normalize_template,
 };
@@ -22,12 +23,12 @@ use super::{OkResponse, PageOf, present};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
-use crate::liveness::LiveAgent;
+use crate::liveness::{AgentView, LiveAgent};
 use crate::services::agents::{self as service, NewAgent, Origin};
 use crate::state::SharedState;
 
 /// Heartbeat settings as read.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Serialize, ToSchema)]
 pub struct HeartbeatConfigRead {
     /// Seconds between heartbeats.
     pub interval_seconds: u32,
@@ -36,8 +37,10 @@ pub struct HeartbeatConfigRead {
 }
 
 /// An agent as every endpoint returns it; `status` is computed at read time.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct AgentRead {
+// It borrows from the agent it describes: the heartbeat hot path serialises it without
+// copying the agent.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AgentRead<'a> {
     /// Identity.
     pub id: Uuid,
     /// The gateway it runs on.
@@ -45,14 +48,14 @@ pub struct AgentRead {
     /// Its board; null for a gateway's main agent.
     pub board_id: Option<Uuid>,
     /// Display name.
-    pub name: String,
+    pub name: &'a str,
     /// `provisioning`, `healthy`, `degraded` or `offline`.
     #[schema(value_type = String, example = "healthy")]
     pub status: AgentStatus,
     /// Its id on the gateway.
-    pub gateway_agent_id: Option<String>,
+    pub gateway_agent_id: Option<&'a str>,
     /// Its workspace on the gateway host.
-    pub workspace_path: Option<String>,
+    pub workspace_path: Option<&'a str>,
     /// Created by Mission Control.
     pub is_mc_agent: bool,
     /// Leads its board.
@@ -60,7 +63,7 @@ pub struct AgentRead {
     /// A gateway's main agent (no board).
     pub is_gateway_main: bool,
     /// Its main session key.
-    pub openclaw_session_id: Option<String>,
+    pub openclaw_session_id: Option<&'a str>,
     /// The last heartbeat.
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_seen_at: Option<Timestamp>,
@@ -73,30 +76,31 @@ pub struct AgentRead {
     /// Interval and tolerance.
     pub heartbeat_config: HeartbeatConfigRead,
     /// Identity attributes.
-    pub identity_profile: Option<BTreeMap<String, String>>,
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
+    pub identity_profile: Option<&'a BTreeMap<String, String>>,
     /// IDENTITY.md override.
-    pub identity_template: Option<String>,
+    pub identity_template: Option<&'a str>,
     /// SOUL.md override.
-    pub soul_template: Option<String>,
+    pub soul_template: Option<&'a str>,
     /// Why provisioning last failed.
-    pub last_provision_error: Option<String>,
+    pub last_provision_error: Option<&'a str>,
 }
 
-impl AgentRead {
-    /// The read model of `agent` with computed `status`.
-    pub fn new(agent: Agent, status: AgentStatus) -> Self {
+impl<'a> AgentRead<'a> {
+    /// The read model of a stored agent with computed `status`.
+    pub fn new(agent: &'a Agent, status: AgentStatus) -> Self {
         Self {
             id: agent.id.as_uuid(),
             gateway_id: agent.gateway_id.as_uuid(),
             board_id: agent.board_id.map(|b| b.as_uuid()),
             is_gateway_main: agent.is_gateway_main(),
-            name: agent.name.as_str().to_owned(),
+            name: agent.name.as_str(),
             status,
-            gateway_agent_id: agent.gateway_agent_id,
-            workspace_path: agent.workspace_path,
+            gateway_agent_id: agent.gateway_agent_id.as_deref(),
+            workspace_path: agent.workspace_path.as_deref(),
             is_mc_agent: agent.is_mc_agent,
             is_board_lead: agent.is_board_lead,
-            openclaw_session_id: agent.openclaw_session_id,
+            openclaw_session_id: agent.openclaw_session_id.as_deref(),
             last_seen_at: agent.last_seen_at,
             created_at: agent.created_at,
             updated_at: agent.updated_at,
@@ -104,17 +108,42 @@ impl AgentRead {
                 interval_seconds: agent.heartbeat_config.interval_seconds,
                 missing_tolerance: agent.heartbeat_config.missing_tolerance,
             },
-            identity_profile: agent.identity_profile,
-            identity_template: agent.identity_template,
-            soul_template: agent.soul_template,
-            last_provision_error: agent.last_provision_error,
+            identity_profile: agent.identity_profile.as_ref(),
+            identity_template: agent.identity_template.as_deref(),
+            soul_template: agent.soul_template.as_deref(),
+            last_provision_error: agent.last_provision_error.as_deref(),
         }
     }
 
-    /// The read model of a live agent at `now`.
-    pub fn of(agent: &LiveAgent, now: Timestamp) -> Self {
-        let (agent, status) = agent.snapshot(now);
-        Self::new(agent, status)
+    /// The read model of a live agent's view.
+    pub fn from_view(view: &'a AgentView) -> Self {
+        Self {
+            last_seen_at: view.last_seen_at,
+            updated_at: view.updated_at,
+            ..Self::new(&view.profile, view.status)
+        }
+    }
+}
+
+/// The response for a live agent as seen now.
+pub fn agent_response(agent: &LiveAgent) -> Response {
+    Json(AgentRead::from_view(&agent.view(Timestamp::now()))).into_response()
+}
+
+/// The view of an agent known only to the store (e.g. deleted while it was listed).
+fn stored_view(agent: Agent, now: Timestamp) -> AgentView {
+    let status = mc_domain::liveness::LivenessFacts {
+        last_seen_at: agent.last_seen_at,
+        reported: agent.reported_health,
+        missing_tolerance_seconds: agent.heartbeat_config.missing_tolerance,
+        grace_until: None,
+    }
+    .status(now);
+    AgentView {
+        last_seen_at: agent.last_seen_at,
+        updated_at: agent.updated_at,
+        status,
+        profile: Arc::new(agent),
     }
 }
 
@@ -190,7 +219,7 @@ pub async fn create_agent(
     _: Admin,
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<AgentCreate>,
-) -> ApiResult<Json<AgentRead>> {
+) -> ApiResult<Response> {
     let mut errors = ValidationErrors::default();
     let name = errors.collect(AgentName::parse(&body.name, "name"));
     let config = errors.collect(body.heartbeat_config.unwrap_or_default().parse());
@@ -213,7 +242,7 @@ pub async fn create_agent(
         is_board_lead: body.is_board_lead,
     };
     let (agent, _token) = service::create_agent(&state, &board, new, Origin::Admin).await?;
-    Ok(Json(AgentRead::of(&agent, Timestamp::now())))
+    Ok(agent_response(&agent))
 }
 
 /// Lists agents, newest first.
@@ -225,7 +254,7 @@ pub async fn list_agents(
     _: Admin,
     State(state): State<SharedState>,
     query: QueryParams,
-) -> ApiResult<Json<PageOf<AgentRead>>> {
+) -> ApiResult<Response> {
     let request = query.page()?;
     let filter = AgentFilter {
         board_id: query.id::<BoardId>("board_id")?,
@@ -233,23 +262,21 @@ pub async fn list_agents(
     };
     let page = state.store.list_agents(filter, request).await?;
     let now = Timestamp::now();
-    Ok(Json(PageOf::from_page(
-        page,
-        request,
-        |stored| match state.registry.get(stored.id) {
-            Some(live) => AgentRead::of(&live, now),
-            None => {
-                let status = mc_domain::liveness::LivenessFacts {
-                    last_seen_at: stored.last_seen_at,
-                    reported: stored.reported_health,
-                    missing_tolerance_seconds: stored.heartbeat_config.missing_tolerance,
-                    grace_until: None,
-                }
-                .status(now);
-                AgentRead::new(stored, status)
-            }
-        },
-    )))
+    let views: Vec<AgentView> = page
+        .items
+        .into_iter()
+        .map(|stored| match state.registry.get(stored.id) {
+            Some(live) => live.view(now),
+            None => stored_view(stored, now),
+        })
+        .collect();
+    let body = PageOf {
+        items: views.iter().map(AgentRead::from_view).collect(),
+        total: page.total,
+        limit: request.limit,
+        offset: request.offset,
+    };
+    Ok(Json(body).into_response())
 }
 
 /// Reads an agent.
@@ -259,9 +286,9 @@ pub async fn get_agent(
     _: Admin,
     State(state): State<SharedState>,
     Path(agent_id): Path<String>,
-) -> ApiResult<Json<AgentRead>> {
+) -> ApiResult<Response> {
     let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
-    Ok(Json(AgentRead::of(&agent, Timestamp::now())))
+    Ok(agent_response(&agent))
 }
 
 /// Changes an agent's settings.
@@ -273,7 +300,7 @@ pub async fn update_agent(
     State(state): State<SharedState>,
     Path(agent_id): Path<String>,
     ApiJson(body): ApiJson<AgentUpdate>,
-) -> ApiResult<Json<AgentRead>> {
+) -> ApiResult<Response> {
     let live = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
     if body.status.is_some() {
         return Err(ApiError::Forbidden(
@@ -332,11 +359,11 @@ pub async fn update_agent(
         changed.push("board_id");
     }
     if changed.is_empty() {
-        return Ok(Json(AgentRead::of(&live, Timestamp::now())));
+        return Ok(agent_response(&live));
     }
     agent.updated_at = Timestamp::now();
     service::update_agent(&state, &live, agent, &changed).await?;
-    Ok(Json(AgentRead::of(&live, Timestamp::now())))
+    Ok(agent_response(&live))
 }
 
 /// Deletes an agent; its token stops working at once.

@@ -36,7 +36,7 @@ pub struct HeartbeatBody {
 }
 
 fn respond(outcome: HeartbeatOutcome) -> Response {
-    let mut response = Json(AgentRead::new(outcome.agent, outcome.status)).into_response();
+    let mut response = Json(AgentRead::from_view(&outcome.agent)).into_response();
     if let Some(token) = outcome.new_token
         && let Ok(value) = HeaderValue::from_str(token.expose())
     {
