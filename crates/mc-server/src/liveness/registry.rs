@@ -382,6 +382,16 @@ impl Registry {
         self.schedule(agent);
     }
 
+    /// The agents whose settings match `predicate`. A scan of every agent: for rare admin
+    /// operations (deleting a board or a gateway), never for heartbeats.
+    pub fn agents_where(&self, predicate: impl Fn(&Agent) -> bool) -> Vec<Arc<Agent>> {
+        self.by_id
+            .iter()
+            .map(|entry| entry.value().profile())
+            .filter(|profile| predicate(profile))
+            .collect()
+    }
+
     /// Forgets a deleted agent; its token stops working at once.
     pub fn remove(&self, id: AgentId) {
         if let Some((_, agent)) = self.by_id.remove(&id) {

@@ -166,14 +166,18 @@ pub async fn update_agent(
     Ok(())
 }
 
+/// The event recording an agent's deletion, with the reason (e.g. "with its board").
+pub fn deleted_event(agent: &Agent, reason: &str) -> NewActivity {
+    agent_event(
+        agent,
+        EventType::AgentDeleted,
+        format!("Agent {} was deleted{reason}.", agent.name),
+    )
+}
+
 /// Deletes an agent; false when it did not exist.
 pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<bool> {
-    let profile = agent.profile();
-    let event = agent_event(
-        &profile,
-        EventType::AgentDeleted,
-        format!("Agent {} was deleted.", profile.name),
-    );
+    let event = deleted_event(&agent.profile(), "");
     let deleted = state.store.delete_agent(agent.id(), &event).await?;
     state.registry.remove(agent.id());
     Ok(deleted)

@@ -331,4 +331,5 @@ async fn deleting_a_board_removes_its_agents_and_enrollment_tokens() {
     .await;
     let agents = expect_json(app.list_agents("").await, StatusCode::OK).await;
     assert_eq!(agents["total"], 0, "{agents}");
+    assert_eq!(app.count_events(&agent.id, "agent.deleted").await, 1);
 }

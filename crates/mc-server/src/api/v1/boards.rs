@@ -14,6 +14,7 @@ use super::{OkResponse, PageOf};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::services::agents::deleted_event;
 use crate::state::SharedState;
 
 /// A board as read.
@@ -274,9 +275,15 @@ pub async fn delete_board(
 ) -> ApiResult<Json<OkResponse>> {
     let id = path_id(&board_id, "board_id")?;
     load_board(&state, id).await?;
+    let events: Vec<_> = state
+        .registry
+        .agents_where(|agent| agent.board_id == Some(id))
+        .iter()
+        .map(|agent| deleted_event(agent, " with its board"))
+        .collect();
     let deleted = state
         .store
-        .delete_board(id, &[])
+        .delete_board(id, &events)
         .await?
         .ok_or(ApiError::NotFound("Board not found"))?;
     for agent in deleted {
