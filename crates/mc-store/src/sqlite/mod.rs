@@ -171,6 +171,21 @@ fn where_clause(filters: Vec<(&'static str, Option<String>)>) -> (String, Vec<St
 }
 
 impl SqliteStore {
+    /// The row `sql` selects for one bound id, converted, if there is one.
+    async fn fetch_by_id<T>(
+        &self,
+        sql: &str,
+        id: String,
+        convert: fn(&SqliteRow) -> StoreResult<T>,
+    ) -> StoreResult<Option<T>> {
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await
+            .map_err(map_err)?;
+        row.as_ref().map(convert).transpose()
+    }
+
     /// One page of a listing and the total count before paging.
     async fn fetch_page<T>(
         &self,
@@ -353,14 +368,9 @@ impl Store for SqliteStore {
     }
 
     async fn gateway(&self, id: GatewayId) -> StoreResult<Option<Gateway>> {
-        let row = sqlx::query(&format!(
-            "SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(map_err)?;
-        row.as_ref().map(gateway_from_row).transpose()
+        let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = ?");
+        self.fetch_by_id(&sql, id.to_string(), gateway_from_row)
+            .await
     }
 
     async fn list_gateways(
@@ -456,12 +466,8 @@ impl Store for SqliteStore {
     }
 
     async fn board(&self, id: BoardId) -> StoreResult<Option<Board>> {
-        let row = sqlx::query(&format!("SELECT {BOARD_COLUMNS} FROM boards WHERE id = ?"))
-            .bind(id.to_string())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(map_err)?;
-        row.as_ref().map(board_from_row).transpose()
+        let sql = format!("SELECT {BOARD_COLUMNS} FROM boards WHERE id = ?");
+        self.fetch_by_id(&sql, id.to_string(), board_from_row).await
     }
 
     async fn list_boards(
@@ -592,14 +598,8 @@ impl Store for SqliteStore {
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
-        let row = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS} FROM {AGENT_FROM} WHERE a.id = ?"
-        ))
-        .bind(id.to_string())
-        .fetch_optional(&self.reader)
-        .await
-        .map_err(map_err)?;
-        row.as_ref().map(agent_from_row).transpose()
+        let sql = format!("SELECT {AGENT_COLUMNS} FROM {AGENT_FROM} WHERE a.id = ?");
+        self.fetch_by_id(&sql, id.to_string(), agent_from_row).await
     }
 
     async fn list_agents(
