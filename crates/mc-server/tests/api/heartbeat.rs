@@ -38,16 +38,7 @@ async fn first_heartbeat_reporting_degraded_reads_degraded() {
     let board = app.unmanaged_board().await;
     let agent = app.agent_with_token(&board.board_id).await;
 
-    let read = expect_json(
-        app.heartbeat_agent_id(
-            Auth::Agent(&agent.token),
-            &agent.id,
-            &json!({"status": "degraded"}),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let read = app.report_status(&agent, "degraded").await;
     assert_eq!(read["status"], "degraded");
 }
 
@@ -408,16 +399,7 @@ async fn an_agent_that_reports_offline_reads_offline() {
     let board = app.unmanaged_board().await;
     let agent = app.agent_with_token(&board.board_id).await;
 
-    let read = expect_json(
-        app.heartbeat_agent_id(
-            Auth::Agent(&agent.token),
-            &agent.id,
-            &json!({"status": "offline"}),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    let read = app.report_status(&agent, "offline").await;
     assert_eq!(read["status"], "offline");
     assert_eq!(app.agent(&agent.id).await["status"], "offline");
 }

@@ -602,6 +602,20 @@ impl TestApp {
         page["items"].as_array().expect("a page has items").clone()
     }
 
+    /// The agent heartbeats itself by id reporting `status`; returns its AgentRead (200).
+    pub async fn report_status(&self, agent: &AgentFixture, status: &str) -> Value {
+        expect_json(
+            self.heartbeat_agent_id(
+                Auth::Agent(&agent.token),
+                &agent.id,
+                &json!({ "status": status }),
+            )
+            .await,
+            StatusCode::OK,
+        )
+        .await
+    }
+
     /// How many events of type `event_type` were recorded about `agent_id`.
     pub async fn count_events(&self, agent_id: &str, event_type: &str) -> usize {
         self.activity_of(agent_id)

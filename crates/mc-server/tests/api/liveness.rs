@@ -276,16 +276,7 @@ async fn last_seen_at_survives_a_graceful_restart() {
     .await;
     let board = app.unmanaged_board().await;
     let agent = app.agent_with_token(&board.board_id).await;
-    expect_json(
-        app.heartbeat_agent_id(
-            Auth::Agent(&agent.token),
-            &agent.id,
-            &json!({"status": "degraded"}),
-        )
-        .await,
-        StatusCode::OK,
-    )
-    .await;
+    app.report_status(&agent, "degraded").await;
     let before = expect_json(
         app.agent_heartbeat(&agent.token, None).await,
         StatusCode::OK,
