@@ -23,6 +23,23 @@ pub enum EventType {
 }
 
 impl EventType {
+    /// Every event type, in a stable order.
+    pub const ALL: [Self; 8] = [
+        Self::AgentCreated,
+        Self::AgentUpdated,
+        Self::AgentDeleted,
+        Self::AgentTokenRotated,
+        Self::AgentStatusChanged(AgentStatus::Provisioning),
+        Self::AgentStatusChanged(AgentStatus::Healthy),
+        Self::AgentStatusChanged(AgentStatus::Degraded),
+        Self::AgentStatusChanged(AgentStatus::Offline),
+    ];
+
+    /// The event type with wire form `name`, if there is one.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == name)
+    }
+
     /// The wire form, e.g. `agent.offline`.
     pub const fn as_str(self) -> &'static str {
         match self {

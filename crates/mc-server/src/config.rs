@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub write_behind_interval: Duration,
     /// How often the liveness engine looks for passed deadlines.
     pub liveness_tick: Duration,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub stream_keep_alive: Duration,
 }
 
 impl ServerConfig {
@@ -39,6 +41,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             write_behind_interval: Duration::from_millis(500),
             liveness_tick: Duration::from_millis(100),
+            stream_keep_alive: Duration::from_secs(15),
         }
     }
 

@@ -123,6 +123,11 @@ impl QueryParams {
         ApiError::field(FieldError::new(["query", name], message, kind))
     }
 
+    /// A text parameter, as given.
+    pub fn text(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
     /// An integer parameter.
     pub fn int(&self, name: &str) -> Result<Option<i64>, ApiError> {
         self.0

@@ -12,6 +12,7 @@ use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_admin_token};
 use mc_store::Store;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::config::ServerConfig;
 use crate::liveness::{Engine, Registry};
@@ -79,6 +80,8 @@ impl Server {
             admin_token,
             organization_id,
             base_url: config.base_url.clone().unwrap_or_default(),
+            shutdown: watch::channel(false).0,
+            stream_keep_alive: config.stream_keep_alive,
         });
         Ok(Self { state, config })
     }
@@ -107,6 +110,12 @@ impl Server {
             .start(self.config.write_behind_interval, self.config.liveness_tick);
         let app = crate::api::router(Arc::clone(&state), self.config.max_body_bytes);
         tracing::info!("listening on http://{address}");
+        // Event streams never end by themselves: tell them to, so the drain can finish.
+        let stopping = Arc::clone(&state);
+        let shutdown = async move {
+            shutdown.await;
+            stopping.shutdown.send_replace(true);
+        };
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

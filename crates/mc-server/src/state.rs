@@ -1,10 +1,12 @@
 //! Shared application state handed to every handler.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use mc_domain::ids::OrganizationId;
 use mc_domain::token::Secret;
 use mc_store::Store;
+use tokio::sync::watch;
 
 use crate::liveness::{Engine, Registry};
 
@@ -22,6 +24,10 @@ pub struct AppState {
     pub organization_id: OrganizationId,
     /// The URL agents use to reach this server.
     pub base_url: String,
+    /// Turns true when the server starts shutting down (event streams end then).
+    pub shutdown: watch::Sender<bool>,
+    /// How often an idle event stream sends a keep-alive comment.
+    pub stream_keep_alive: Duration,
 }
 
 /// The state as handlers receive it.

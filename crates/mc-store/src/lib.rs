@@ -243,6 +243,18 @@ pub trait Store: Send + Sync + 'static {
         filter: ActivityFilter,
         page: PageRequest,
     ) -> StoreResult<Page<ActivityEvent>>;
+    /// Up to `limit` events matching `filter` with an id above `after_id`, oldest first
+    /// (the resume of an event stream).
+    async fn activity_since(
+        &self,
+        after_id: i64,
+        filter: ActivityFilter,
+        limit: u32,
+    ) -> StoreResult<Vec<ActivityEvent>>;
+
+    /// The feed of events as they are committed, in id order. A subscriber that falls
+    /// more than the feed's buffer behind is told it lagged (and resumes from the log).
+    fn subscribe_activity(&self) -> tokio::sync::broadcast::Receiver<ActivityEvent>;
 }
 
 /// Opens the store a database URL names, creating the SQLite file when allowed.

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::v1::{activity, agents, boards, enrollment_tokens, gateways, heartbeats};
+use super::v1::{activity, agents, boards, enrollment_tokens, gateways, heartbeats, streams};
 use super::{health, v1};
 
 #[derive(OpenApi)]
@@ -26,7 +26,7 @@ use super::{health, v1};
         agents::create_agent, agents::list_agents, agents::get_agent, agents::update_agent,
         agents::delete_agent, agents::rotate_agent_token,
         heartbeats::heartbeat_by_name, heartbeats::heartbeat_agent, heartbeats::heartbeat_own,
-        activity::list_activity,
+        activity::list_activity, streams::activity_stream, streams::agents_stream,
     ),
     components(schemas(v1::OkResponse)),
     modifiers(&Security),
@@ -51,7 +51,7 @@ impl utoipa::Modify for Security {
 }
 
 /// Hints for agents, by operation path.
-const AGENT_HINTS: [(&str, &str, &str); 4] = [
+const AGENT_HINTS: [(&str, &str, &str); 6] = [
     (
         "/api/v1/agent/heartbeat",
         "Tell Mission Control this agent is alive.",
@@ -71,6 +71,16 @@ const AGENT_HINTS: [(&str, &str, &str); 4] = [
         "/api/v1/activity",
         "Read this agent's activity log.",
         "To check which liveness transitions Mission Control recorded.",
+    ),
+    (
+        "/api/v1/activity/stream",
+        "Follow this agent's activity live (server-sent events).",
+        "To react to events as they happen; reconnect with Last-Event-ID to resume.",
+    ),
+    (
+        "/api/v1/agents/stream",
+        "Follow agents' liveness live (server-sent events).",
+        "A lead watching its board's agents; reconnect with Last-Event-ID to resume.",
     ),
 ];
 
@@ -122,6 +132,28 @@ mod tests {
                 assert!(tags.contains(&role), "{path} lacks {role}");
             }
             assert!(operation["x-llm-intent"].is_string(), "{path} lacks a hint");
+        }
+    }
+
+    #[test]
+    fn every_operation_for_agents_has_hints() {
+        let doc = document();
+        let paths = doc["paths"].as_object().expect("paths");
+        for (path, methods) in paths {
+            for (method, operation) in methods.as_object().expect("methods") {
+                let for_agents = operation["tags"].as_array().is_some_and(|tags| {
+                    tags.iter()
+                        .filter_map(Value::as_str)
+                        .any(|tag| tag.starts_with("agent-"))
+                });
+                if for_agents {
+                    assert!(
+                        operation["x-llm-intent"].is_string()
+                            && operation["x-when-to-use"].is_string(),
+                        "{method} {path} is tagged for agents but has no hints"
+                    );
+                }
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 //!   agent (it heartbeated since) or records the transition. Heartbeats never touch the
 //!   index except to schedule an agent that was not scheduled.
 //! - A change of computed status is one durable activity event, written with the next
-//!   batch, then published on the event bus.
+//!   batch; the store publishes it on its event feed once committed.
 
 mod registry;
 
@@ -19,20 +19,15 @@ pub use registry::{AgentView, LiveAgent, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mc_domain::activity::ActivityEvent;
 use mc_domain::time::Timestamp;
 use mc_store::Store;
-use tokio::sync::{Mutex as AsyncMutex, broadcast, watch};
+use tokio::sync::{Mutex as AsyncMutex, watch};
 use tokio::task::JoinHandle;
-
-/// Capacity of the in-process event bus (slow subscribers lag, never block writers).
-const BUS_CAPACITY: usize = 4096;
 
 /// The background half of the engine: the write-behind flusher and the deadline ticker.
 pub struct Engine {
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
-    bus: broadcast::Sender<ActivityEvent>,
     flush_lock: AsyncMutex<()>,
 }
 
@@ -45,23 +40,11 @@ pub struct EngineTasks {
 impl Engine {
     /// An engine over a loaded registry.
     pub fn new(registry: Arc<Registry>, store: Arc<dyn Store>) -> Arc<Self> {
-        let (bus, _) = broadcast::channel(BUS_CAPACITY);
         Arc::new(Self {
             registry,
             store,
-            bus,
             flush_lock: AsyncMutex::new(()),
         })
-    }
-
-    /// Subscribes to recorded activity events.
-    pub fn subscribe(&self) -> broadcast::Receiver<ActivityEvent> {
-        self.bus.subscribe()
-    }
-
-    /// Publishes an event recorded outside the engine (creates, updates, deletes).
-    pub fn publish(&self, event: ActivityEvent) {
-        let _ = self.bus.send(event);
     }
 
     /// Writes every pending liveness change and event now. Concurrent callers queue; on a
@@ -77,12 +60,8 @@ impl Engine {
             .apply_liveness(&batch.writes, &batch.events)
             .await
         {
-            Ok(recorded) => {
-                for event in recorded {
-                    let _ = self.bus.send(event);
-                }
-                Ok(())
-            }
+            // The store publishes the recorded events on its feed.
+            Ok(_recorded) => Ok(()),
             Err(error) => {
                 self.registry.restore_pending(batch);
                 Err(error)

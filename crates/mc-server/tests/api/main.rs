@@ -7,4 +7,6 @@ mod enrollment;
 mod heartbeat;
 mod helpers;
 mod liveness;
+mod sse;
+mod streams;
 mod wire;

@@ -7,6 +7,7 @@
 mod rows;
 
 use std::str::FromStr as _;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -23,6 +24,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
 use sqlx::{Row as _, Sqlite, SqlitePool, Transaction};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, broadcast};
 
 use self::rows::{
     ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, BOARD_COLUMNS,
@@ -37,6 +39,9 @@ use crate::{
 /// Agents updated by one statement of a liveness batch (6 parameters each).
 const LIVENESS_ROWS_PER_STATEMENT: usize = 1000;
 
+/// Events the feed buffers for a slow subscriber before it lags.
+const FEED_CAPACITY: usize = 4096;
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Mission Control's store on an SQLite file.
@@ -44,6 +49,39 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    feed: broadcast::Sender<ActivityEvent>,
+    /// Held from the start of a transaction that records events until those events are
+    /// on the feed, so the feed carries events in id order.
+    publish_turn: Arc<AsyncMutex<()>>,
+}
+
+/// A write transaction that records activity events and publishes them on the store's
+/// feed once committed, before any later recording transaction can publish.
+struct RecordingTx {
+    tx: Transaction<'static, Sqlite>,
+    recorded: Vec<ActivityEvent>,
+    feed: broadcast::Sender<ActivityEvent>,
+    _turn: OwnedMutexGuard<()>,
+}
+
+impl RecordingTx {
+    /// Records `events` in this transaction.
+    async fn record(&mut self, events: &[NewActivity]) -> StoreResult<()> {
+        for event in events {
+            let recorded = insert_activity(&mut self.tx, event).await?;
+            self.recorded.push(recorded);
+        }
+        Ok(())
+    }
+
+    /// Commits, then publishes the recorded events (a send without subscribers is fine).
+    async fn commit(self) -> StoreResult<Vec<ActivityEvent>> {
+        self.tx.commit().await.map_err(map_err)?;
+        for event in &self.recorded {
+            let _ = self.feed.send(event.clone());
+        }
+        Ok(self.recorded)
+    }
 }
 
 fn map_err(error: sqlx::Error) -> StoreError {
@@ -131,7 +169,13 @@ impl SqliteStore {
             .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
-        Ok(Self { writer, reader })
+        let (feed, _) = broadcast::channel(FEED_CAPACITY);
+        Ok(Self {
+            writer,
+            reader,
+            feed,
+            publish_turn: Arc::new(AsyncMutex::new(())),
+        })
     }
 
     /// Runs the migrations only (the `migrate` command); `open` already does this.
@@ -141,6 +185,18 @@ impl SqliteStore {
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
         self.writer.begin().await.map_err(map_err)
+    }
+
+    /// Begins a transaction that records events (waiting for the publishing turn first).
+    async fn begin_recording(&self) -> StoreResult<RecordingTx> {
+        let turn = Arc::clone(&self.publish_turn).lock_owned().await;
+        let tx = self.writer.begin().await.map_err(map_err)?;
+        Ok(RecordingTx {
+            tx,
+            recorded: Vec::new(),
+            feed: self.feed.clone(),
+            _turn: turn,
+        })
     }
 }
 
@@ -257,17 +313,6 @@ async fn insert_activity(
         data: event.data.clone(),
         created_at: event.created_at,
     })
-}
-
-async fn insert_activities(
-    tx: &mut Transaction<'_, Sqlite>,
-    events: &[NewActivity],
-) -> StoreResult<Vec<ActivityEvent>> {
-    let mut recorded = Vec::with_capacity(events.len());
-    for event in events {
-        recorded.push(insert_activity(tx, event).await?);
-    }
-    Ok(recorded)
 }
 
 async fn delete_agents_returning(
@@ -412,32 +457,32 @@ impl Store for SqliteStore {
         id: GatewayId,
         events: &[NewActivity],
     ) -> StoreResult<Option<Vec<AgentId>>> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         let boards: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM boards WHERE gateway_id = ?")
             .bind(id.to_string())
-            .fetch_one(&mut *tx)
+            .fetch_one(&mut *rtx.tx)
             .await
             .map_err(map_err)?;
         if boards > 0 {
             return Err(StoreError::Conflict(Constraint::GatewayHasBoards));
         }
         let agents = delete_agents_returning(
-            &mut tx,
+            &mut rtx.tx,
             "DELETE FROM agents WHERE gateway_id = ? RETURNING id",
             id.to_string(),
         )
         .await?;
         let deleted = sqlx::query("DELETE FROM gateways WHERE id = ?")
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?
             .rows_affected();
         if deleted == 0 {
             return Ok(None);
         }
-        insert_activities(&mut tx, events).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(events).await?;
+        rtx.commit().await?;
         Ok(Some(agents))
     }
 
@@ -519,24 +564,24 @@ impl Store for SqliteStore {
         id: BoardId,
         events: &[NewActivity],
     ) -> StoreResult<Option<Vec<AgentId>>> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         let agents = delete_agents_returning(
-            &mut tx,
+            &mut rtx.tx,
             "DELETE FROM agents WHERE board_id = ? RETURNING id",
             id.to_string(),
         )
         .await?;
         let deleted = sqlx::query("DELETE FROM boards WHERE id = ?")
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?
             .rows_affected();
         if deleted == 0 {
             return Ok(None);
         }
-        insert_activities(&mut tx, events).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(events).await?;
+        rtx.commit().await?;
         Ok(Some(agents))
     }
 
@@ -547,9 +592,9 @@ impl Store for SqliteStore {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         if let Some(spend) = spend {
-            spend_enrollment_use(&mut tx, spend).await?;
+            spend_enrollment_use(&mut rtx.tx, spend).await?;
         }
         sqlx::query(&format!(
             "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
@@ -575,7 +620,7 @@ impl Store for SqliteStore {
         .bind(ms(a.created_at))
         .bind(ms(a.updated_at))
         .bind(token_digest.map(|d| d.as_bytes().to_vec()))
-        .execute(&mut *tx)
+        .execute(&mut *rtx.tx)
         .await
         .map_err(map_err)?;
         sqlx::query(
@@ -589,11 +634,11 @@ impl Store for SqliteStore {
         .bind(a.published_status.as_str())
         .bind(a.own_token_used)
         .bind(ms(a.updated_at))
-        .execute(&mut *tx)
+        .execute(&mut *rtx.tx)
         .await
         .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
         Ok(())
     }
 
@@ -658,7 +703,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         sqlx::query(
             "UPDATE agents SET board_id = ?, gateway_id = ?, name = ?, name_key = ?,
                is_board_lead = ?, gateway_agent_id = ?, workspace_path = ?,
@@ -683,11 +728,11 @@ impl Store for SqliteStore {
         .bind(&a.last_provision_error)
         .bind(ms(a.updated_at))
         .bind(a.id.to_string())
-        .execute(&mut *tx)
+        .execute(&mut *rtx.tx)
         .await
         .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
         Ok(())
     }
 
@@ -697,11 +742,11 @@ impl Store for SqliteStore {
         token_digest: TokenDigest,
         event: &NewActivity,
     ) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         let changed = sqlx::query("UPDATE agents SET token_digest = ? WHERE id = ?")
             .bind(token_digest.as_bytes().to_vec())
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?
             .rows_affected();
@@ -710,27 +755,27 @@ impl Store for SqliteStore {
         }
         sqlx::query("UPDATE agent_liveness SET own_token_used = 0 WHERE agent_id = ?")
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
         Ok(true)
     }
 
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         let deleted = sqlx::query("DELETE FROM agents WHERE id = ?")
             .bind(id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?
             .rows_affected();
         if deleted == 0 {
             return Ok(false);
         }
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
         Ok(true)
     }
 
@@ -739,7 +784,7 @@ impl Store for SqliteStore {
         writes: &[LivenessWrite],
         events: &[NewActivity],
     ) -> StoreResult<Vec<ActivityEvent>> {
-        let mut tx = self.begin().await?;
+        let mut rtx = self.begin_recording().await?;
         // Many rows per statement: a statement costs a round trip to SQLite's worker
         // thread, and a batch can hold tens of thousands of agents.
         for chunk in writes.chunks(LIVENESS_ROWS_PER_STATEMENT) {
@@ -763,11 +808,10 @@ impl Store for SqliteStore {
                     .bind(w.own_token_used)
                     .bind(ms(w.updated_at));
             }
-            query.execute(&mut *tx).await.map_err(map_err)?;
+            query.execute(&mut *rtx.tx).await.map_err(map_err)?;
         }
-        let recorded = insert_activities(&mut tx, events).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(recorded)
+        rtx.record(events).await?;
+        rtx.commit().await
     }
 
     async fn insert_enrollment_token(
@@ -855,6 +899,39 @@ impl Store for SqliteStore {
             order_by: "id DESC",
         };
         self.fetch_page(listing, page, activity_from_row).await
+    }
+
+    fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
+        self.feed.subscribe()
+    }
+
+    async fn activity_since(
+        &self,
+        after_id: i64,
+        filter: ActivityFilter,
+        limit: u32,
+    ) -> StoreResult<Vec<ActivityEvent>> {
+        let (conditions, params) = where_clause(vec![
+            ("agent_id", filter.agent_id.map(|a| a.to_string())),
+            ("board_id", filter.board_id.map(|b| b.to_string())),
+        ]);
+        let sql = format!(
+            "SELECT {ACTIVITY_COLUMNS} FROM activity_events
+             WHERE id > ?{after} AND {conditions} ORDER BY id LIMIT ?{limit}",
+            after = params.len() + 1,
+            limit = params.len() + 2,
+        );
+        let mut query = sqlx::query(&sql);
+        for param in params {
+            query = query.bind(param);
+        }
+        let rows = query
+            .bind(after_id)
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(activity_from_row).collect()
     }
 }
 

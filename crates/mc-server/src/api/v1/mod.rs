@@ -6,6 +6,7 @@ pub mod boards;
 pub mod enrollment_tokens;
 pub mod gateways;
 pub mod heartbeats;
+pub mod streams;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -52,6 +53,7 @@ pub fn router() -> Router<SharedState> {
             get(agents::list_agents).post(agents::create_agent),
         )
         .route("/agents/heartbeat", post(heartbeats::heartbeat_by_name))
+        .route("/agents/stream", get(streams::agents_stream))
         .route(
             "/agents/{agent_id}",
             get(agents::get_agent)
@@ -65,6 +67,7 @@ pub fn router() -> Router<SharedState> {
         .route("/agents/{agent_id}/token", post(agents::rotate_agent_token))
         .route("/agent/heartbeat", post(heartbeats::heartbeat_own))
         .route("/activity", get(activity::list_activity))
+        .route("/activity/stream", get(streams::activity_stream))
 }
 
 /// A page of results: `{items, total, limit, offset}`.
