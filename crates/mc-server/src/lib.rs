@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod liveness;
+pub mod metrics;
 pub mod middleware;
 pub mod services;
 pub mod startup;

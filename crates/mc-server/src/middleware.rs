@@ -4,13 +4,14 @@
 use std::time::Instant;
 
 use axum::body::Body;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::middleware::Next;
 use axum::response::Response;
 use serde_json::json;
 
 use crate::error::ErrorDetail;
+use crate::state::SharedState;
 
 /// The request id header.
 pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -27,7 +28,11 @@ fn request_id(request: &Request) -> String {
 }
 
 /// Assigns the request id, finishes error bodies, adds security headers and logs.
-pub async fn around_request(request: Request, next: Next) -> Response {
+pub async fn around_request(
+    State(state): State<SharedState>,
+    request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let id = request_id(&request);
     let method = request.method().clone();
@@ -63,7 +68,11 @@ pub async fn around_request(request: Request, next: Next) -> Response {
     }
 
     let status = response.status().as_u16();
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .observe_request(route, &method, status, elapsed);
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     // Health checks and successful heartbeats are routine (thousands a second with a large
     // fleet): they log at debug; everything else, and every failure, at info.
     let routine = route == "/healthz"

@@ -82,6 +82,7 @@ impl Server {
             base_url: config.base_url.clone().unwrap_or_default(),
             shutdown: watch::channel(false).0,
             stream_keep_alive: config.stream_keep_alive,
+            metrics: Arc::default(),
         });
         Ok(Self { state, config })
     }

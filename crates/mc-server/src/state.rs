@@ -9,6 +9,7 @@ use mc_store::Store;
 use tokio::sync::watch;
 
 use crate::liveness::{Engine, Registry};
+use crate::metrics::Metrics;
 
 /// Everything handlers share.
 pub struct AppState {
@@ -28,6 +29,8 @@ pub struct AppState {
     pub shutdown: watch::Sender<bool>,
     /// How often an idle event stream sends a keep-alive comment.
     pub stream_keep_alive: Duration,
+    /// Request and stream counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
 }
 
 /// The state as handlers receive it.

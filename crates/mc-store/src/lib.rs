@@ -120,9 +120,24 @@ pub struct EnrollmentSpend {
     pub now: Timestamp,
 }
 
+/// The use of one database connection pool, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// The pool's name, e.g. `writer`.
+    pub name: &'static str,
+    /// Open connections.
+    pub size: u32,
+    /// Open connections not in use.
+    pub idle: u32,
+    /// The most connections the pool opens.
+    pub max: u32,
+}
+
 /// Everything Mission Control persists.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// The use of each connection pool right now (no I/O).
+    fn pool_stats(&self) -> Vec<PoolStats>;
     /// Checks that the database answers.
     async fn ping(&self) -> StoreResult<()>;
 

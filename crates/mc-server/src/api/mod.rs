@@ -5,6 +5,8 @@ pub mod health;
 pub mod openapi;
 pub mod v1;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::get;
@@ -17,11 +19,15 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .nest("/api/v1", v1::router())
         .fallback(|| async { ApiError::NotFound("Not Found") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))
-        .layer(axum::middleware::from_fn(crate::middleware::around_request))
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            crate::middleware::around_request,
+        ))
         .with_state(state)
 }

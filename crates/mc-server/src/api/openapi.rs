@@ -16,7 +16,7 @@ use super::{health, v1};
 #[openapi(
     info(title = "Mission Control", description = "Control plane for fleets of OpenClaw agents."),
     paths(
-        health::healthz, health::readyz,
+        health::healthz, health::readyz, crate::metrics::metrics,
         gateways::create_gateway, gateways::list_gateways, gateways::get_gateway,
         gateways::update_gateway, gateways::delete_gateway,
         boards::create_board, boards::list_boards, boards::get_board, boards::update_board,

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
-use mc_domain::activity::{NewActivity, status_transition};
+use mc_domain::activity::{EventType, NewActivity, status_transition};
 use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
 use mc_domain::ids::AgentId;
 use mc_domain::liveness::LivenessFacts;
@@ -125,6 +126,21 @@ pub struct Registry {
     events: Mutex<Vec<NewActivity>>,
     events_notify: Notify,
     deadlines: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
+    heartbeats: AtomicU64,
+    transitions: [AtomicU64; STATUS_COUNT],
+}
+
+/// How many statuses there are (the length of per-status arrays).
+pub const STATUS_COUNT: usize = 4;
+
+/// The index of `status` in per-status arrays.
+pub const fn status_index(status: AgentStatus) -> usize {
+    match status {
+        AgentStatus::Provisioning => 0,
+        AgentStatus::Healthy => 1,
+        AgentStatus::Degraded => 2,
+        AgentStatus::Offline => 3,
+    }
 }
 
 impl Registry {
@@ -213,6 +229,9 @@ impl Registry {
     }
 
     fn push_event(&self, event: NewActivity) {
+        if let EventType::AgentStatusChanged(to) = event.event_type {
+            self.transitions[status_index(to)].fetch_add(1, Ordering::Relaxed);
+        }
         self.events.lock().push(event);
         self.events_notify.notify_one();
     }
@@ -239,6 +258,7 @@ impl Registry {
         reported: Option<ReportedHealth>,
         now: Timestamp,
     ) -> AgentView {
+        self.heartbeats.fetch_add(1, Ordering::Relaxed);
         let profile = agent.profile();
         let tolerance = profile.heartbeat_config.missing_tolerance;
         let mut live = agent.live.lock();
@@ -390,6 +410,31 @@ impl Registry {
             .map(|entry| entry.value().profile())
             .filter(|profile| predicate(profile))
             .collect()
+    }
+
+    /// Heartbeats accepted since start.
+    pub fn heartbeats_accepted(&self) -> u64 {
+        self.heartbeats.load(Ordering::Relaxed)
+    }
+
+    /// Liveness transitions recorded since start, by new status (see [`status_index`]).
+    pub fn transitions(&self) -> [u64; STATUS_COUNT] {
+        std::array::from_fn(|i| self.transitions[i].load(Ordering::Relaxed))
+    }
+
+    /// Agents by computed status at `now` (see [`status_index`]). Visits every agent: for
+    /// scrapes and dashboards, never for the hot path.
+    pub fn count_by_status(&self, now: Timestamp) -> [u64; STATUS_COUNT] {
+        let mut counts = [0; STATUS_COUNT];
+        for entry in &self.by_id {
+            counts[status_index(entry.value().view(now).status)] += 1;
+        }
+        counts
+    }
+
+    /// Agents waiting for the next write-behind batch.
+    pub fn pending_writes(&self) -> usize {
+        self.dirty.lock().len()
     }
 
     /// Forgets a deleted agent; its token stops working at once.

@@ -7,6 +7,7 @@ mod enrollment;
 mod heartbeat;
 mod helpers;
 mod liveness;
+mod metrics;
 mod sse;
 mod streams;
 mod wire;

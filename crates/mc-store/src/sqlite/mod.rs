@@ -32,8 +32,8 @@ use self::rows::{
     enrollment_from_row, gateway_from_row,
 };
 use crate::{
-    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, Store, StoreError,
-    StoreResult, StoredAgent,
+    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, PoolStats, Store,
+    StoreError, StoreResult, StoredAgent,
 };
 
 /// Agents updated by one statement of a liveness batch (6 parameters each).
@@ -337,6 +337,18 @@ async fn delete_agents_returning(
 
 #[async_trait]
 impl Store for SqliteStore {
+    fn pool_stats(&self) -> Vec<PoolStats> {
+        [("writer", &self.writer), ("reader", &self.reader)]
+            .into_iter()
+            .map(|(name, pool)| PoolStats {
+                name,
+                size: pool.size(),
+                idle: u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+                max: pool.options().get_max_connections(),
+            })
+            .collect()
+    }
+
     async fn ping(&self) -> StoreResult<()> {
         sqlx::query("SELECT 1")
             .execute(&self.reader)

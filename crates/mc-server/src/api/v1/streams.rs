@@ -179,7 +179,9 @@ fn event_stream(
     // Subscribe before reading the log, so nothing committed in between is missed.
     let mut live = state.store.subscribe_activity();
     let mut shutdown = state.shutdown.subscribe();
+    let open = state.metrics.stream_opened();
     async_stream::stream! {
+        let _open = open;
         let mut sent_up_to = last_event_id;
         if let Some(mut after) = last_event_id {
             loop {
