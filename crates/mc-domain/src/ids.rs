@@ -83,3 +83,7 @@ entity_id!(
     /// A board-scoped enrollment token.
     EnrollmentTokenId
 );
+entity_id!(
+    /// An outbound webhook subscription.
+    WebhookId
+);

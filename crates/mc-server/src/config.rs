@@ -6,6 +6,8 @@ use std::time::Duration;
 
 use mc_domain::token::Secret;
 
+use crate::webhooks::DeliverySettings;
+
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
@@ -28,6 +30,8 @@ pub struct ServerConfig {
     pub liveness_tick: Duration,
     /// How often an idle event stream sends a keep-alive comment.
     pub stream_keep_alive: Duration,
+    /// How webhook deliveries are made and retried.
+    pub webhook_delivery: DeliverySettings,
 }
 
 impl ServerConfig {
@@ -42,6 +46,7 @@ impl ServerConfig {
             write_behind_interval: Duration::from_millis(500),
             liveness_tick: Duration::from_millis(100),
             stream_keep_alive: Duration::from_secs(15),
+            webhook_delivery: DeliverySettings::default(),
         }
     }
 

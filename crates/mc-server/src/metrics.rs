@@ -199,7 +199,7 @@ fn escape(value: &str) -> String {
 }
 
 /// The whole exposition for the server's current state.
-pub fn render(state: &SharedState) -> String {
+pub async fn render(state: &SharedState) -> String {
     let metrics = &state.metrics;
     let mut out = String::with_capacity(8 * 1024);
     metrics.render_requests(&mut out);
@@ -269,6 +269,34 @@ pub fn render(state: &SharedState) -> String {
 
     header(
         &mut out,
+        "mc_webhook_deliveries_total",
+        "counter",
+        "Webhook delivery attempts by outcome (retrying: failed, will retry; failed: given up).",
+    );
+    for (outcome, count) in state.deliveries.snapshot() {
+        let _ = writeln!(
+            out,
+            "mc_webhook_deliveries_total{{outcome=\"{outcome}\"}} {count}"
+        );
+    }
+
+    // The queue depth needs the database; when it does not answer, the sample is left out
+    // (the request metrics above still say what is wrong).
+    if let Ok(pending) = state.store.pending_deliveries().await {
+        header(
+            &mut out,
+            "mc_job_queue_depth",
+            "gauge",
+            "Jobs waiting, by kind.",
+        );
+        let _ = writeln!(
+            out,
+            "mc_job_queue_depth{{kind=\"webhook_delivery\"}} {pending}"
+        );
+    }
+
+    header(
+        &mut out,
         "mc_db_pool_connections",
         "gauge",
         "Database connections by pool and state.",
@@ -309,6 +337,6 @@ pub async fn metrics(State(state): State<SharedState>) -> impl IntoResponse {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        render(&state),
+        render(&state).await,
     )
 }

@@ -83,6 +83,7 @@ impl Server {
             shutdown: watch::channel(false).0,
             stream_keep_alive: config.stream_keep_alive,
             metrics: Arc::default(),
+            deliveries: Arc::default(),
         });
         Ok(Self { state, config })
     }
@@ -109,6 +110,12 @@ impl Server {
         let tasks = state
             .engine
             .start(self.config.write_behind_interval, self.config.liveness_tick);
+        let deliveries = crate::webhooks::start(
+            Arc::clone(&state.store),
+            self.config.webhook_delivery,
+            Arc::clone(&state.deliveries),
+            state.shutdown.subscribe(),
+        );
         let app = crate::api::router(Arc::clone(&state), self.config.max_body_bytes);
         tracing::info!("listening on http://{address}");
         // Event streams never end by themselves: tell them to, so the drain can finish.
@@ -121,6 +128,7 @@ impl Server {
             .with_graceful_shutdown(shutdown)
             .await;
         tasks.stop().await;
+        let _ = deliveries.await;
         let flushed = state.engine.flush().await;
         served.context("serving HTTP")?;
         flushed.context("flushing pending heartbeat writes at shutdown")?;

@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::liveness::{Engine, Registry};
 use crate::metrics::Metrics;
+use crate::webhooks::DeliveryCounters;
 
 /// Everything handlers share.
 pub struct AppState {
@@ -31,6 +32,8 @@ pub struct AppState {
     pub stream_keep_alive: Duration,
     /// Request and stream counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Webhook delivery outcomes for `/metrics`.
+    pub deliveries: Arc<DeliveryCounters>,
 }
 
 /// The state as handlers receive it.

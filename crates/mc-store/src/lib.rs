@@ -16,10 +16,11 @@ use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
 use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
-use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId};
+use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
 use mc_domain::page::{Page, PageRequest};
 use mc_domain::time::Timestamp;
-use mc_domain::token::TokenDigest;
+use mc_domain::token::{Secret, TokenDigest};
+use mc_domain::webhook::{Delivery, DeliveryState, Webhook, WebhookUrl};
 
 pub use sqlite::SqliteStore;
 
@@ -118,6 +119,36 @@ pub struct EnrollmentSpend {
     pub token_id: EnrollmentTokenId,
     /// The time of spending (for the expiry check).
     pub now: Timestamp,
+}
+
+/// A webhook delivery claimed for an attempt, with everything the attempt needs.
+#[derive(Debug, Clone)]
+pub struct DueDelivery {
+    /// The delivery (its attempts so far).
+    pub delivery: Delivery,
+    /// Where to post it.
+    pub url: WebhookUrl,
+    /// The subscription's signing key.
+    pub secret: Secret,
+    /// The event to deliver.
+    pub event: ActivityEvent,
+}
+
+/// The outcome of one delivery attempt, to record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryAttempt {
+    /// The delivery attempted.
+    pub delivery_id: i64,
+    /// When the attempt was made.
+    pub attempted_at: Timestamp,
+    /// Where the delivery stands now.
+    pub state: DeliveryState,
+    /// The receiver's HTTP status, if it answered.
+    pub status_code: Option<u16>,
+    /// Why the attempt failed, if it did.
+    pub error: Option<String>,
+    /// When to try again (pending only).
+    pub next_attempt_at: Option<Timestamp>,
 }
 
 /// The use of one database connection pool, for metrics.
@@ -266,6 +297,41 @@ pub trait Store: Send + Sync + 'static {
         filter: ActivityFilter,
         limit: u32,
     ) -> StoreResult<Vec<ActivityEvent>>;
+
+    /// Inserts a webhook subscription.
+    async fn insert_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// A webhook subscription by id.
+    async fn webhook(&self, id: WebhookId) -> StoreResult<Option<Webhook>>;
+    /// An organisation's webhook subscriptions, newest first.
+    async fn list_webhooks(
+        &self,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Webhook>>;
+    /// Replaces a subscription's mutable fields.
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()>;
+    /// Deletes a subscription with its delivery log; false when it did not exist.
+    async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool>;
+    /// A subscription's deliveries, newest first.
+    async fn list_deliveries(
+        &self,
+        webhook_id: WebhookId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Delivery>>;
+    /// Claims up to `limit` pending deliveries due at `now` until `lease_until` (a claim
+    /// that is not recorded by then is due again), oldest due first.
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>>;
+    /// Records an attempt (one more attempt counted) and releases the claim.
+    async fn record_delivery_attempt(&self, attempt: &DeliveryAttempt) -> StoreResult<()>;
+    /// When the earliest pending delivery is due, claimed ones included.
+    async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
+    /// How many deliveries are pending.
+    async fn pending_deliveries(&self) -> StoreResult<u64>;
 
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).

@@ -8,13 +8,14 @@ use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedH
 use mc_domain::board::{Board, BoardRules, Slug};
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::{Gateway, GatewayUrl};
-use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId};
+use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
 use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
+use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
-    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, SqliteStore, Store,
-    StoreError,
+    ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessWrite,
+    SqliteStore, Store, StoreError,
 };
 
 async fn with_sqlite<F, Fut>(test: F)
@@ -408,6 +409,158 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent() {
             assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
             assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
         }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn committed_events_are_published_in_id_order_and_readable_since_an_id() {
+    with_sqlite(|store| async move {
+        let (_, gw, board) = seed(&store).await;
+        let mut feed = store.subscribe_activity();
+        let mut ids = Vec::new();
+        for name in ["a", "b", "c"] {
+            let a = agent(gw, board, name);
+            store
+                .insert_agent(&a, None, None, &event(Some(a.id)))
+                .await
+                .unwrap();
+            ids.push(feed.recv().await.unwrap().id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let since = store
+            .activity_since(ids[0], ActivityFilter::default(), 10)
+            .await
+            .unwrap();
+        assert_eq!(since.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+        let limited = store
+            .activity_since(0, ActivityFilter::default(), 2)
+            .await
+            .unwrap();
+        assert_eq!(limited.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+        // A failed write publishes nothing.
+        let duplicate = agent(gw, board, "A");
+        assert!(
+            store
+                .insert_agent(&duplicate, None, None, &event(Some(duplicate.id)))
+                .await
+                .is_err()
+        );
+        assert!(feed.try_recv().is_err());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recorded_events_queue_deliveries_claimed_under_a_lease() {
+    with_sqlite(|store| async move {
+        let (org, gw, board) = seed(&store).await;
+        let wanted = Webhook {
+            id: WebhookId::new(),
+            organization_id: org,
+            url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+            event_types: EventSelection::parse(&["agent.created".into()]).unwrap(),
+            secret: Secret::new("0123456789abcdef"),
+            enabled: true,
+            created_at: now(),
+            updated_at: now(),
+        };
+        let disabled = Webhook {
+            id: WebhookId::new(),
+            enabled: false,
+            event_types: EventSelection::default(),
+            ..wanted.clone()
+        };
+        store.insert_webhook(&wanted).await.unwrap();
+        store.insert_webhook(&disabled).await.unwrap();
+        let a = agent(gw, board, "a");
+        store
+            .insert_agent(&a, None, None, &event(Some(a.id)))
+            .await
+            .unwrap();
+        let mut rotated = event(Some(a.id));
+        rotated.event_type = EventType::AgentTokenRotated;
+        store
+            .set_agent_token(a.id, TokenDigest::of("t"), &rotated)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.pending_deliveries().await.unwrap(),
+            1,
+            "only the wanted type, only enabled"
+        );
+        assert_eq!(store.next_delivery_due().await.unwrap(), Some(now()));
+
+        let lease = now().plus_seconds(30);
+        let claimed = store.claim_due_deliveries(now(), lease, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].event.event_type, "agent.created");
+        assert_eq!(claimed[0].url, wanted.url);
+        assert_eq!(claimed[0].secret.expose(), "0123456789abcdef");
+        assert!(
+            store
+                .claim_due_deliveries(now(), lease, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "claimed under a lease"
+        );
+        let after_lease = lease.plus_seconds(1);
+        let reclaimed = store
+            .claim_due_deliveries(after_lease, after_lease.plus_seconds(30), 10)
+            .await
+            .unwrap();
+        assert_eq!(reclaimed.len(), 1, "a lapsed claim is due again");
+
+        let delivery_id = reclaimed[0].delivery.id;
+        store
+            .record_delivery_attempt(&DeliveryAttempt {
+                delivery_id,
+                attempted_at: after_lease,
+                state: DeliveryState::Pending,
+                status_code: Some(503),
+                error: Some("the receiver answered HTTP 503".into()),
+                next_attempt_at: Some(after_lease.plus_seconds(60)),
+            })
+            .await
+            .unwrap();
+        assert!(
+            store
+                .claim_due_deliveries(after_lease, lease, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        let log = store
+            .list_deliveries(wanted.id, PageRequest::default())
+            .await
+            .unwrap();
+        assert_eq!(log.items[0].attempts, 1);
+        assert_eq!(log.items[0].last_status_code, Some(503));
+        store
+            .record_delivery_attempt(&DeliveryAttempt {
+                delivery_id,
+                attempted_at: after_lease,
+                state: DeliveryState::Delivered,
+                status_code: Some(200),
+                error: None,
+                next_attempt_at: None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(store.pending_deliveries().await.unwrap(), 0);
+        assert_eq!(store.next_delivery_due().await.unwrap(), None);
+
+        assert!(store.delete_webhook(wanted.id).await.unwrap());
+        assert!(
+            store
+                .list_deliveries(wanted.id, PageRequest::default())
+                .await
+                .unwrap()
+                .items
+                .is_empty()
+        );
+        assert!(!store.delete_webhook(wanted.id).await.unwrap());
     })
     .await;
 }

@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
-use super::v1::{activity, agents, boards, enrollment_tokens, gateways, heartbeats, streams};
+use super::v1::{
+    activity, agents, boards, enrollment_tokens, gateways, heartbeats, streams, webhooks,
+};
 use super::{health, v1};
 
 #[derive(OpenApi)]
@@ -27,6 +29,8 @@ use super::{health, v1};
         agents::delete_agent, agents::rotate_agent_token,
         heartbeats::heartbeat_by_name, heartbeats::heartbeat_agent, heartbeats::heartbeat_own,
         activity::list_activity, streams::activity_stream, streams::agents_stream,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::list_deliveries,
     ),
     components(schemas(v1::OkResponse)),
     modifiers(&Security),

@@ -10,4 +10,5 @@ mod liveness;
 mod metrics;
 mod sse;
 mod streams;
+mod webhooks;
 mod wire;

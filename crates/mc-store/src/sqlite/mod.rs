@@ -5,6 +5,7 @@
 //! connection turns lock contention into an orderly queue) and a small reader pool.
 
 mod rows;
+mod webhooks;
 
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -16,10 +17,13 @@ use mc_domain::agent::Agent;
 use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
-use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, UserId};
+use mc_domain::ids::{
+    AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, UserId, WebhookId,
+};
 use mc_domain::page::{Page, PageRequest};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
+use mc_domain::webhook::{Delivery, Webhook};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -32,8 +36,8 @@ use self::rows::{
     enrollment_from_row, gateway_from_row,
 };
 use crate::{
-    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, PoolStats, Store,
-    StoreError, StoreResult, StoredAgent,
+    ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
+    LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
 };
 
 /// Agents updated by one statement of a liveness batch (6 parameters each).
@@ -74,8 +78,12 @@ impl RecordingTx {
         Ok(())
     }
 
-    /// Commits, then publishes the recorded events (a send without subscribers is fine).
-    async fn commit(self) -> StoreResult<Vec<ActivityEvent>> {
+    /// Queues the webhook deliveries of the recorded events, commits, then publishes the
+    /// events (a send without subscribers is fine).
+    async fn commit(mut self) -> StoreResult<Vec<ActivityEvent>> {
+        if let (Some(first), Some(last)) = (self.recorded.first(), self.recorded.last()) {
+            webhooks::queue_deliveries(&mut self.tx, first.id, last.id).await?;
+        }
         self.tx.commit().await.map_err(map_err)?;
         for event in &self.recorded {
             let _ = self.feed.send(event.clone());
@@ -911,6 +919,59 @@ impl Store for SqliteStore {
             order_by: "id DESC",
         };
         self.fetch_page(listing, page, activity_from_row).await
+    }
+
+    async fn insert_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        self.insert_webhook_row(webhook).await
+    }
+
+    async fn webhook(&self, id: WebhookId) -> StoreResult<Option<Webhook>> {
+        self.webhook_row(id).await
+    }
+
+    async fn list_webhooks(
+        &self,
+        org: OrganizationId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Webhook>> {
+        self.webhook_page(org, page).await
+    }
+
+    async fn update_webhook(&self, webhook: &Webhook) -> StoreResult<()> {
+        self.update_webhook_row(webhook).await
+    }
+
+    async fn delete_webhook(&self, id: WebhookId) -> StoreResult<bool> {
+        self.delete_webhook_row(id).await
+    }
+
+    async fn list_deliveries(
+        &self,
+        webhook_id: WebhookId,
+        page: PageRequest,
+    ) -> StoreResult<Page<Delivery>> {
+        self.delivery_page(webhook_id, page).await
+    }
+
+    async fn claim_due_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<DueDelivery>> {
+        self.claim_deliveries(now, lease_until, limit).await
+    }
+
+    async fn record_delivery_attempt(&self, attempt: &DeliveryAttempt) -> StoreResult<()> {
+        self.record_attempt(attempt).await
+    }
+
+    async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>> {
+        self.earliest_due().await
+    }
+
+    async fn pending_deliveries(&self) -> StoreResult<u64> {
+        self.count_pending().await
     }
 
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {

@@ -10,6 +10,7 @@ use mc_domain::enrollment::EnrollmentToken;
 use mc_domain::gateway::{Gateway, GatewayUrl};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
+use mc_domain::webhook::{Delivery, DeliveryState, EventSelection, Webhook, WebhookUrl};
 use sqlx::Row as _;
 use sqlx::sqlite::SqliteRow;
 
@@ -209,5 +210,46 @@ pub(super) fn activity_from_row(row: &SqliteRow) -> StoreResult<ActivityEvent> {
             .map(|text| serde_json::from_str(&text).map_err(|e| corrupt(T, e)))
             .transpose()?,
         created_at: ts(row, "created_at")?,
+    })
+}
+
+pub(super) const WEBHOOK_COLUMNS: &str =
+    "id, organization_id, url, event_types, secret, enabled, created_at, updated_at";
+
+pub(super) const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, state, attempts, \
+    last_status_code, last_error, next_attempt_at, created_at, last_attempt_at";
+
+pub(super) fn webhook_from_row(row: &SqliteRow) -> StoreResult<Webhook> {
+    const T: &str = "webhooks";
+    Ok(Webhook {
+        id: id(row, "id", T)?,
+        organization_id: id(row, "organization_id", T)?,
+        url: WebhookUrl::from_stored(get(row, "url")?),
+        event_types: EventSelection::from_stored(&get::<String>(row, "event_types")?),
+        secret: Secret::new(get::<String>(row, "secret")?),
+        enabled: get(row, "enabled")?,
+        created_at: ts(row, "created_at")?,
+        updated_at: ts(row, "updated_at")?,
+    })
+}
+
+pub(super) fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
+    const T: &str = "webhook_deliveries";
+    let state: String = get(row, "state")?;
+    Ok(Delivery {
+        id: get(row, "id")?,
+        webhook_id: id(row, "webhook_id", T)?,
+        event_id: get(row, "event_id")?,
+        event_type: get(row, "event_type")?,
+        state: DeliveryState::parse(&state)
+            .ok_or_else(|| corrupt(T, format!("unknown state {state:?}")))?,
+        attempts: u32_col(row, "attempts", T)?,
+        last_status_code: get::<Option<i64>>(row, "last_status_code")?
+            .map(|code| u16::try_from(code).map_err(|e| corrupt(T, e)))
+            .transpose()?,
+        last_error: get(row, "last_error")?,
+        next_attempt_at: opt_ts(row, "next_attempt_at")?,
+        created_at: ts(row, "created_at")?,
+        last_attempt_at: opt_ts(row, "last_attempt_at")?,
     })
 }

@@ -7,6 +7,7 @@ pub mod enrollment_tokens;
 pub mod gateways;
 pub mod heartbeats;
 pub mod streams;
+pub mod webhooks;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -68,6 +69,20 @@ pub fn router() -> Router<SharedState> {
         .route("/agent/heartbeat", post(heartbeats::heartbeat_own))
         .route("/activity", get(activity::list_activity))
         .route("/activity/stream", get(streams::activity_stream))
+        .route(
+            "/webhooks",
+            get(webhooks::list_webhooks).post(webhooks::create_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}",
+            get(webhooks::get_webhook)
+                .patch(webhooks::update_webhook)
+                .delete(webhooks::delete_webhook),
+        )
+        .route(
+            "/webhooks/{webhook_id}/deliveries",
+            get(webhooks::list_deliveries),
+        )
 }
 
 /// A page of results: `{items, total, limit, offset}`.
