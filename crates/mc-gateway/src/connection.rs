@@ -117,9 +117,7 @@ impl GatewayConfig {
                 url.set_fragment(None);
                 let text = url.to_string();
                 match text.strip_suffix('/') {
-                    Some(trimmed) if url.path() == "/" && !self.url.ends_with('/') => {
-                        trimmed.to_owned()
-                    }
+                    Some(trimmed) if url.path() == "/" => trimmed.to_owned(),
                     _ => text,
                 }
             }
@@ -846,7 +844,7 @@ mod tests {
             config.dial_url().unwrap(),
             "ws://127.0.0.1:18789/?token=s3cret+token"
         );
-        assert_eq!(config.display_url(), "ws://127.0.0.1:18789/");
+        assert_eq!(config.display_url(), "ws://127.0.0.1:18789");
         let plain = GatewayConfig::new("ws://127.0.0.1:18789", None);
         assert_eq!(plain.display_url(), "ws://127.0.0.1:18789");
     }

@@ -331,6 +331,14 @@ fn io_reason(io: &std::io::Error) -> String {
         ErrorKind::HostUnreachable => "no route to host".to_owned(),
         ErrorKind::NetworkUnreachable => "network is unreachable".to_owned(),
         _ => {
+            if let Some(tls) = io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                return match tls {
+                    rustls::Error::InvalidCertificate(_) => format!(
+                        "TLS failed ({tls}; for a self-signed gateway set allow_insecure_tls)"
+                    ),
+                    _ => format!("TLS failed ({tls})"),
+                };
+            }
             let text = io.to_string();
             if text.contains("failed to lookup address") || text.contains("Name or service") {
                 "host name not found".to_owned()

@@ -411,13 +411,21 @@ impl Inner {
                         code: CloseCode::Restart,
                         reason: "service restart".into(),
                     })));
-                    drop(out);
-                    let _ = tokio::time::timeout(Duration::from_millis(200), writer).await;
+                } else {
+                    writer.abort();
                     return;
                 }
             }
         }
-        writer.abort();
+        // Let queued frames (an error reply and its close) reach the client before closing.
+        drop(out);
+        let mut writer = writer;
+        if tokio::time::timeout(Duration::from_millis(500), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
 
     async fn converse<S>(
