@@ -231,7 +231,8 @@ impl GatewayHandle {
     /// Makes sure `agents` have their workspace and heartbeat in the gateway config, in the
     /// schema of the connected generation: `config.get`, then `config.patch` with `baseHash`
     /// when something differs. Re-reads and retries once when the config changed meanwhile.
-    /// Returns whether a patch was applied.
+    /// Returns whether a patch was sent. Safe to retry after a transient failure (a v3
+    /// gateway may restart before its answer arrives): the retry finds nothing to change.
     pub async fn apply_agent_config(
         &self,
         agents: &[AgentConfigEntry],

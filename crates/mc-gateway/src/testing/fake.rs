@@ -390,6 +390,10 @@ impl Inner {
     {
         let query_slot = Arc::new(Mutex::new(None));
         let query_writer = query_slot.clone();
+        #[expect(
+            clippy::result_large_err,
+            reason = "the signature is tungstenite's handshake callback"
+        )]
         let callback = move |request: &Request, response: Response| {
             *query_writer.lock() = request.uri().query().map(str::to_owned);
             Ok(response)

@@ -247,12 +247,22 @@ impl Drop for RealGateway {
         let helpers = self.descendants();
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
+        let asked = Instant::now();
+        let mut exited = false;
+        while asked.elapsed() < Duration::from_secs(20) {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
+                exited = true;
                 break;
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+        if !exited {
+            eprintln!(
+                "openclaw@{} ignored SIGTERM for {:?}; killing it\n{}",
+                self.version,
+                asked.elapsed(),
+                self.log_tail(15)
+            );
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
