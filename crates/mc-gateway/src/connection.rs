@@ -37,6 +37,9 @@ use crate::protocol::{
 };
 use crate::tls;
 
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Reply = oneshot::Sender<Result<Value, GatewayError>>;
 
@@ -390,9 +393,17 @@ impl ConnectionTask {
             };
             match attempt {
                 Ok((socket, hello)) => {
-                    failures = 0;
+                    let began = Instant::now();
                     self.on_connected(&hello);
-                    match self.serve(socket).await {
+                    let end = self.serve(socket).await;
+                    // A gateway that drops every session right after the handshake must not
+                    // be redialled in a tight loop: only a stable session resets the backoff.
+                    failures = if began.elapsed() < STABLE_SESSION {
+                        failures.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    match end {
                         SessionEnd::Stopped => return,
                         SessionEnd::Lost(error) => {
                             tracing::info!(gateway.url = %self.display_url, error = %error, "gateway connection lost");

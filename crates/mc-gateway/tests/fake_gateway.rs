@@ -294,6 +294,24 @@ async fn a_dropped_connection_is_reconnected() {
 }
 
 #[tokio::test]
+async fn a_gateway_that_drops_every_session_is_redialled_with_backoff_not_in_a_loop() {
+    let fake = start(GatewayGeneration::V4).await;
+    fake.set_drop_after_handshake(true);
+    let handle = client(&fake);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let handshakes = fake.handshakes();
+    // Backoff 30 ms doubling to 300 ms allows about 8 attempts in 1.5 s; a loop makes hundreds.
+    assert!(
+        (2..=12).contains(&handshakes),
+        "{handshakes} handshakes in 1.5 s"
+    );
+    let status = wait_for_error(&handle).await;
+    assert!(status.last_error.unwrap().contains("going away"));
+    fake.set_drop_after_handshake(false);
+    handle.health().await.unwrap();
+}
+
+#[tokio::test]
 async fn the_v3_restart_after_config_patch_is_survived() {
     let fake = start(GatewayGeneration::V3).await;
     let handle = connected(&fake).await;

@@ -118,6 +118,7 @@ struct State {
     delayed: HashMap<String, Duration>,
     handshakes: usize,
     last_query: Option<String>,
+    drop_after_handshake: bool,
 }
 
 impl State {
@@ -214,6 +215,7 @@ impl FakeGateway {
                 delayed: HashMap::new(),
                 handshakes: 0,
                 last_query: None,
+                drop_after_handshake: false,
             }),
             addr,
             tls,
@@ -296,6 +298,11 @@ impl FakeGateway {
     /// Changes the token it requires.
     pub fn set_token(&self, token: Option<&str>) {
         self.inner.state.lock().options.token = token.map(str::to_owned);
+    }
+
+    /// Closes every connection right after a successful handshake (a flapping gateway).
+    pub fn set_drop_after_handshake(&self, drop: bool) {
+        self.inner.state.lock().drop_after_handshake = drop;
     }
 
     /// Never answers `method` from now on.
@@ -475,6 +482,10 @@ impl Inner {
                     Ok(hello) => {
                         authenticated = true;
                         reply_ok(&out, &request.id, hello);
+                        if this.state.lock().drop_after_handshake {
+                            close(&out, CloseCode::Away, "going away");
+                            return;
+                        }
                     }
                     Err((shape, close_code)) => {
                         let (code, message, details) = (shape.code, shape.message, shape.details);
