@@ -64,6 +64,16 @@ async fn wait_for_error(handle: &GatewayHandle) -> GatewayStatus {
     panic!("no error reported: {:?}", handle.status());
 }
 
+async fn wait_until_disconnected(handle: &GatewayHandle) {
+    for _ in 0..1000 {
+        if !handle.status().connected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("never saw the connection drop: {:?}", handle.status());
+}
+
 fn worker(id: &str) -> AgentConfigEntry {
     AgentConfigEntry {
         id: id.to_owned(),
@@ -275,8 +285,7 @@ async fn requests_sent_while_the_gateway_is_down_wait_for_the_reconnect() {
     let handle = connected(&fake).await;
     let restart = fake.restart(Duration::from_millis(600));
     let request = async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!handle.status().connected);
+        wait_until_disconnected(&handle).await;
         handle.health().await
     };
     let ((), health) = tokio::join!(restart, request);
@@ -317,7 +326,7 @@ async fn the_v3_restart_after_config_patch_is_survived() {
     let handle = connected(&fake).await;
     assert!(handle.apply_agent_config(&[worker("mc-1")]).await.unwrap());
     // The fake restarts 200 ms after the patch and is down for 300 ms.
-    tokio::time::sleep(Duration::from_millis(250)).await;
+    wait_until_disconnected(&handle).await;
     let files = handle.config_get().await.unwrap();
     assert_eq!(files.config["agents"]["list"][0]["id"], "mc-1");
     assert_eq!(fake.handshakes(), 2);
