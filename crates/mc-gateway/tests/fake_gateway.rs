@@ -195,6 +195,20 @@ async fn a_gateway_speaking_another_protocol_is_a_protocol_mismatch() {
 }
 
 #[tokio::test]
+async fn a_gateway_still_starting_is_transient_and_the_client_retries_until_it_is_up() {
+    let fake = start(GatewayGeneration::V4).await;
+    fake.refuse_handshakes_while_starting(3);
+    let handle = client(&fake);
+    let status = wait_for_error(&handle).await;
+    let message = status.last_error.unwrap();
+    assert!(message.contains("gateway starting"), "{message}");
+    // Requests wait through the refusals instead of failing.
+    assert!(handle.health().await.unwrap().ok);
+    assert!(handle.status().connected);
+    assert_eq!(fake.handshakes(), 1);
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_unreachable_at_the_url() {
     let port = {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -119,6 +119,7 @@ struct State {
     handshakes: usize,
     last_query: Option<String>,
     drop_after_handshake: bool,
+    unavailable_handshakes: usize,
 }
 
 impl State {
@@ -216,6 +217,7 @@ impl FakeGateway {
                 handshakes: 0,
                 last_query: None,
                 drop_after_handshake: false,
+                unavailable_handshakes: 0,
             }),
             addr,
             tls,
@@ -303,6 +305,12 @@ impl FakeGateway {
     /// Closes every connection right after a successful handshake (a flapping gateway).
     pub fn set_drop_after_handshake(&self, drop: bool) {
         self.inner.state.lock().drop_after_handshake = drop;
+    }
+
+    /// Answers the next `count` connects with `UNAVAILABLE` (a v4 gateway still starting
+    /// its sidecars).
+    pub fn refuse_handshakes_while_starting(&self, count: usize) {
+        self.inner.state.lock().unavailable_handshakes = count;
     }
 
     /// Never answers `method` from now on.
@@ -745,6 +753,17 @@ impl Inner {
                 ),
                 CloseCode::Policy,
             ));
+        }
+        if state.unavailable_handshakes > 0 {
+            state.unavailable_handshakes -= 1;
+            let mut refusal = shape(
+                "UNAVAILABLE",
+                "gateway starting; retry shortly",
+                Some(json!({"reason": "startup-sidecars"})),
+            );
+            refusal.retryable = Some(true);
+            refusal.retry_after_ms = Some(50);
+            return Err((refusal, CloseCode::Again));
         }
         state.handshakes += 1;
         let auth = match state.options.generation {
