@@ -182,7 +182,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let Resolved { config, .. } = resolve(args)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let url = config.effective_database_url();
-            mc_store::SqliteStore::migrate(&url)
+            mc_store::migrate(&url)
                 .await
                 .context("running migrations")?;
             tracing::info!("database is up to date");
