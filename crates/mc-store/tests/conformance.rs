@@ -1,7 +1,10 @@
-//! The storage conformance suite: what every backend must do. Each test takes a fresh
-//! store; the SQLite runner below gives each its own temporary database file.
+//! The storage conformance suite: what every backend must do. Each specification below is
+//! one `async fn` taking a fresh store, and `on_every_backend!` runs it once per backend:
+//! on SQLite in its own temporary database file, and on PostgreSQL in its own schema of
+//! a throwaway server (see `mc-testpg`). Test names read `<specification>::<backend>`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use mc_domain::activity::{EventType, NewActivity};
 use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedHealth};
@@ -13,20 +16,61 @@ use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
 use mc_store::{
-    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, SqliteStore, Store,
-    StoreError,
+    ActivityFilter, AgentFilter, Constraint, EnrollmentSpend, LivenessWrite, PostgresStore,
+    SqliteStore, Store, StoreError,
 };
+use mc_testpg::TestPostgres;
 
 async fn with_sqlite<F, Fut>(test: F)
 where
-    F: FnOnce(SqliteStore) -> Fut,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("mc.db").display());
     let store = SqliteStore::open(&url, true).await.unwrap();
-    test(store).await;
+    test(Arc::new(store)).await;
 }
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = TestPostgres::shared().fresh_schema_url().await;
+    let store = PostgresStore::open(&url).await.unwrap();
+    test(Arc::new(store)).await;
+}
+
+/// Runs each named specification against every backend.
+macro_rules! on_every_backend {
+    ($($spec:ident),+ $(,)?) => {$(
+        mod $spec {
+            #[tokio::test]
+            async fn sqlite() {
+                super::with_sqlite(super::$spec).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::with_postgres(super::$spec).await;
+            }
+        }
+    )+};
+}
+
+on_every_backend!(
+    the_default_organisation_is_created_once,
+    agents_round_trip_with_every_field,
+    agent_names_are_unique_per_board_case_insensitively,
+    board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted,
+    an_enrollment_use_is_spent_with_the_create_or_not_at_all,
+    revoking_is_scoped_to_the_board_and_idempotent,
+    liveness_batches_write_fields_and_events_in_order,
+    lists_are_paged_with_totals,
+    deleting_a_board_deletes_its_agents_and_reports_them,
+    a_liveness_batch_larger_than_one_statement_updates_every_agent,
+);
 
 fn now() -> Timestamp {
     Timestamp::from_millis(1_800_000_000_000)
@@ -43,7 +87,7 @@ fn event(agent: Option<AgentId>) -> NewActivity {
     }
 }
 
-async fn seed(store: &dyn Store) -> (OrganizationId, GatewayId, BoardId) {
+async fn seed(store: &Arc<dyn Store>) -> (OrganizationId, GatewayId, BoardId) {
     let org = store.ensure_default_organization(now()).await.unwrap();
     let gateway = Gateway {
         id: GatewayId::new(),
@@ -115,250 +159,214 @@ fn enrollment(board: BoardId, max_uses: Option<u32>) -> EnrollmentToken {
     }
 }
 
-#[tokio::test]
-async fn the_default_organisation_is_created_once() {
-    with_sqlite(|store| async move {
-        let a = store.ensure_default_organization(now()).await.unwrap();
-        let b = store.ensure_default_organization(now()).await.unwrap();
-        assert_eq!(a, b);
-    })
-    .await;
+async fn the_default_organisation_is_created_once(store: Arc<dyn Store>) {
+    let a = store.ensure_default_organization(now()).await.unwrap();
+    let b = store.ensure_default_organization(now()).await.unwrap();
+    assert_eq!(a, b);
 }
 
-#[tokio::test]
-async fn agents_round_trip_with_every_field() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let mut a = agent(gw, board, "Worker");
-        a.identity_profile = Some([("role".to_owned(), "Lead".to_owned())].into());
-        a.soul_template = Some("soul".into());
-        let digest = TokenDigest::of("t");
-        store
-            .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
-            .await
-            .unwrap();
-        assert_eq!(store.agent(a.id).await.unwrap(), Some(a.clone()));
-        let all = store.all_agents().await.unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].token_digest, Some(digest));
-    })
-    .await;
+async fn agents_round_trip_with_every_field(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let mut a = agent(gw, board, "Worker");
+    a.identity_profile = Some([("role".to_owned(), "Lead".to_owned())].into());
+    a.soul_template = Some("soul".into());
+    let digest = TokenDigest::of("t");
+    store
+        .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    assert_eq!(store.agent(a.id).await.unwrap(), Some(a.clone()));
+    let all = store.all_agents().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].token_digest, Some(digest));
 }
 
-#[tokio::test]
-async fn agent_names_are_unique_per_board_case_insensitively() {
-    with_sqlite(|store| async move {
-        let (org, gw, board_id) = seed(&store).await;
-        let first = agent(gw, board_id, "Worker");
-        store
-            .insert_agent(&first, None, None, &event(None))
-            .await
-            .unwrap();
-        let clash = agent(gw, board_id, "WORKER");
-        let err = store
-            .insert_agent(&clash, None, None, &event(None))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::Conflict(Constraint::AgentNameOnBoard)
-        ));
-        let other = board(org, gw, "other");
-        store.insert_board(&other).await.unwrap();
-        store
-            .insert_agent(&agent(gw, other.id, "worker"), None, None, &event(None))
-            .await
-            .unwrap();
-        let found = store.agents_named("worker", None).await.unwrap();
-        assert_eq!(found.len(), 2);
-        let on_board = store.agents_named("worker", Some(board_id)).await.unwrap();
-        assert_eq!(on_board.len(), 1);
-    })
-    .await;
+async fn agent_names_are_unique_per_board_case_insensitively(store: Arc<dyn Store>) {
+    let (org, gw, board_id) = seed(&store).await;
+    let first = agent(gw, board_id, "Worker");
+    store
+        .insert_agent(&first, None, None, &event(None))
+        .await
+        .unwrap();
+    let clash = agent(gw, board_id, "WORKER");
+    let err = store
+        .insert_agent(&clash, None, None, &event(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict(Constraint::AgentNameOnBoard)
+    ));
+    let other = board(org, gw, "other");
+    store.insert_board(&other).await.unwrap();
+    store
+        .insert_agent(&agent(gw, other.id, "worker"), None, None, &event(None))
+        .await
+        .unwrap();
+    let found = store.agents_named("worker", None).await.unwrap();
+    assert_eq!(found.len(), 2);
+    let on_board = store.agents_named("worker", Some(board_id)).await.unwrap();
+    assert_eq!(on_board.len(), 1);
 }
 
-#[tokio::test]
-async fn board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted() {
-    with_sqlite(|store| async move {
-        let (org, gw, _) = seed(&store).await;
-        let err = store
-            .insert_board(&board(org, gw, "ops"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(Constraint::BoardSlug)));
-        let err = store.delete_gateway(gw, &[]).await.unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::Conflict(Constraint::GatewayHasBoards)
-        ));
-        assert!(store.gateway(gw).await.unwrap().is_some());
-    })
-    .await;
+async fn board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted(store: Arc<dyn Store>) {
+    let (org, gw, _) = seed(&store).await;
+    let err = store
+        .insert_board(&board(org, gw, "ops"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(Constraint::BoardSlug)));
+    let err = store.delete_gateway(gw, &[]).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict(Constraint::GatewayHasBoards)
+    ));
+    assert!(store.gateway(gw).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn an_enrollment_use_is_spent_with_the_create_or_not_at_all() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let token = enrollment(board, Some(1));
+async fn an_enrollment_use_is_spent_with_the_create_or_not_at_all(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let token = enrollment(board, Some(1));
+    store
+        .insert_enrollment_token(&token, TokenDigest::of("mce_x"))
+        .await
+        .unwrap();
+    let spend = Some(EnrollmentSpend {
+        token_id: token.id,
+        now: now(),
+    });
+    store
+        .insert_agent(&agent(gw, board, "a"), None, spend, &event(None))
+        .await
+        .unwrap();
+    let second = agent(gw, board, "b");
+    let err = store
+        .insert_agent(&second, None, spend, &event(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::EnrollmentRefused(EnrollmentRefusal::UsedUp)
+    ));
+    assert_eq!(store.agent(second.id).await.unwrap(), None);
+    let stored = store
+        .enrollment_token_by_digest(TokenDigest::of("mce_x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.uses, 1);
+}
+
+async fn revoking_is_scoped_to_the_board_and_idempotent(store: Arc<dyn Store>) {
+    let (_, _, board) = seed(&store).await;
+    let token = enrollment(board, None);
+    store
+        .insert_enrollment_token(&token, TokenDigest::of("mce_y"))
+        .await
+        .unwrap();
+    assert!(
         store
-            .insert_enrollment_token(&token, TokenDigest::of("mce_x"))
-            .await
-            .unwrap();
-        let spend = Some(EnrollmentSpend {
-            token_id: token.id,
-            now: now(),
-        });
-        store
-            .insert_agent(&agent(gw, board, "a"), None, spend, &event(None))
-            .await
-            .unwrap();
-        let second = agent(gw, board, "b");
-        let err = store
-            .insert_agent(&second, None, spend, &event(None))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::EnrollmentRefused(EnrollmentRefusal::UsedUp)
-        ));
-        assert_eq!(store.agent(second.id).await.unwrap(), None);
-        let stored = store
-            .enrollment_token_by_digest(TokenDigest::of("mce_x"))
+            .revoke_enrollment_token(BoardId::new(), token.id, now())
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(stored.uses, 1);
-    })
-    .await;
+            .is_none()
+    );
+    let first = store
+        .revoke_enrollment_token(board, token.id, now())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .revoke_enrollment_token(board, token.id, now().plus_seconds(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revoked_at, Some(now()));
+    assert_eq!(again.revoked_at, Some(now()));
 }
 
-#[tokio::test]
-async fn revoking_is_scoped_to_the_board_and_idempotent() {
-    with_sqlite(|store| async move {
-        let (_, _, board) = seed(&store).await;
-        let token = enrollment(board, None);
-        store
-            .insert_enrollment_token(&token, TokenDigest::of("mce_y"))
-            .await
-            .unwrap();
-        assert!(
-            store
-                .revoke_enrollment_token(BoardId::new(), token.id, now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let first = store
-            .revoke_enrollment_token(board, token.id, now())
-            .await
-            .unwrap()
-            .unwrap();
-        let again = store
-            .revoke_enrollment_token(board, token.id, now().plus_seconds(5))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.revoked_at, Some(now()));
-        assert_eq!(again.revoked_at, Some(now()));
-    })
-    .await;
+async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let seen = now().plus_seconds(10);
+    let write = LivenessWrite {
+        agent_id: a.id,
+        last_seen_at: Some(seen),
+        reported_health: Some(ReportedHealth::Degraded),
+        published_status: AgentStatus::Degraded,
+        own_token_used: true,
+        updated_at: seen,
+    };
+    let mut transition = event(Some(a.id));
+    transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
+    let recorded = store
+        .apply_liveness(&[write], &[transition.clone(), transition])
+        .await
+        .unwrap();
+    assert!(recorded[0].id < recorded[1].id);
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, Some(seen));
+    assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
+    assert!(stored.own_token_used);
+    let page = store
+        .list_activity(
+            ActivityFilter {
+                agent_id: Some(a.id),
+                board_id: None,
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
 }
 
-#[tokio::test]
-async fn liveness_batches_write_fields_and_events_in_order() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let a = agent(gw, board, "a");
-        store
-            .insert_agent(&a, None, None, &event(Some(a.id)))
-            .await
-            .unwrap();
-        let seen = now().plus_seconds(10);
-        let write = LivenessWrite {
-            agent_id: a.id,
-            last_seen_at: Some(seen),
-            reported_health: Some(ReportedHealth::Degraded),
-            published_status: AgentStatus::Degraded,
-            own_token_used: true,
-            updated_at: seen,
-        };
-        let mut transition = event(Some(a.id));
-        transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
-        let recorded = store
-            .apply_liveness(&[write], &[transition.clone(), transition])
-            .await
-            .unwrap();
-        assert!(recorded[0].id < recorded[1].id);
-        let stored = store.agent(a.id).await.unwrap().unwrap();
-        assert_eq!(stored.last_seen_at, Some(seen));
-        assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
-        assert!(stored.own_token_used);
-        let page = store
-            .list_activity(
-                ActivityFilter {
-                    agent_id: Some(a.id),
-                    board_id: None,
-                },
-                PageRequest::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.total, 3);
-        assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn lists_are_paged_with_totals() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        for i in 0..5 {
-            let mut a = agent(gw, board, &format!("a{i}"));
-            a.created_at = now().plus_seconds(i);
-            store
-                .insert_agent(&a, None, None, &event(None))
-                .await
-                .unwrap();
-        }
-        let page = store
-            .list_agents(
-                AgentFilter {
-                    board_id: Some(board),
-                    gateway_id: None,
-                },
-                PageRequest::parse(Some(2), Some(1)).unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.total, 5);
-        let names: Vec<_> = page
-            .items
-            .iter()
-            .map(|a| a.name.as_str().to_owned())
-            .collect();
-        assert_eq!(names, ["a3", "a2"]);
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn deleting_a_board_deletes_its_agents_and_reports_them() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let a = agent(gw, board, "a");
+async fn lists_are_paged_with_totals(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    for i in 0..5 {
+        let mut a = agent(gw, board, &format!("a{i}"));
+        a.created_at = now().plus_seconds(i);
         store
             .insert_agent(&a, None, None, &event(None))
             .await
             .unwrap();
-        let deleted = store.delete_board(board, &[]).await.unwrap();
-        assert_eq!(deleted, Some(vec![a.id]));
-        assert_eq!(store.agent(a.id).await.unwrap(), None);
-        assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
-        assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
-    })
-    .await;
+    }
+    let page = store
+        .list_agents(
+            AgentFilter {
+                board_id: Some(board),
+                gateway_id: None,
+            },
+            PageRequest::parse(Some(2), Some(1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 5);
+    let names: Vec<_> = page
+        .items
+        .iter()
+        .map(|a| a.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["a3", "a2"]);
+}
+
+async fn deleting_a_board_deletes_its_agents_and_reports_them(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(None))
+        .await
+        .unwrap();
+    let deleted = store.delete_board(board, &[]).await.unwrap();
+    assert_eq!(deleted, Some(vec![a.id]));
+    assert_eq!(store.agent(a.id).await.unwrap(), None);
+    assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
+    assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
 }
 
 #[tokio::test]
@@ -379,35 +387,31 @@ async fn a_mistyped_url_is_an_error_never_a_new_database() {
     SqliteStore::migrate(&url).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_liveness_batch_larger_than_one_statement_updates_every_agent() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let mut writes = Vec::new();
-        for i in 0..2_345 {
-            let a = agent(gw, board, &format!("a{i}"));
-            store
-                .insert_agent(&a, None, None, &event(None))
-                .await
-                .unwrap();
-            writes.push(LivenessWrite {
-                agent_id: a.id,
-                last_seen_at: Some(now().plus_millis(i)),
-                reported_health: Some(ReportedHealth::Healthy),
-                published_status: AgentStatus::Healthy,
-                own_token_used: false,
-                updated_at: now().plus_millis(i),
-            });
-        }
-        store.apply_liveness(&writes, &[]).await.unwrap();
-        for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
-            let expected = writes
-                .iter()
-                .find(|w| w.agent_id == stored.agent.id)
-                .unwrap_or_else(|| panic!("agent {i} missing"));
-            assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
-            assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
-        }
-    })
-    .await;
+async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let mut writes = Vec::new();
+    for i in 0..2_345 {
+        let a = agent(gw, board, &format!("a{i}"));
+        store
+            .insert_agent(&a, None, None, &event(None))
+            .await
+            .unwrap();
+        writes.push(LivenessWrite {
+            agent_id: a.id,
+            last_seen_at: Some(now().plus_millis(i)),
+            reported_health: Some(ReportedHealth::Healthy),
+            published_status: AgentStatus::Healthy,
+            own_token_used: false,
+            updated_at: now().plus_millis(i),
+        });
+    }
+    store.apply_liveness(&writes, &[]).await.unwrap();
+    for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
+        let expected = writes
+            .iter()
+            .find(|w| w.agent_id == stored.agent.id)
+            .unwrap_or_else(|| panic!("agent {i} missing"));
+        assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
+        assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
+    }
 }

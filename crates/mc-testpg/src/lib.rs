@@ -3,7 +3,7 @@
 //! [`TestPostgres::start`] runs `initdb` in a temporary directory and `pg_ctl start` on
 //! `127.0.0.1` and a free port (its Unix socket stays inside the temporary directory), so
 //! nothing on the machine is touched and tests never share a port. Each test then takes a
-//! fresh database with [`TestPostgres::create_database`]; [`TestPostgres::shared`] is one
+//! fresh schema with [`TestPostgres::fresh_schema_url`]; [`TestPostgres::shared`] is one
 //! server per test process for that.
 //!
 //! Cleanup does not depend on destructors running: every server has a small watchdog
@@ -308,22 +308,28 @@ impl TestPostgres {
         format!("postgres://{SUPERUSER}@127.0.0.1:{}/{name}", self.port)
     }
 
-    /// Creates a new, empty database and returns its URL.
-    pub async fn create_database(&self) -> String {
-        self.try_create_database()
+    /// A new, empty place for one test's tables, as a URL: a fresh schema of the server's
+    /// `postgres` database, with connections made from the URL seeing only that schema
+    /// (`search_path`). A schema costs a millisecond where `CREATE DATABASE` copies a
+    /// template of several megabytes, and it isolates unqualified names just as well.
+    pub async fn fresh_schema_url(&self) -> String {
+        self.try_fresh_schema_url()
             .await
-            .unwrap_or_else(|e| panic!("cannot create a test database: {e}"))
+            .unwrap_or_else(|e| panic!("cannot create a test schema: {e}"))
     }
 
-    /// Creates a new, empty database and returns its URL.
-    pub async fn try_create_database(&self) -> Result<String, TestPgError> {
+    /// A new, empty schema's URL (see [`TestPostgres::fresh_schema_url`]).
+    pub async fn try_fresh_schema_url(&self) -> Result<String, TestPgError> {
         let name = format!("mc_test_{}", uuid::Uuid::new_v4().simple());
         let mut admin = sqlx::PgConnection::connect(&self.url("postgres")).await?;
-        sqlx::query(&format!("CREATE DATABASE {name}"))
+        sqlx::query(&format!("CREATE SCHEMA {name}"))
             .execute(&mut admin)
             .await?;
         admin.close().await?;
-        Ok(self.url(&name))
+        Ok(format!(
+            "{}?options[search_path]={name}",
+            self.url("postgres")
+        ))
     }
 
     /// Stops the server (a fast shutdown: clients are disconnected, committed data is

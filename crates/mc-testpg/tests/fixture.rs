@@ -1,5 +1,5 @@
 //! The throwaway server itself: it serves SQL on its own port, gives each caller its own
-//! database, survives a stop and resume with its data, and leaves nothing behind.
+//! schema, survives a stop and resume with its data, and leaves nothing behind.
 
 use std::net::TcpStream;
 
@@ -14,10 +14,10 @@ async fn scalar(url: &str, sql: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn each_database_is_new_and_separate() {
+async fn each_schema_is_new_and_separate() {
     let pg = TestPostgres::shared();
-    let first = pg.create_database().await;
-    let second = pg.create_database().await;
+    let first = pg.fresh_schema_url().await;
+    let second = pg.fresh_schema_url().await;
     assert_ne!(first, second);
     let mut conn = sqlx::PgConnection::connect(&first).await.unwrap();
     sqlx::query("CREATE TABLE t (x int)")
@@ -25,7 +25,7 @@ async fn each_database_is_new_and_separate() {
         .await
         .unwrap();
     conn.close().await.unwrap();
-    let tables = "SELECT count(*) FROM pg_tables WHERE tablename = 't'";
+    let tables = "SELECT count(*) FROM information_schema.tables WHERE table_name = 't' AND table_schema = current_schema()";
     assert_eq!(scalar(&first, tables).await, 1);
     assert_eq!(scalar(&second, tables).await, 0);
 }
@@ -33,7 +33,7 @@ async fn each_database_is_new_and_separate() {
 #[tokio::test]
 async fn data_survives_a_stop_and_resume_and_everything_is_removed_on_drop() {
     let pg = TestPostgres::start();
-    let url = pg.create_database().await;
+    let url = pg.fresh_schema_url().await;
     let mut conn = sqlx::PgConnection::connect(&url).await.unwrap();
     sqlx::query("CREATE TABLE t AS SELECT 42 AS x")
         .execute(&mut conn)

@@ -7,4 +7,5 @@ mod enrollment;
 mod heartbeat;
 mod helpers;
 mod liveness;
+mod outage;
 mod wire;
