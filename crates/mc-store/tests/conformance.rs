@@ -415,3 +415,30 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
         assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
     }
 }
+
+#[tokio::test]
+async fn a_postgres_url_must_name_an_existing_database_and_other_schemes_are_refused() {
+    let pg = TestPostgres::shared();
+    match mc_store::open(&pg.url("no_such_database"), true).await {
+        Err(StoreError::Config(message)) => {
+            assert!(message.contains("no_such_database"), "{message}");
+        }
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("a missing PostgreSQL database must not be created"),
+    }
+    for url in ["mysql://mc@localhost/mc", "mc.db"] {
+        match mc_store::open(url, true).await {
+            Err(StoreError::Config(message)) => {
+                assert!(message.contains("postgres://"), "{message}");
+                assert!(message.contains("sqlite:"), "{message}");
+            }
+            Err(other) => panic!("expected a configuration error for {url}, got {other:?}"),
+            Ok(_) => panic!("{url} must be refused"),
+        }
+    }
+    let url = pg.fresh_schema_url().await;
+    mc_store::migrate(&url).await.unwrap();
+    mc_store::migrate(&url).await.unwrap();
+    let store = mc_store::open(&url, false).await.unwrap();
+    store.ping().await.unwrap();
+}

@@ -53,7 +53,9 @@ rm -rf "$root""#;
 #[derive(Debug, thiserror::Error)]
 pub enum TestPgError {
     /// `initdb`/`pg_ctl` are not installed.
-    #[error("PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in {DEBIAN_PREFIX}/*/bin: {INSTALL_HINT}")]
+    #[error(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found on PATH or in {DEBIAN_PREFIX}/*/bin: {INSTALL_HINT}"
+    )]
     BinariesMissing,
     /// Running as root, and no unprivileged user to run PostgreSQL as.
     #[error(
@@ -118,7 +120,13 @@ impl Tools {
     fn argv(&self, tool: &str) -> Vec<String> {
         let program = self.bin_dir.join(tool).display().to_string();
         match &self.run_as {
-            Some(user) => vec!["runuser".into(), "-u".into(), user.name.clone(), "--".into(), program],
+            Some(user) => vec![
+                "runuser".into(),
+                "-u".into(),
+                user.name.clone(),
+                "--".into(),
+                program,
+            ],
             None => vec![program],
         }
     }
@@ -138,14 +146,18 @@ fn running_as_root() -> bool {
 /// The first directory holding both `initdb` and `pg_ctl`: `PATH` first, then Debian's
 /// versioned directories, newest major version first.
 fn find_bin_dir() -> Option<PathBuf> {
-    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
     let on_path = std::env::var_os("PATH")
         .map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
         .unwrap_or_default();
-    if let Some(dir) = on_path.into_iter().find(|dir| has_tools(dir)) {
-        return Some(dir);
+    find_bin_dir_in(&on_path, Path::new(DEBIAN_PREFIX))
+}
+
+fn find_bin_dir_in(on_path: &[PathBuf], debian_prefix: &Path) -> Option<PathBuf> {
+    let has_tools = |dir: &Path| dir.join("initdb").is_file() && dir.join("pg_ctl").is_file();
+    if let Some(dir) = on_path.iter().find(|dir| has_tools(dir)) {
+        return Some(dir.clone());
     }
-    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(DEBIAN_PREFIX)
+    let mut versions: Vec<(u32, PathBuf)> = std::fs::read_dir(debian_prefix)
         .ok()?
         .filter_map(Result::ok)
         .filter_map(|entry| {
@@ -179,12 +191,17 @@ fn unprivileged_user() -> Result<RunAs, TestPgError> {
 
 fn free_port() -> Result<u16, TestPgError> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(io_error("binding 127.0.0.1:0"))?;
-    let port = listener.local_addr().map_err(io_error("reading a bound port"))?.port();
+    let port = listener
+        .local_addr()
+        .map_err(io_error("reading a bound port"))?
+        .port();
     Ok(port)
 }
 
 fn run(what: &'static str, mut command: Command, log: Option<&Path>) -> Result<(), TestPgError> {
-    let output: Output = command.output().map_err(io_error(format!("running {what}")))?;
+    let output: Output = command
+        .output()
+        .map_err(io_error(format!("running {what}")))?;
     if output.status.success() {
         return Ok(());
     }
@@ -233,8 +250,9 @@ impl TestPostgres {
             // The watchdog owns the directory's removal from here on.
             .keep();
         if let Some(user) = &tools.run_as {
-            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid))
-                .map_err(io_error(format!("handing {} to {}", root.display(), user.name)))?;
+            std::os::unix::fs::chown(&root, Some(user.uid), Some(user.gid)).map_err(io_error(
+                format!("handing {} to {}", root.display(), user.name),
+            ))?;
         }
         let mut server = Self {
             watchdog: Mutex::new(None),
@@ -386,5 +404,47 @@ impl Drop for TestPostgres {
             drop(child.stdin.take());
             let _ = child.wait();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn install(dir: &Path, tools: &[&str]) -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        for tool in tools {
+            std::fs::write(dir.join(tool), "").unwrap();
+        }
+        dir.to_owned()
+    }
+
+    #[test]
+    fn binaries_on_path_come_first() {
+        let root = tempfile::tempdir().unwrap();
+        let on_path = install(&root.path().join("path"), &["initdb", "pg_ctl"]);
+        install(&root.path().join("lib/15/bin"), &["initdb", "pg_ctl"]);
+        let found = find_bin_dir_in(std::slice::from_ref(&on_path), &root.path().join("lib"));
+        assert_eq!(found, Some(on_path));
+    }
+
+    #[test]
+    fn otherwise_the_newest_debian_major_version_with_both_tools_is_used() {
+        let root = tempfile::tempdir().unwrap();
+        let lib = root.path().join("lib");
+        install(&lib.join("9/bin"), &["initdb", "pg_ctl"]);
+        let newest = install(&lib.join("15/bin"), &["initdb", "pg_ctl"]);
+        install(&lib.join("16/bin"), &["initdb"]);
+        let half = install(&root.path().join("path"), &["pg_ctl"]);
+        assert_eq!(find_bin_dir_in(&[half], &lib), Some(newest));
+    }
+
+    #[test]
+    fn without_binaries_the_error_says_how_to_install_them() {
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(find_bin_dir_in(&[], &root.path().join("lib")), None);
+        let message = TestPgError::BinariesMissing.to_string();
+        assert!(message.contains("apt-get install postgresql"), "{message}");
+        assert!(message.contains("scripts/test"), "{message}");
     }
 }

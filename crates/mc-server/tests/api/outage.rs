@@ -45,7 +45,11 @@ async fn a_database_outage_is_503_and_the_server_recovers_by_itself_losing_nothi
     let app = TestApp::spawn_on(Some(database_url.clone()), |_| {}).await;
     let board = app.unmanaged_board().await;
     let agent = app.agent_with_token(&board.board_id).await;
-    let first = expect_json(app.agent_heartbeat(&agent.token, None).await, StatusCode::OK).await;
+    let first = expect_json(
+        app.agent_heartbeat(&agent.token, None).await,
+        StatusCode::OK,
+    )
+    .await;
     let first_seen = timestamp(&first["last_seen_at"]);
     eventually("the first heartbeat is written behind", || async {
         stored_last_seen(&database_url, &agent.id).await == Some(first_seen)
@@ -68,15 +72,20 @@ async fn a_database_outage_is_503_and_the_server_recovers_by_itself_losing_nothi
     )
     .await;
     // The heartbeat path needs no database: it is answered from memory.
-    let during = expect_json(app.agent_heartbeat(&agent.token, None).await, StatusCode::OK).await;
+    let during = expect_json(
+        app.agent_heartbeat(&agent.token, None).await,
+        StatusCode::OK,
+    )
+    .await;
     let during_seen = timestamp(&during["last_seen_at"]);
     assert!(during_seen > first_seen);
 
     pg.resume();
 
-    eventually("the heartbeat held during the outage is written", || async {
-        stored_last_seen(&database_url, &agent.id).await == Some(during_seen)
-    })
+    eventually(
+        "the heartbeat held during the outage is written",
+        || async { stored_last_seen(&database_url, &agent.id).await == Some(during_seen) },
+    )
     .await;
     expect_success(app.readyz().await).await;
     let agents = expect_success(app.list_agents("").await).await;

@@ -159,7 +159,9 @@ impl PostgresStore {
                     CONNECT_TIMEOUT.as_secs()
                 ))
             })?
-            .map_err(|e| StoreError::Config(format!("cannot connect to PostgreSQL {target}: {e}")))?;
+            .map_err(|e| {
+                StoreError::Config(format!("cannot connect to PostgreSQL {target}: {e}"))
+            })?;
         let _ = first.close().await;
         let pool = PgPoolOptions::new()
             .max_connections(POOL_MAX_CONNECTIONS)
@@ -283,19 +285,18 @@ async fn insert_activities(
     if events.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(ACTIVITY_ID_LOCK)
-        .execute(&mut **tx)
-        .await
-        .map_err(map_err)?;
+    // The lock joins every row, so it is held before the first id is drawn; taking it in
+    // the same statement saves a round trip.
     let mut ids: Vec<i64> = sqlx::query_scalar(
-        "INSERT INTO activity_events (event_type, message, agent_id, board_id, data, created_at)
-         SELECT event_type, message, agent_id, board_id, data::jsonb, created_at
-         FROM unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],
+        "WITH id_order AS (SELECT pg_advisory_xact_lock($7))
+         INSERT INTO activity_events (event_type, message, agent_id, board_id, data, created_at)
+         SELECT e.event_type, e.message, e.agent_id, e.board_id, e.data::jsonb, e.created_at
+         FROM id_order,
+              unnest($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::text[],
                      $6::timestamptz[])
               WITH ORDINALITY
               AS e (event_type, message, agent_id, board_id, data, created_at, position)
-         ORDER BY position
+         ORDER BY e.position
          RETURNING id",
     )
     .bind(
@@ -323,12 +324,8 @@ async fn insert_activities(
             .map(|e| e.data.as_ref().map(ToString::to_string))
             .collect::<Vec<_>>(),
     )
-    .bind(
-        events
-            .iter()
-            .map(|e| tz(e.created_at))
-            .collect::<Vec<_>>(),
-    )
+    .bind(events.iter().map(|e| tz(e.created_at)).collect::<Vec<_>>())
+    .bind(ACTIVITY_ID_LOCK)
     .fetch_all(&mut **tx)
     .await
     .map_err(map_err)?;
@@ -479,8 +476,7 @@ impl Store for PostgresStore {
 
     async fn gateway(&self, id: GatewayId) -> StoreResult<Option<Gateway>> {
         let sql = format!("SELECT {GATEWAY_COLUMNS} FROM gateways WHERE id = $1");
-        self.fetch_by_id(&sql, id.as_uuid(), gateway_from_row)
-            .await
+        self.fetch_by_id(&sql, id.as_uuid(), gateway_from_row).await
     }
 
     async fn list_gateways(
