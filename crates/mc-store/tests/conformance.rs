@@ -442,3 +442,23 @@ async fn a_postgres_url_must_name_an_existing_database_and_other_schemes_are_ref
     let store = mc_store::open(&url, false).await.unwrap();
     store.ping().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_lost_postgres_is_unavailable_and_its_return_is_picked_up_without_reopening() {
+    let pg = TestPostgres::start();
+    let store = PostgresStore::open(&pg.fresh_schema_url().await)
+        .await
+        .unwrap();
+    let org = store.ensure_default_organization(now()).await.unwrap();
+
+    pg.stop();
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.ensure_default_organization(now()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+
+    pg.resume();
+    store.ping().await.unwrap();
+    assert_eq!(store.ensure_default_organization(now()).await.unwrap(), org);
+}
