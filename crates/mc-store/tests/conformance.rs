@@ -452,7 +452,10 @@ async fn a_lost_postgres_is_unavailable_and_its_return_is_picked_up_without_reop
     let org = store.ensure_default_organization(now()).await.unwrap();
 
     pg.stop();
-    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
     assert!(matches!(
         store.ensure_default_organization(now()).await,
         Err(StoreError::Unavailable(_))
