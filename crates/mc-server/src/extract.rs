@@ -60,6 +60,50 @@ fn json_error(path: Vec<String>, error: &serde_json::Error) -> FieldError {
     }
 }
 
+/// Refuses a body with U+0000 in any string or key, naming where: PostgreSQL cannot store
+/// it in text, so both backends refuse it the same way, up front, rather than one of them
+/// failing at the database.
+fn reject_nul_characters(value: &serde_json::Value) -> Result<(), ApiError> {
+    fn find(value: &serde_json::Value, path: &mut Vec<String>) -> bool {
+        match value {
+            serde_json::Value::String(text) => text.contains('\0'),
+            serde_json::Value::Array(items) => items.iter().enumerate().any(|(index, item)| {
+                path.push(index.to_string());
+                let found = find(item, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            serde_json::Value::Object(fields) => fields.iter().any(|(key, item)| {
+                path.push(key.clone());
+                let found = key.contains('\0') || find(item, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = Vec::new();
+    if !find(value, &mut path) {
+        return Ok(());
+    }
+    let field = if path.is_empty() {
+        "body".to_owned()
+    } else {
+        path.join(".")
+    };
+    let mut loc = vec!["body".to_owned()];
+    loc.extend(path);
+    Err(ApiError::field(FieldError {
+        loc,
+        message: format!("{field} must not contain NUL characters (\\u0000)"),
+        kind: "string_nul",
+    }))
+}
+
 /// Parses a JSON body into `T`, naming the field on failure.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
@@ -71,6 +115,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // has the wrong type.
     let value: serde_json::Value =
         serde_json::from_slice(text).map_err(|e| ApiError::field(json_error(Vec::new(), &e)))?;
+    reject_nul_characters(&value)?;
     let value = serde_path_to_error::deserialize(value).map_err(|e| {
         ApiError::field(json_error(
             e.path().iter().map(ToString::to_string).collect(),

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_admin_token};
-use mc_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -64,7 +63,6 @@ impl Server {
         let store = mc_store::open(&url, config.database_url.is_none())
             .await
             .context("opening the database")?;
-        let store: Arc<dyn Store> = Arc::new(store);
         let organization_id = store
             .ensure_default_organization(Timestamp::now())
             .await

@@ -8,7 +8,10 @@
 //! mapped to [`Constraint`] by the backend, in one place, so the HTTP edge can answer
 //! 409 by constraint rather than by matching driver messages.
 
+mod postgres;
 mod sqlite;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use mc_domain::activity::{ActivityEvent, NewActivity};
@@ -22,6 +25,7 @@ use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{Delivery, DeliveryState, Webhook, WebhookUrl};
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
 
 /// A uniqueness or reference rule the database enforces.
@@ -338,19 +342,46 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe_activity(&self) -> tokio::sync::broadcast::Receiver<ActivityEvent>;
 }
 
-/// Opens the store a database URL names, creating the SQLite file when allowed.
-/// Any scheme other than `sqlite:` is an error naming the accepted ones.
-pub async fn open(database_url: &str, create_if_missing: bool) -> StoreResult<SqliteStore> {
-    if database_url.starts_with("sqlite:") {
-        return SqliteStore::open(database_url, create_if_missing).await;
+/// The database a URL names, by its scheme.
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What `open` and `migrate` accept, for error messages.
+const ACCEPTED_URLS: &str = "sqlite:PATH or postgres://USER:PASSWORD@HOST[:PORT]/DATABASE";
+
+fn backend(database_url: &str) -> StoreResult<Backend> {
+    let scheme = database_url
+        .split_once(':')
+        .map(|(scheme, _)| scheme)
+        .unwrap_or_default();
+    match scheme {
+        "sqlite" => Ok(Backend::Sqlite),
+        "postgres" | "postgresql" => Ok(Backend::Postgres),
+        "" => Err(StoreError::Config(format!(
+            "the database URL has no scheme: expected {ACCEPTED_URLS}"
+        ))),
+        other => Err(StoreError::Config(format!(
+            "unsupported database URL scheme {other:?}: expected {ACCEPTED_URLS}"
+        ))),
     }
-    let scheme = database_url.split(':').next().unwrap_or_default();
-    if matches!(scheme, "postgres" | "postgresql") {
-        return Err(StoreError::Config(
-            "PostgreSQL is not supported by this build yet; use a sqlite: URL".into(),
-        ));
+}
+
+/// Opens (and migrates) the store a database URL names: `sqlite:` (the file is created
+/// only when `create_if_missing`) or `postgres://` / `postgresql://` (the database must
+/// exist). Any other scheme is an error naming the accepted ones.
+pub async fn open(database_url: &str, create_if_missing: bool) -> StoreResult<Arc<dyn Store>> {
+    Ok(match backend(database_url)? {
+        Backend::Sqlite => Arc::new(SqliteStore::open(database_url, create_if_missing).await?),
+        Backend::Postgres => Arc::new(PostgresStore::open(database_url).await?),
+    })
+}
+
+/// Creates or upgrades the schema of the database a URL names, then closes it.
+pub async fn migrate(database_url: &str) -> StoreResult<()> {
+    match backend(database_url)? {
+        Backend::Sqlite => SqliteStore::migrate(database_url).await,
+        Backend::Postgres => PostgresStore::migrate(database_url).await,
     }
-    Err(StoreError::Config(format!(
-        "unsupported database URL scheme {scheme:?}: expected sqlite:PATH"
-    )))
 }

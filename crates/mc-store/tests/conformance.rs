@@ -1,7 +1,10 @@
-//! The storage conformance suite: what every backend must do. Each test takes a fresh
-//! store; the SQLite runner below gives each its own temporary database file.
+//! The storage conformance suite: what every backend must do. Each specification below is
+//! one `async fn` taking a fresh store, and `on_every_backend!` runs it once per backend:
+//! on SQLite in its own temporary database file, and on PostgreSQL in its own schema of
+//! a throwaway server (see `mc-testpg`). Test names read `<specification>::<backend>`.
 
 use std::future::Future;
+use std::sync::Arc;
 
 use mc_domain::activity::{EventType, NewActivity};
 use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedHealth};
@@ -15,19 +18,62 @@ use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessWrite,
-    SqliteStore, Store, StoreError,
+    PostgresStore, SqliteStore, Store, StoreError,
 };
+use mc_testpg::TestPostgres;
 
 async fn with_sqlite<F, Fut>(test: F)
 where
-    F: FnOnce(SqliteStore) -> Fut,
+    F: FnOnce(Arc<dyn Store>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("mc.db").display());
     let store = SqliteStore::open(&url, true).await.unwrap();
-    test(store).await;
+    test(Arc::new(store)).await;
 }
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = TestPostgres::shared().fresh_schema_url().await;
+    let store = PostgresStore::open(&url).await.unwrap();
+    test(Arc::new(store)).await;
+}
+
+/// Runs each named specification against every backend.
+macro_rules! on_every_backend {
+    ($($spec:ident),+ $(,)?) => {$(
+        mod $spec {
+            #[tokio::test]
+            async fn sqlite() {
+                super::with_sqlite(super::$spec).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::with_postgres(super::$spec).await;
+            }
+        }
+    )+};
+}
+
+on_every_backend!(
+    the_default_organisation_is_created_once,
+    agents_round_trip_with_every_field,
+    agent_names_are_unique_per_board_case_insensitively,
+    board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted,
+    an_enrollment_use_is_spent_with_the_create_or_not_at_all,
+    revoking_is_scoped_to_the_board_and_idempotent,
+    liveness_batches_write_fields_and_events_in_order,
+    lists_are_paged_with_totals,
+    deleting_a_board_deletes_its_agents_and_reports_them,
+    a_liveness_batch_larger_than_one_statement_updates_every_agent,
+    committed_events_are_published_in_id_order_and_readable_since_an_id,
+    recorded_events_queue_deliveries_claimed_under_a_lease,
+);
 
 fn now() -> Timestamp {
     Timestamp::from_millis(1_800_000_000_000)
@@ -44,7 +90,7 @@ fn event(agent: Option<AgentId>) -> NewActivity {
     }
 }
 
-async fn seed(store: &dyn Store) -> (OrganizationId, GatewayId, BoardId) {
+async fn seed(store: &Arc<dyn Store>) -> (OrganizationId, GatewayId, BoardId) {
     let org = store.ensure_default_organization(now()).await.unwrap();
     let gateway = Gateway {
         id: GatewayId::new(),
@@ -116,250 +162,214 @@ fn enrollment(board: BoardId, max_uses: Option<u32>) -> EnrollmentToken {
     }
 }
 
-#[tokio::test]
-async fn the_default_organisation_is_created_once() {
-    with_sqlite(|store| async move {
-        let a = store.ensure_default_organization(now()).await.unwrap();
-        let b = store.ensure_default_organization(now()).await.unwrap();
-        assert_eq!(a, b);
-    })
-    .await;
+async fn the_default_organisation_is_created_once(store: Arc<dyn Store>) {
+    let a = store.ensure_default_organization(now()).await.unwrap();
+    let b = store.ensure_default_organization(now()).await.unwrap();
+    assert_eq!(a, b);
 }
 
-#[tokio::test]
-async fn agents_round_trip_with_every_field() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let mut a = agent(gw, board, "Worker");
-        a.identity_profile = Some([("role".to_owned(), "Lead".to_owned())].into());
-        a.soul_template = Some("soul".into());
-        let digest = TokenDigest::of("t");
-        store
-            .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
-            .await
-            .unwrap();
-        assert_eq!(store.agent(a.id).await.unwrap(), Some(a.clone()));
-        let all = store.all_agents().await.unwrap();
-        assert_eq!(all.len(), 1);
-        assert_eq!(all[0].token_digest, Some(digest));
-    })
-    .await;
+async fn agents_round_trip_with_every_field(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let mut a = agent(gw, board, "Worker");
+    a.identity_profile = Some([("role".to_owned(), "Lead".to_owned())].into());
+    a.soul_template = Some("soul".into());
+    let digest = TokenDigest::of("t");
+    store
+        .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    assert_eq!(store.agent(a.id).await.unwrap(), Some(a.clone()));
+    let all = store.all_agents().await.unwrap();
+    assert_eq!(all.len(), 1);
+    assert_eq!(all[0].token_digest, Some(digest));
 }
 
-#[tokio::test]
-async fn agent_names_are_unique_per_board_case_insensitively() {
-    with_sqlite(|store| async move {
-        let (org, gw, board_id) = seed(&store).await;
-        let first = agent(gw, board_id, "Worker");
-        store
-            .insert_agent(&first, None, None, &event(None))
-            .await
-            .unwrap();
-        let clash = agent(gw, board_id, "WORKER");
-        let err = store
-            .insert_agent(&clash, None, None, &event(None))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::Conflict(Constraint::AgentNameOnBoard)
-        ));
-        let other = board(org, gw, "other");
-        store.insert_board(&other).await.unwrap();
-        store
-            .insert_agent(&agent(gw, other.id, "worker"), None, None, &event(None))
-            .await
-            .unwrap();
-        let found = store.agents_named("worker", None).await.unwrap();
-        assert_eq!(found.len(), 2);
-        let on_board = store.agents_named("worker", Some(board_id)).await.unwrap();
-        assert_eq!(on_board.len(), 1);
-    })
-    .await;
+async fn agent_names_are_unique_per_board_case_insensitively(store: Arc<dyn Store>) {
+    let (org, gw, board_id) = seed(&store).await;
+    let first = agent(gw, board_id, "Worker");
+    store
+        .insert_agent(&first, None, None, &event(None))
+        .await
+        .unwrap();
+    let clash = agent(gw, board_id, "WORKER");
+    let err = store
+        .insert_agent(&clash, None, None, &event(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict(Constraint::AgentNameOnBoard)
+    ));
+    let other = board(org, gw, "other");
+    store.insert_board(&other).await.unwrap();
+    store
+        .insert_agent(&agent(gw, other.id, "worker"), None, None, &event(None))
+        .await
+        .unwrap();
+    let found = store.agents_named("worker", None).await.unwrap();
+    assert_eq!(found.len(), 2);
+    let on_board = store.agents_named("worker", Some(board_id)).await.unwrap();
+    assert_eq!(on_board.len(), 1);
 }
 
-#[tokio::test]
-async fn board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted() {
-    with_sqlite(|store| async move {
-        let (org, gw, _) = seed(&store).await;
-        let err = store
-            .insert_board(&board(org, gw, "ops"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, StoreError::Conflict(Constraint::BoardSlug)));
-        let err = store.delete_gateway(gw, &[]).await.unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::Conflict(Constraint::GatewayHasBoards)
-        ));
-        assert!(store.gateway(gw).await.unwrap().is_some());
-    })
-    .await;
+async fn board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted(store: Arc<dyn Store>) {
+    let (org, gw, _) = seed(&store).await;
+    let err = store
+        .insert_board(&board(org, gw, "ops"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(Constraint::BoardSlug)));
+    let err = store.delete_gateway(gw, &[]).await.unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::Conflict(Constraint::GatewayHasBoards)
+    ));
+    assert!(store.gateway(gw).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn an_enrollment_use_is_spent_with_the_create_or_not_at_all() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let token = enrollment(board, Some(1));
+async fn an_enrollment_use_is_spent_with_the_create_or_not_at_all(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let token = enrollment(board, Some(1));
+    store
+        .insert_enrollment_token(&token, TokenDigest::of("mce_x"))
+        .await
+        .unwrap();
+    let spend = Some(EnrollmentSpend {
+        token_id: token.id,
+        now: now(),
+    });
+    store
+        .insert_agent(&agent(gw, board, "a"), None, spend, &event(None))
+        .await
+        .unwrap();
+    let second = agent(gw, board, "b");
+    let err = store
+        .insert_agent(&second, None, spend, &event(None))
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        err,
+        StoreError::EnrollmentRefused(EnrollmentRefusal::UsedUp)
+    ));
+    assert_eq!(store.agent(second.id).await.unwrap(), None);
+    let stored = store
+        .enrollment_token_by_digest(TokenDigest::of("mce_x"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.uses, 1);
+}
+
+async fn revoking_is_scoped_to_the_board_and_idempotent(store: Arc<dyn Store>) {
+    let (_, _, board) = seed(&store).await;
+    let token = enrollment(board, None);
+    store
+        .insert_enrollment_token(&token, TokenDigest::of("mce_y"))
+        .await
+        .unwrap();
+    assert!(
         store
-            .insert_enrollment_token(&token, TokenDigest::of("mce_x"))
-            .await
-            .unwrap();
-        let spend = Some(EnrollmentSpend {
-            token_id: token.id,
-            now: now(),
-        });
-        store
-            .insert_agent(&agent(gw, board, "a"), None, spend, &event(None))
-            .await
-            .unwrap();
-        let second = agent(gw, board, "b");
-        let err = store
-            .insert_agent(&second, None, spend, &event(None))
-            .await
-            .unwrap_err();
-        assert!(matches!(
-            err,
-            StoreError::EnrollmentRefused(EnrollmentRefusal::UsedUp)
-        ));
-        assert_eq!(store.agent(second.id).await.unwrap(), None);
-        let stored = store
-            .enrollment_token_by_digest(TokenDigest::of("mce_x"))
+            .revoke_enrollment_token(BoardId::new(), token.id, now())
             .await
             .unwrap()
-            .unwrap();
-        assert_eq!(stored.uses, 1);
-    })
-    .await;
+            .is_none()
+    );
+    let first = store
+        .revoke_enrollment_token(board, token.id, now())
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .revoke_enrollment_token(board, token.id, now().plus_seconds(5))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.revoked_at, Some(now()));
+    assert_eq!(again.revoked_at, Some(now()));
 }
 
-#[tokio::test]
-async fn revoking_is_scoped_to_the_board_and_idempotent() {
-    with_sqlite(|store| async move {
-        let (_, _, board) = seed(&store).await;
-        let token = enrollment(board, None);
-        store
-            .insert_enrollment_token(&token, TokenDigest::of("mce_y"))
-            .await
-            .unwrap();
-        assert!(
-            store
-                .revoke_enrollment_token(BoardId::new(), token.id, now())
-                .await
-                .unwrap()
-                .is_none()
-        );
-        let first = store
-            .revoke_enrollment_token(board, token.id, now())
-            .await
-            .unwrap()
-            .unwrap();
-        let again = store
-            .revoke_enrollment_token(board, token.id, now().plus_seconds(5))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(first.revoked_at, Some(now()));
-        assert_eq!(again.revoked_at, Some(now()));
-    })
-    .await;
+async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let seen = now().plus_seconds(10);
+    let write = LivenessWrite {
+        agent_id: a.id,
+        last_seen_at: Some(seen),
+        reported_health: Some(ReportedHealth::Degraded),
+        published_status: AgentStatus::Degraded,
+        own_token_used: true,
+        updated_at: seen,
+    };
+    let mut transition = event(Some(a.id));
+    transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
+    let recorded = store
+        .apply_liveness(&[write], &[transition.clone(), transition])
+        .await
+        .unwrap();
+    assert!(recorded[0].id < recorded[1].id);
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, Some(seen));
+    assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
+    assert!(stored.own_token_used);
+    let page = store
+        .list_activity(
+            ActivityFilter {
+                agent_id: Some(a.id),
+                board_id: None,
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 3);
+    assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
 }
 
-#[tokio::test]
-async fn liveness_batches_write_fields_and_events_in_order() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let a = agent(gw, board, "a");
-        store
-            .insert_agent(&a, None, None, &event(Some(a.id)))
-            .await
-            .unwrap();
-        let seen = now().plus_seconds(10);
-        let write = LivenessWrite {
-            agent_id: a.id,
-            last_seen_at: Some(seen),
-            reported_health: Some(ReportedHealth::Degraded),
-            published_status: AgentStatus::Degraded,
-            own_token_used: true,
-            updated_at: seen,
-        };
-        let mut transition = event(Some(a.id));
-        transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
-        let recorded = store
-            .apply_liveness(&[write], &[transition.clone(), transition])
-            .await
-            .unwrap();
-        assert!(recorded[0].id < recorded[1].id);
-        let stored = store.agent(a.id).await.unwrap().unwrap();
-        assert_eq!(stored.last_seen_at, Some(seen));
-        assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
-        assert!(stored.own_token_used);
-        let page = store
-            .list_activity(
-                ActivityFilter {
-                    agent_id: Some(a.id),
-                    board_id: None,
-                },
-                PageRequest::default(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.total, 3);
-        assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn lists_are_paged_with_totals() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        for i in 0..5 {
-            let mut a = agent(gw, board, &format!("a{i}"));
-            a.created_at = now().plus_seconds(i);
-            store
-                .insert_agent(&a, None, None, &event(None))
-                .await
-                .unwrap();
-        }
-        let page = store
-            .list_agents(
-                AgentFilter {
-                    board_id: Some(board),
-                    gateway_id: None,
-                },
-                PageRequest::parse(Some(2), Some(1)).unwrap(),
-            )
-            .await
-            .unwrap();
-        assert_eq!(page.total, 5);
-        let names: Vec<_> = page
-            .items
-            .iter()
-            .map(|a| a.name.as_str().to_owned())
-            .collect();
-        assert_eq!(names, ["a3", "a2"]);
-    })
-    .await;
-}
-
-#[tokio::test]
-async fn deleting_a_board_deletes_its_agents_and_reports_them() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let a = agent(gw, board, "a");
+async fn lists_are_paged_with_totals(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    for i in 0..5 {
+        let mut a = agent(gw, board, &format!("a{i}"));
+        a.created_at = now().plus_seconds(i);
         store
             .insert_agent(&a, None, None, &event(None))
             .await
             .unwrap();
-        let deleted = store.delete_board(board, &[]).await.unwrap();
-        assert_eq!(deleted, Some(vec![a.id]));
-        assert_eq!(store.agent(a.id).await.unwrap(), None);
-        assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
-        assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
-    })
-    .await;
+    }
+    let page = store
+        .list_agents(
+            AgentFilter {
+                board_id: Some(board),
+                gateway_id: None,
+            },
+            PageRequest::parse(Some(2), Some(1)).unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(page.total, 5);
+    let names: Vec<_> = page
+        .items
+        .iter()
+        .map(|a| a.name.as_str().to_owned())
+        .collect();
+    assert_eq!(names, ["a3", "a2"]);
+}
+
+async fn deleting_a_board_deletes_its_agents_and_reports_them(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(None))
+        .await
+        .unwrap();
+    let deleted = store.delete_board(board, &[]).await.unwrap();
+    assert_eq!(deleted, Some(vec![a.id]));
+    assert_eq!(store.agent(a.id).await.unwrap(), None);
+    assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
+    assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
 }
 
 #[tokio::test]
@@ -380,187 +390,227 @@ async fn a_mistyped_url_is_an_error_never_a_new_database() {
     SqliteStore::migrate(&url).await.unwrap();
 }
 
-#[tokio::test]
-async fn a_liveness_batch_larger_than_one_statement_updates_every_agent() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let mut writes = Vec::new();
-        for i in 0..2_345 {
-            let a = agent(gw, board, &format!("a{i}"));
-            store
-                .insert_agent(&a, None, None, &event(None))
-                .await
-                .unwrap();
-            writes.push(LivenessWrite {
-                agent_id: a.id,
-                last_seen_at: Some(now().plus_millis(i)),
-                reported_health: Some(ReportedHealth::Healthy),
-                published_status: AgentStatus::Healthy,
-                own_token_used: false,
-                updated_at: now().plus_millis(i),
-            });
-        }
-        store.apply_liveness(&writes, &[]).await.unwrap();
-        for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
-            let expected = writes
-                .iter()
-                .find(|w| w.agent_id == stored.agent.id)
-                .unwrap_or_else(|| panic!("agent {i} missing"));
-            assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
-            assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
-        }
-    })
-    .await;
+async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let mut writes = Vec::new();
+    for i in 0..2_345 {
+        let a = agent(gw, board, &format!("a{i}"));
+        store
+            .insert_agent(&a, None, None, &event(None))
+            .await
+            .unwrap();
+        writes.push(LivenessWrite {
+            agent_id: a.id,
+            last_seen_at: Some(now().plus_millis(i)),
+            reported_health: Some(ReportedHealth::Healthy),
+            published_status: AgentStatus::Healthy,
+            own_token_used: false,
+            updated_at: now().plus_millis(i),
+        });
+    }
+    store.apply_liveness(&writes, &[]).await.unwrap();
+    for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
+        let expected = writes
+            .iter()
+            .find(|w| w.agent_id == stored.agent.id)
+            .unwrap_or_else(|| panic!("agent {i} missing"));
+        assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
+        assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
+    }
 }
 
 #[tokio::test]
-async fn committed_events_are_published_in_id_order_and_readable_since_an_id() {
-    with_sqlite(|store| async move {
-        let (_, gw, board) = seed(&store).await;
-        let mut feed = store.subscribe_activity();
-        let mut ids = Vec::new();
-        for name in ["a", "b", "c"] {
-            let a = agent(gw, board, name);
-            store
-                .insert_agent(&a, None, None, &event(Some(a.id)))
-                .await
-                .unwrap();
-            ids.push(feed.recv().await.unwrap().id);
+async fn a_postgres_url_must_name_an_existing_database_and_other_schemes_are_refused() {
+    let pg = TestPostgres::shared();
+    match mc_store::open(&pg.url("no_such_database"), true).await {
+        Err(StoreError::Config(message)) => {
+            assert!(message.contains("no_such_database"), "{message}");
         }
-        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
-        let since = store
-            .activity_since(ids[0], ActivityFilter::default(), 10)
-            .await
-            .unwrap();
-        assert_eq!(since.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
-        let limited = store
-            .activity_since(0, ActivityFilter::default(), 2)
-            .await
-            .unwrap();
-        assert_eq!(limited.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
-        // A failed write publishes nothing.
-        let duplicate = agent(gw, board, "A");
-        assert!(
-            store
-                .insert_agent(&duplicate, None, None, &event(Some(duplicate.id)))
-                .await
-                .is_err()
-        );
-        assert!(feed.try_recv().is_err());
-    })
-    .await;
+        Err(other) => panic!("expected a configuration error, got {other:?}"),
+        Ok(_) => panic!("a missing PostgreSQL database must not be created"),
+    }
+    for url in ["mysql://mc@localhost/mc", "mc.db"] {
+        match mc_store::open(url, true).await {
+            Err(StoreError::Config(message)) => {
+                assert!(message.contains("postgres://"), "{message}");
+                assert!(message.contains("sqlite:"), "{message}");
+            }
+            Err(other) => panic!("expected a configuration error for {url}, got {other:?}"),
+            Ok(_) => panic!("{url} must be refused"),
+        }
+    }
+    let url = pg.fresh_schema_url().await;
+    mc_store::migrate(&url).await.unwrap();
+    mc_store::migrate(&url).await.unwrap();
+    let store = mc_store::open(&url, false).await.unwrap();
+    store.ping().await.unwrap();
 }
 
 #[tokio::test]
-async fn recorded_events_queue_deliveries_claimed_under_a_lease() {
-    with_sqlite(|store| async move {
-        let (org, gw, board) = seed(&store).await;
-        let wanted = Webhook {
-            id: WebhookId::new(),
-            organization_id: org,
-            url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
-            event_types: EventSelection::parse(&["agent.created".into()]).unwrap(),
-            secret: Secret::new("0123456789abcdef"),
-            enabled: true,
-            created_at: now(),
-            updated_at: now(),
-        };
-        let disabled = Webhook {
-            id: WebhookId::new(),
-            enabled: false,
-            event_types: EventSelection::default(),
-            ..wanted.clone()
-        };
-        store.insert_webhook(&wanted).await.unwrap();
-        store.insert_webhook(&disabled).await.unwrap();
-        let a = agent(gw, board, "a");
+async fn a_lost_postgres_is_unavailable_and_its_return_is_picked_up_without_reopening() {
+    let pg = TestPostgres::start();
+    let store = PostgresStore::open(&pg.fresh_schema_url().await)
+        .await
+        .unwrap();
+    let org = store.ensure_default_organization(now()).await.unwrap();
+
+    pg.stop();
+    assert!(matches!(
+        store.ping().await,
+        Err(StoreError::Unavailable(_))
+    ));
+    assert!(matches!(
+        store.ensure_default_organization(now()).await,
+        Err(StoreError::Unavailable(_))
+    ));
+
+    pg.resume();
+    store.ping().await.unwrap();
+    assert_eq!(store.ensure_default_organization(now()).await.unwrap(), org);
+}
+
+async fn committed_events_are_published_in_id_order_and_readable_since_an_id(
+    store: Arc<dyn Store>,
+) {
+    let (_, gw, board) = seed(&store).await;
+    let mut feed = store.subscribe_activity();
+    let mut ids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let a = agent(gw, board, name);
         store
             .insert_agent(&a, None, None, &event(Some(a.id)))
             .await
             .unwrap();
-        let mut rotated = event(Some(a.id));
-        rotated.event_type = EventType::AgentTokenRotated;
+        ids.push(feed.recv().await.unwrap().id);
+    }
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    let since = store
+        .activity_since(ids[0], ActivityFilter::default(), 10)
+        .await
+        .unwrap();
+    assert_eq!(since.iter().map(|e| e.id).collect::<Vec<_>>(), ids[1..]);
+    let limited = store
+        .activity_since(0, ActivityFilter::default(), 2)
+        .await
+        .unwrap();
+    assert_eq!(limited.iter().map(|e| e.id).collect::<Vec<_>>(), ids[..2]);
+    // A failed write publishes nothing.
+    let duplicate = agent(gw, board, "A");
+    assert!(
         store
-            .set_agent_token(a.id, TokenDigest::of("t"), &rotated)
+            .insert_agent(&duplicate, None, None, &event(Some(duplicate.id)))
             .await
-            .unwrap();
-        assert_eq!(
-            store.pending_deliveries().await.unwrap(),
-            1,
-            "only the wanted type, only enabled"
-        );
-        assert_eq!(store.next_delivery_due().await.unwrap(), Some(now()));
+            .is_err()
+    );
+    assert!(feed.try_recv().is_err());
+}
 
-        let lease = now().plus_seconds(30);
-        let claimed = store.claim_due_deliveries(now(), lease, 10).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        assert_eq!(claimed[0].event.event_type, "agent.created");
-        assert_eq!(claimed[0].url, wanted.url);
-        assert_eq!(claimed[0].secret.expose(), "0123456789abcdef");
-        assert!(
-            store
-                .claim_due_deliveries(now(), lease, 10)
-                .await
-                .unwrap()
-                .is_empty(),
-            "claimed under a lease"
-        );
-        let after_lease = lease.plus_seconds(1);
-        let reclaimed = store
-            .claim_due_deliveries(after_lease, after_lease.plus_seconds(30), 10)
-            .await
-            .unwrap();
-        assert_eq!(reclaimed.len(), 1, "a lapsed claim is due again");
+async fn recorded_events_queue_deliveries_claimed_under_a_lease(store: Arc<dyn Store>) {
+    let (org, gw, board) = seed(&store).await;
+    let wanted = Webhook {
+        id: WebhookId::new(),
+        organization_id: org,
+        url: WebhookUrl::parse("http://127.0.0.1:9/hook").unwrap(),
+        event_types: EventSelection::parse(&["agent.created".into()]).unwrap(),
+        secret: Secret::new("0123456789abcdef"),
+        enabled: true,
+        created_at: now(),
+        updated_at: now(),
+    };
+    let disabled = Webhook {
+        id: WebhookId::new(),
+        enabled: false,
+        event_types: EventSelection::default(),
+        ..wanted.clone()
+    };
+    store.insert_webhook(&wanted).await.unwrap();
+    store.insert_webhook(&disabled).await.unwrap();
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let mut rotated = event(Some(a.id));
+    rotated.event_type = EventType::AgentTokenRotated;
+    store
+        .set_agent_token(a.id, TokenDigest::of("t"), &rotated)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.pending_deliveries().await.unwrap(),
+        1,
+        "only the wanted type, only enabled"
+    );
+    assert_eq!(store.next_delivery_due().await.unwrap(), Some(now()));
 
-        let delivery_id = reclaimed[0].delivery.id;
+    let lease = now().plus_seconds(30);
+    let claimed = store.claim_due_deliveries(now(), lease, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].event.event_type, "agent.created");
+    assert_eq!(claimed[0].url, wanted.url);
+    assert_eq!(claimed[0].secret.expose(), "0123456789abcdef");
+    assert!(
         store
-            .record_delivery_attempt(&DeliveryAttempt {
-                delivery_id,
-                attempted_at: after_lease,
-                state: DeliveryState::Pending,
-                status_code: Some(503),
-                error: Some("the receiver answered HTTP 503".into()),
-                next_attempt_at: Some(after_lease.plus_seconds(60)),
-            })
+            .claim_due_deliveries(now(), lease, 10)
             .await
-            .unwrap();
-        assert!(
-            store
-                .claim_due_deliveries(after_lease, lease, 10)
-                .await
-                .unwrap()
-                .is_empty()
-        );
-        let log = store
+            .unwrap()
+            .is_empty(),
+        "claimed under a lease"
+    );
+    let after_lease = lease.plus_seconds(1);
+    let reclaimed = store
+        .claim_due_deliveries(after_lease, after_lease.plus_seconds(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(reclaimed.len(), 1, "a lapsed claim is due again");
+
+    let delivery_id = reclaimed[0].delivery.id;
+    store
+        .record_delivery_attempt(&DeliveryAttempt {
+            delivery_id,
+            attempted_at: after_lease,
+            state: DeliveryState::Pending,
+            status_code: Some(503),
+            error: Some("the receiver answered HTTP 503".into()),
+            next_attempt_at: Some(after_lease.plus_seconds(60)),
+        })
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_due_deliveries(after_lease, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let log = store
+        .list_deliveries(wanted.id, PageRequest::default())
+        .await
+        .unwrap();
+    assert_eq!(log.items[0].attempts, 1);
+    assert_eq!(log.items[0].last_status_code, Some(503));
+    store
+        .record_delivery_attempt(&DeliveryAttempt {
+            delivery_id,
+            attempted_at: after_lease,
+            state: DeliveryState::Delivered,
+            status_code: Some(200),
+            error: None,
+            next_attempt_at: None,
+        })
+        .await
+        .unwrap();
+    assert_eq!(store.pending_deliveries().await.unwrap(), 0);
+    assert_eq!(store.next_delivery_due().await.unwrap(), None);
+
+    assert!(store.delete_webhook(wanted.id).await.unwrap());
+    assert!(
+        store
             .list_deliveries(wanted.id, PageRequest::default())
             .await
-            .unwrap();
-        assert_eq!(log.items[0].attempts, 1);
-        assert_eq!(log.items[0].last_status_code, Some(503));
-        store
-            .record_delivery_attempt(&DeliveryAttempt {
-                delivery_id,
-                attempted_at: after_lease,
-                state: DeliveryState::Delivered,
-                status_code: Some(200),
-                error: None,
-                next_attempt_at: None,
-            })
-            .await
-            .unwrap();
-        assert_eq!(store.pending_deliveries().await.unwrap(), 0);
-        assert_eq!(store.next_delivery_due().await.unwrap(), None);
-
-        assert!(store.delete_webhook(wanted.id).await.unwrap());
-        assert!(
-            store
-                .list_deliveries(wanted.id, PageRequest::default())
-                .await
-                .unwrap()
-                .items
-                .is_empty()
-        );
-        assert!(!store.delete_webhook(wanted.id).await.unwrap());
-    })
-    .await;
+            .unwrap()
+            .items
+            .is_empty()
+    );
+    assert!(!store.delete_webhook(wanted.id).await.unwrap());
 }

@@ -41,7 +41,7 @@ struct ServeArgs {
     /// Directory for the SQLite database and the generated admin token.
     #[arg(long, env = "MC_DATA_DIR")]
     data_dir: Option<PathBuf>,
-    /// Database URL (default: sqlite://<data-dir>/mission-control.db).
+    /// Database URL: sqlite://PATH or postgres://USER:PASS@HOST/DB (default: sqlite://<data-dir>/mission-control.db).
     #[arg(long, env = "MC_DATABASE_URL")]
     database_url: Option<String>,
     /// Admin bearer token, at least 50 characters (default: generated into <data-dir>/admin-token).
@@ -84,6 +84,7 @@ data_dir = "./data"
 
 # Database URL. Default: sqlite://<data_dir>/mission-control.db
 # database_url = "sqlite:///var/lib/mission-control/mission-control.db"
+# database_url = "postgres://mission_control:secret@db.example.com/mission_control"
 
 # Admin bearer token (at least 50 characters). Default: generated on first start
 # and kept in <data_dir>/admin-token (mode 0600).
@@ -182,7 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let Resolved { config, .. } = resolve(args)?;
             std::fs::create_dir_all(&config.data_dir)?;
             let url = config.effective_database_url();
-            mc_store::SqliteStore::migrate(&url)
+            mc_store::migrate(&url)
                 .await
                 .context("running migrations")?;
             tracing::info!("database is up to date");

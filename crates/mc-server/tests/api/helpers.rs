@@ -1,6 +1,10 @@
 //! The test harness: [`TestApp`] runs the real server on `127.0.0.1:0` over its own
 //! temporary data directory and offers one typed method per endpoint, so a test reads as
 //! the HTTP conversation it specifies.
+//!
+//! The store is chosen by `MC_TEST_BACKEND`: `sqlite` (the default: a database file in
+//! the data directory) or `postgres` (a fresh schema on this test process's throwaway
+//! PostgreSQL, see `mc-testpg`). `scripts/test` runs this suite once with each.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -9,6 +13,7 @@ use mc_domain::Timestamp;
 use mc_domain::token::{Secret, generate_admin_token};
 use mc_server::config::ServerConfig;
 use mc_server::startup::Server;
+use mc_testpg::TestPostgres;
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -29,6 +34,29 @@ pub const EVENTUALLY_DEADLINE: Duration = Duration::from_secs(10);
 
 /// The body size limit the contract promises by default (1 MiB).
 pub const BODY_LIMIT_BYTES: usize = 1024 * 1024;
+
+/// The environment variable choosing the store the suite runs on.
+pub const BACKEND_VARIABLE: &str = "MC_TEST_BACKEND";
+
+/// The store a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// An SQLite file in the data directory.
+    Sqlite,
+    /// A schema of the throwaway PostgreSQL server.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend `MC_TEST_BACKEND` names; SQLite when it is unset.
+    pub fn from_env() -> Self {
+        match std::env::var(BACKEND_VARIABLE).as_deref() {
+            Err(_) | Ok("" | "sqlite") => Self::Sqlite,
+            Ok("postgres") => Self::Postgres,
+            Ok(other) => panic!("{BACKEND_VARIABLE}={other:?}: expected `sqlite` or `postgres`"),
+        }
+    }
+}
 
 /// The credentials a request carries.
 #[derive(Debug, Clone, Copy)]
@@ -90,6 +118,7 @@ pub struct TestApp {
     /// A client without proxies, shared by every request of the test.
     pub client: reqwest::Client,
     data_dir: TempDir,
+    database_url: Option<String>,
     configure: fn(&mut ServerConfig),
     running: Option<Running>,
 }
@@ -103,6 +132,16 @@ impl TestApp {
     /// Starts a server whose configuration `configure` adjusts after the test defaults
     /// are applied. The same adjustment is applied again on [`TestApp::restart`].
     pub async fn spawn_with(configure: fn(&mut ServerConfig)) -> Self {
+        let database_url = match Backend::from_env() {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(TestPostgres::shared().fresh_schema_url().await),
+        };
+        Self::spawn_on(database_url, configure).await
+    }
+
+    /// Starts a server on the database at `database_url` (`None`: an SQLite file in the
+    /// data directory), whatever `MC_TEST_BACKEND` says.
+    pub async fn spawn_on(database_url: Option<String>, configure: fn(&mut ServerConfig)) -> Self {
         let client = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
@@ -113,6 +152,7 @@ impl TestApp {
             admin_token: generate_admin_token().expose().to_owned(),
             client,
             data_dir: tempfile::tempdir().expect("a temporary data directory"),
+            database_url,
             configure,
             running: None,
         };
@@ -124,6 +164,7 @@ impl TestApp {
     pub async fn start(&mut self) {
         assert!(self.running.is_none(), "the server is already running");
         let mut config = ServerConfig::for_data_dir(self.data_dir.path());
+        config.database_url.clone_from(&self.database_url);
         config.admin_token = Some(Secret::new(self.admin_token.clone()));
         config.liveness_tick = LIVENESS_TICK;
         config.write_behind_interval = WRITE_BEHIND_INTERVAL;

@@ -8,6 +8,7 @@ mod heartbeat;
 mod helpers;
 mod liveness;
 mod metrics;
+mod outage;
 mod sse;
 mod streams;
 mod webhooks;

@@ -143,12 +143,23 @@ async fn open_event_streams_and_database_pools_are_exposed() {
     })
     .await;
 
+    // Pools by backend: SQLite has a writer and readers, PostgreSQL one shared pool.
     let text = scrape(&app).await;
-    assert_eq!(
-        sample(&text, r#"mc_db_pool_max_connections{pool="writer"}"#),
-        1.0
-    );
-    assert!(sample(&text, r#"mc_db_pool_max_connections{pool="reader"}"#) >= 1.0);
-    assert!(text.contains(r#"mc_db_pool_connections{pool="writer",state="idle"}"#));
+    let pools: Vec<&str> = if text.contains(r#"pool="writer""#) {
+        vec!["writer", "reader"]
+    } else {
+        vec!["postgres"]
+    };
+    for pool in pools {
+        let max = sample(
+            &text,
+            &format!("mc_db_pool_max_connections{{pool=\"{pool}\"}}"),
+        );
+        assert!(max >= 1.0, "{pool}: {text}");
+        for state in ["busy", "idle"] {
+            let series = format!("mc_db_pool_connections{{pool=\"{pool}\",state=\"{state}\"}}");
+            assert!(text.contains(&series), "{series}: {text}");
+        }
+    }
     assert!(text.contains("mc_liveness_pending_writes "));
 }

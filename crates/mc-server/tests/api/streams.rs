@@ -99,7 +99,6 @@ async fn streams_deliver_only_what_the_filters_ask_for() {
     let here = app.agent_with_token(&watched.board_id).await;
     app.report_status(&here, "degraded").await;
     app.report_status(&here, "healthy").await;
-    expect_success(app.delete_agent(&here.id).await).await;
 
     let first = stream.next().await;
     assert_eq!(
@@ -107,6 +106,7 @@ async fn streams_deliver_only_what_the_filters_ask_for() {
         "created and degraded are filtered out"
     );
     assert_eq!(first.data["event"]["agent_id"], here.id.as_str());
+    expect_success(app.delete_agent(&here.id).await).await;
     let second = stream.next().await;
     assert_eq!(second.event, "agent.deleted");
     assert!(

@@ -453,3 +453,28 @@ async fn openapi_document_lists_the_heartbeat_paths_and_the_agent_role_tags() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_nul_character_in_any_string_is_422_naming_the_field_on_every_backend() {
+    let app = TestApp::spawn().await;
+    let board = app.unmanaged_board().await;
+
+    let body = expect_validation_error(
+        app.create_board(&json!({
+            "name": "Nul",
+            "slug": unique("nul"),
+            "description": "before\u{0}after",
+            "gateway_id": board.gateway_id,
+        }))
+        .await,
+        &["body", "description"],
+    )
+    .await;
+    assert_eq!(body["detail"][0]["type"], "string_nul");
+    expect_validation_error(
+        app.create_gateway(&json!({"name": "g", "url": "", "extra": ["ok", "\u{0}"]}))
+            .await,
+        &["body", "extra", "1"],
+    )
+    .await;
+}
