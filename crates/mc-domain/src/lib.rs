@@ -13,6 +13,7 @@ pub mod liveness;
 pub mod page;
 pub mod time;
 pub mod token;
+pub mod uptime;
 
 pub use error::{FieldError, ValidationErrors};
 pub use time::Timestamp;
