@@ -107,7 +107,10 @@ pub fn uptime(
         .filter(|s| is_up(s.status))
         .map(StatusSpan::millis)
         .sum();
-    #[expect(clippy::cast_precision_loss, reason = "millisecond sums fit an f64 mantissa for any realistic window")]
+    #[expect(
+        clippy::cast_precision_loss,
+        reason = "millisecond sums fit an f64 mantissa for any realistic window"
+    )]
     Some(up as f64 / total as f64)
 }
 
@@ -170,13 +173,16 @@ mod tests {
     #[test]
     fn timeline_merges_repeated_statuses_and_orders_unsorted_changes() {
         let changes = [
-            change(-1 * HOUR, Healthy),
+            change(-HOUR, Healthy),
             change(-3 * HOUR, Offline),
             change(-2 * HOUR, Healthy),
             change(-4 * HOUR, Healthy),
         ];
         let spans = timeline(at(-10 * HOUR), &changes, at(-5 * HOUR), at(0));
-        let shape: Vec<_> = spans.iter().map(|s| (s.status, s.millis() / 1000)).collect();
+        let shape: Vec<_> = spans
+            .iter()
+            .map(|s| (s.status, s.millis() / 1000))
+            .collect();
         assert_eq!(
             shape,
             vec![

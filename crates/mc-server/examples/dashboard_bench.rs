@@ -94,7 +94,10 @@ async fn main() -> anyhow::Result<()> {
         .filter(|r| std::future::ready(r.as_ref().is_ok_and(|r| r.status().is_success())))
         .count()
         .await;
-    anyhow::ensure!(created == agents, "only {created} of {agents} agents were created");
+    anyhow::ensure!(
+        created == agents,
+        "only {created} of {agents} agents were created"
+    );
     println!(
         "seeded {agents} agents in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -129,7 +132,11 @@ async fn main() -> anyhow::Result<()> {
             .header("cookie", &session)
             .send()
             .await?;
-        anyhow::ensure!(page.status().is_success(), "GET / answered {}", page.status());
+        anyhow::ensure!(
+            page.status().is_success(),
+            "GET / answered {}",
+            page.status()
+        );
         bytes = page.bytes().await?.len();
         page_times.push(started.elapsed());
     }

@@ -116,7 +116,11 @@ pub fn input(
         InputKind::Number => ("text", Some("numeric")),
         InputKind::Url => ("text", Some("url")),
     };
-    let value = if matches!(kind, InputKind::Password) { "" } else { value };
+    let value = if matches!(kind, InputKind::Password) {
+        ""
+    } else {
+        value
+    };
     html! {
         div class={ "field" @if error.is_some() { " invalid" } } {
             label for=(id) { (label) }
@@ -176,7 +180,10 @@ pub fn optional_int(raw: Option<&str>, field: &str, errors: &mut FormErrors) -> 
     match text.parse::<i64>() {
         Ok(n) => Some(n),
         Err(_) => {
-            errors.add(field, format!("{field} must be a whole number, got {text:?}"));
+            errors.add(
+                field,
+                format!("{field} must be a whole number, got {text:?}"),
+            );
             None
         }
     }

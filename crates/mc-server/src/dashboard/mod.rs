@@ -250,10 +250,9 @@ pub async fn read_form(request: Request, state: &SharedState) -> Result<QueryPar
 
 /// Marks a response as not to be cached (pages that show a secret once).
 pub fn no_store(mut response: Response) -> Response {
-    response.headers_mut().insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("no-store"),
-    );
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
 }
 

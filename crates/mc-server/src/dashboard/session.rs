@@ -213,7 +213,10 @@ mod tests {
     #[test]
     fn cookies_are_found_among_several() {
         let mut headers = HeaderMap::new();
-        headers.insert(COOKIE, HeaderValue::from_static("a=1; mc_session=x.y.z; b=2"));
+        headers.insert(
+            COOKIE,
+            HeaderValue::from_static("a=1; mc_session=x.y.z; b=2"),
+        );
         assert_eq!(cookie(&headers, SESSION_COOKIE), Some("x.y.z"));
         assert_eq!(cookie(&headers, "c"), None);
     }

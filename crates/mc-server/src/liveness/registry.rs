@@ -394,7 +394,11 @@ impl Registry {
 
     /// Every agent whose settings match `predicate`, as seen at `now` (a scan: for the
     /// dashboard's fleet view, never for heartbeats).
-    pub fn views_where(&self, now: Timestamp, predicate: impl Fn(&Agent) -> bool) -> Vec<AgentView> {
+    pub fn views_where(
+        &self,
+        now: Timestamp,
+        predicate: impl Fn(&Agent) -> bool,
+    ) -> Vec<AgentView> {
         self.by_id
             .iter()
             .filter(|entry| predicate(&entry.value().profile.read()))

@@ -70,9 +70,10 @@ async fn apply(
         .and_then(|v| errors.collect(required_text(v, "description", 10_000)));
     let max_agents = match fields.max_agents {
         Some(n) if !(0..=i64::from(u32::MAX)).contains(&n) => {
-            errors
-                .0
-                .push(FieldError::body("max_agents", "max_agents must be 0 or more"));
+            errors.0.push(FieldError::body(
+                "max_agents",
+                "max_agents must be 0 or more",
+            ));
             None
         }
         Some(n) => Some(u32::try_from(n).unwrap_or(u32::MAX)),

@@ -60,7 +60,10 @@ fn apply(gateway: &mut Gateway, fields: GatewayFields) -> Result<(), ValidationE
         .workspace_root
         .map(|r| r.trim().to_owned())
         .unwrap_or_else(|| gateway.workspace_root.clone());
-    if let Some(url) = url.as_ref().or((fields.url.is_none()).then_some(&gateway.url)) {
+    if let Some(url) = url
+        .as_ref()
+        .or((fields.url.is_none()).then_some(&gateway.url))
+    {
         errors.collect(check_workspace_root(url, &root));
     }
     errors.into_result()?;

@@ -34,7 +34,8 @@ pub async fn status_changes(
         let page = state.store.list_activity(filter, request).await?;
         let count = page.items.len() as u64;
         for event in page.items {
-            if let Some(EventType::AgentStatusChanged(to)) = EventType::from_wire(&event.event_type) {
+            if let Some(EventType::AgentStatusChanged(to)) = EventType::from_wire(&event.event_type)
+            {
                 changes.push(StatusChange {
                     at: event.created_at,
                     to,

@@ -63,7 +63,10 @@ impl ChromeDriver {
             if ready {
                 break;
             }
-            assert!(started.elapsed() < BROWSER_DEADLINE, "chromedriver did not start");
+            assert!(
+                started.elapsed() < BROWSER_DEADLINE,
+                "chromedriver did not start"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         driver
@@ -124,7 +127,9 @@ impl Browser {
     }
 
     async fn command(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
-        let mut request = self.client.request(method, format!("{}{path}", self.session));
+        let mut request = self
+            .client
+            .request(method, format!("{}{path}", self.session));
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -136,7 +141,10 @@ impl Browser {
             .await
             .expect("a JSON answer");
         if let Some(error) = response["value"]["error"].as_str() {
-            panic!("WebDriver {path}: {error}: {}", response["value"]["message"]);
+            panic!(
+                "WebDriver {path}: {error}: {}",
+                response["value"]["message"]
+            );
         }
         response["value"].clone()
     }
@@ -163,13 +171,20 @@ impl Browser {
                 Some(json!({"using": "css selector", "value": css})),
             )
             .await;
-        found[ELEMENT_KEY].as_str().expect("an element id").to_owned()
+        found[ELEMENT_KEY]
+            .as_str()
+            .expect("an element id")
+            .to_owned()
     }
 
     async fn click(&self, css: &str) {
         let id = self.element(css).await;
-        self.command(reqwest::Method::POST, &format!("/element/{id}/click"), Some(json!({})))
-            .await;
+        self.command(
+            reqwest::Method::POST,
+            &format!("/element/{id}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -198,7 +213,9 @@ impl Browser {
     }
 
     async fn screenshot(&self, name: &str) {
-        let data = self.command(reqwest::Method::GET, "/screenshot", None).await;
+        let data = self
+            .command(reqwest::Method::GET, "/screenshot", None)
+            .await;
         let png = base64::engine::general_purpose::STANDARD
             .decode(data.as_str().expect("base64 PNG"))
             .expect("valid base64");
@@ -236,15 +253,23 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
     // Sign in: the fleet asks for it, then comes back.
     browser.goto(&format!("{}/", app.address)).await;
     browser
-        .wait_until("the sign-in page", "return location.pathname === '/sign-in';")
+        .wait_until(
+            "the sign-in page",
+            "return location.pathname === '/sign-in';",
+        )
         .await;
     browser.screenshot("01-sign-in").await;
     browser.type_into("#field-token", &app.admin_token).await;
-    browser.click("form[action='/sign-in'] button[type=submit]").await;
+    browser
+        .click("form[action='/sign-in'] button[type=submit]")
+        .await;
     browser
         .wait_until(
             "the fleet after signing in",
-            &format!("return location.pathname === '/' && !!document.getElementById('agent-{}');", agent.id),
+            &format!(
+                "return location.pathname === '/' && !!document.getElementById('agent-{}');",
+                agent.id
+            ),
         )
         .await;
     browser
@@ -260,8 +285,12 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
         "var row = document.getElementById('agent-{}'); return !!row && row.getAttribute('data-status') === 'healthy';",
         agent.id
     );
-    browser.wait_until("the agent shown healthy", &healthy).await;
-    browser.run("window.__notReloaded = true; return true;").await;
+    browser
+        .wait_until("the agent shown healthy", &healthy)
+        .await;
+    browser
+        .run("window.__notReloaded = true; return true;")
+        .await;
     browser.screenshot("02-fleet-healthy").await;
 
     // Silent past its tolerance: offline on screen, without a reload.
@@ -271,7 +300,9 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
          && document.querySelector('[data-count=\"offline\"]').textContent === '1';",
         agent.id
     );
-    browser.wait_until("the agent turning offline live", &offline_check).await;
+    browser
+        .wait_until("the agent turning offline live", &offline_check)
+        .await;
     browser.screenshot("03-fleet-offline").await;
 
     // Its next heartbeat brings it back.
@@ -282,17 +313,26 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
          && /s ago$/.test(row.querySelector('time.ago').textContent);",
         agent.id
     );
-    browser.wait_until("the agent coming back live", &back_check).await;
+    browser
+        .wait_until("the agent coming back live", &back_check)
+        .await;
     browser.screenshot("04-fleet-back").await;
     browser.resize(390, 844).await;
     browser.screenshot("05-fleet-phone-width").await;
     browser.resize(1280, 900).await;
 
     // Rotate the agent's token: shown once; the old one stops working.
-    browser.goto(&format!("{}/agents/{}", app.address, agent.id)).await;
-    browser.click("form[action$='/token'] button[type=submit]").await;
     browser
-        .wait_until("the new token", "return !!document.getElementById('secret-value');")
+        .goto(&format!("{}/agents/{}", app.address, agent.id))
+        .await;
+    browser
+        .click("form[action$='/token'] button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            "the new token",
+            "return !!document.getElementById('secret-value');",
+        )
         .await;
     browser.click("[data-copy]").await;
     let token = browser
@@ -300,15 +340,28 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
         .await;
     let token = token.as_str().expect("a token").to_owned();
     browser.screenshot("06-token-rotated").await;
-    assert_eq!(app.agent_heartbeat(&agent.token, None).await.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(app.agent_heartbeat(&token, None).await.status(), StatusCode::OK);
+    assert_eq!(
+        app.agent_heartbeat(&agent.token, None).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        app.agent_heartbeat(&token, None).await.status(),
+        StatusCode::OK
+    );
 
     // Issue an enrollment token with a use limit, then revoke it.
-    browser.goto(&format!("{}/boards/{}", app.address, fixture.board_id)).await;
-    browser.type_into("#field-max_uses", "3").await;
-    browser.click("form[action$='/enrollment-tokens'] button[type=submit]").await;
     browser
-        .wait_until("the enrollment token", "return !!document.getElementById('secret-value');")
+        .goto(&format!("{}/boards/{}", app.address, fixture.board_id))
+        .await;
+    browser.type_into("#field-max_uses", "3").await;
+    browser
+        .click("form[action$='/enrollment-tokens'] button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            "the enrollment token",
+            "return !!document.getElementById('secret-value');",
+        )
         .await;
     let enrollment = browser
         .run("return document.getElementById('secret-value').value;")
@@ -318,7 +371,9 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
     let listed = expect_success(app.list_enrollment_tokens(&fixture.board_id).await).await;
     assert_eq!(listed["items"][0]["max_uses"], 3);
     let token_id = id_of(&listed["items"][0]);
-    browser.click(&format!("#token-{token_id} button[type=submit]")).await;
+    browser
+        .click(&format!("#token-{token_id} button[type=submit]"))
+        .await;
     browser
         .wait_until(
             "the revoked state",

@@ -71,13 +71,9 @@ pub async fn create_enrollment_token(
     ApiJson(body): ApiJson<EnrollmentTokenCreate>,
 ) -> ApiResult<Json<EnrollmentTokenRead>> {
     let board_id: BoardId = path_id(&board_id, "board_id")?;
-    let (token, secret) = service::issue_enrollment_token(
-        &state,
-        board_id,
-        body.expires_in_seconds,
-        body.max_uses,
-    )
-    .await?;
+    let (token, secret) =
+        service::issue_enrollment_token(&state, board_id, body.expires_in_seconds, body.max_uses)
+            .await?;
     let mut read = EnrollmentTokenRead::from(token);
     read.token = Some(secret.expose().to_owned());
     Ok(Json(read))

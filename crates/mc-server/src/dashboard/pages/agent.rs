@@ -29,7 +29,10 @@ const DAY_SECONDS: i64 = 86_400;
 
 /// Uptime as "99.5 %", or "no data yet".
 pub fn uptime_words(share: Option<f64>) -> String {
-    share.map_or_else(|| "no data yet".to_owned(), |s| format!("{:.1} %", s * 100.0))
+    share.map_or_else(
+        || "no data yet".to_owned(),
+        |s| format!("{:.1} %", s * 100.0),
+    )
 }
 
 /// What the agent's provisioning state means, in words.
@@ -44,7 +47,12 @@ pub fn provisioning_words(view: &AgentView, managed_gateway: bool) -> String {
 
 /// A status timeline drawn as an SVG bar: one rectangle per span, with a text
 /// alternative listing the spans.
-fn timeline_svg(label: &str, spans: &[StatusSpan], window_start: Timestamp, now: Timestamp) -> Markup {
+fn timeline_svg(
+    label: &str,
+    spans: &[StatusSpan],
+    window_start: Timestamp,
+    now: Timestamp,
+) -> Markup {
     let total = (now.as_millis() - window_start.as_millis()).max(1) as f64;
     let x = |t: Timestamp| (t.as_millis() - window_start.as_millis()) as f64 / total * 1000.0;
     let description: Vec<String> = spans

@@ -28,11 +28,26 @@ use crate::state::SharedState;
 
 /// The rule flags, as (form field, label).
 const RULES: [(&str, &str); 5] = [
-    ("require_approval_for_done", "Require approval before a task is done"),
-    ("require_review_before_done", "Require review before a task is done"),
-    ("comment_required_for_review", "Require a comment when asking for review"),
-    ("block_status_changes_with_pending_approval", "Block status changes while an approval is pending"),
-    ("only_lead_can_change_status", "Only the board lead changes task status"),
+    (
+        "require_approval_for_done",
+        "Require approval before a task is done",
+    ),
+    (
+        "require_review_before_done",
+        "Require review before a task is done",
+    ),
+    (
+        "comment_required_for_review",
+        "Require a comment when asking for review",
+    ),
+    (
+        "block_status_changes_with_pending_approval",
+        "Block status changes while an approval is pending",
+    ),
+    (
+        "only_lead_can_change_status",
+        "Only the board lead changes task status",
+    ),
 ];
 
 /// Lifetimes offered for enrollment tokens, as (seconds, label).
@@ -43,9 +58,19 @@ const LIFETIMES: [(i64, &str); 4] = [
     (30 * 86_400, "30 days"),
 ];
 
-fn board_form(directory: &Directory, form: &QueryParams, session: &Session, errors: &FormErrors) -> Markup {
+fn board_form(
+    directory: &Directory,
+    form: &QueryParams,
+    session: &Session,
+    errors: &FormErrors,
+) -> Markup {
     let mut gateways = vec![(String::new(), "Choose a gateway…".to_owned())];
-    gateways.extend(directory.gateways.iter().map(|g| (g.id.to_string(), g.name.clone())));
+    gateways.extend(
+        directory
+            .gateways
+            .iter()
+            .map(|g| (g.id.to_string(), g.name.clone())),
+    );
     let value = |name: &str| form.text(name).unwrap_or_default().to_owned();
     html! {
         (errors.summary())
@@ -111,23 +136,42 @@ fn agent_counts(state: &SharedState) -> HashMap<BoardId, usize> {
 }
 
 /// `GET /boards`.
-pub async fn list_boards(SignedIn(session): SignedIn, State(state): State<SharedState>) -> PageResult<Response> {
+pub async fn list_boards(
+    SignedIn(session): SignedIn,
+    State(state): State<SharedState>,
+) -> PageResult<Response> {
     let directory = Directory::load(&state).await?;
-    let body = list_body(&directory, &agent_counts(&state), &QueryParams::default(), &session, &FormErrors::default());
+    let body = list_body(
+        &directory,
+        &agent_counts(&state),
+        &QueryParams::default(),
+        &session,
+        &FormErrors::default(),
+    );
     Ok(page("Boards", Section::Boards, &session, body))
 }
 
 /// `POST /boards`: creates a board or shows the form again with every invalid field marked.
-pub async fn create_board(State(state): State<SharedState>, form: CsrfForm) -> PageResult<Response> {
+pub async fn create_board(
+    State(state): State<SharedState>,
+    form: CsrfForm,
+) -> PageResult<Response> {
     let fields = &form.fields;
     let mut errors = FormErrors::default();
     let text = |name: &str| Some(fields.text(name).unwrap_or_default().to_owned());
-    let gateway_id = match fields.text("gateway_id").map(str::trim).filter(|t| !t.is_empty()) {
+    let gateway_id = match fields
+        .text("gateway_id")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+    {
         None => {
             errors.add("gateway_id", "Choose a gateway.");
             None
         }
-        Some(raw) => raw.parse::<GatewayId>().map_err(|_| errors.add("gateway_id", "gateway_id must be a gateway's id")).ok(),
+        Some(raw) => raw
+            .parse::<GatewayId>()
+            .map_err(|_| errors.add("gateway_id", "gateway_id must be a gateway's id"))
+            .ok(),
     };
     let max_agents = optional_int(fields.text("max_agents"), "max_agents", &mut errors);
     let flag = |name: &str| Some(fields.text(name).is_some());
@@ -139,7 +183,9 @@ pub async fn create_board(State(state): State<SharedState>, form: CsrfForm) -> P
         require_approval_for_done: flag("require_approval_for_done"),
         require_review_before_done: flag("require_review_before_done"),
         comment_required_for_review: flag("comment_required_for_review"),
-        block_status_changes_with_pending_approval: flag("block_status_changes_with_pending_approval"),
+        block_status_changes_with_pending_approval: flag(
+            "block_status_changes_with_pending_approval",
+        ),
         only_lead_can_change_status: flag("only_lead_can_change_status"),
         max_agents,
     };
@@ -159,7 +205,13 @@ pub async fn create_board(State(state): State<SharedState>, form: CsrfForm) -> P
                 errors.merge(FormErrors::from_api(error, Some("slug"))?);
             }
             let directory = Directory::load(&state).await?;
-            let body = list_body(&directory, &agent_counts(&state), fields, &form.session, &errors);
+            let body = list_body(
+                &directory,
+                &agent_counts(&state),
+                fields,
+                &form.session,
+                &errors,
+            );
             let response = page("Boards", Section::Boards, &form.session, body);
             Ok((StatusCode::UNPROCESSABLE_ENTITY, response).into_response())
         }
@@ -175,8 +227,15 @@ fn token_state(token: &EnrollmentToken, now: Timestamp) -> (&'static str, bool) 
 }
 
 async fn board_tokens(state: &SharedState, board: BoardId) -> PageResult<Vec<EnrollmentToken>> {
-    let request = PageRequest { limit: MAX_PAGE_LIMIT, offset: 0 };
-    Ok(state.store.list_enrollment_tokens(board, request).await?.items)
+    let request = PageRequest {
+        limit: MAX_PAGE_LIMIT,
+        offset: 0,
+    };
+    Ok(state
+        .store
+        .list_enrollment_tokens(board, request)
+        .await?
+        .items)
 }
 
 struct BoardPage<'a> {
@@ -190,13 +249,30 @@ struct BoardPage<'a> {
 }
 
 async fn render_board(state: &SharedState, parts: BoardPage<'_>) -> PageResult<Response> {
-    let BoardPage { board, directory, tokens, session, errors, form, new_token } = parts;
+    let BoardPage {
+        board,
+        directory,
+        tokens,
+        session,
+        errors,
+        form,
+        new_token,
+    } = parts;
     let after = last_event_id(state).await?;
     let now = Timestamp::now();
-    let filter = FleetFilter { board: Some(board.id), ..FleetFilter::default() };
+    let filter = FleetFilter {
+        board: Some(board.id),
+        ..FleetFilter::default()
+    };
     let views = fleet_views(state, &filter, now);
-    let stream = format!("/api/v1/agents/stream?board_id={}&last_event_id={after}", board.id);
-    let lifetimes: Vec<(String, String)> = LIFETIMES.iter().map(|(s, l)| (s.to_string(), (*l).to_owned())).collect();
+    let stream = format!(
+        "/api/v1/agents/stream?board_id={}&last_event_id={after}",
+        board.id
+    );
+    let lifetimes: Vec<(String, String)> = LIFETIMES
+        .iter()
+        .map(|(s, l)| (s.to_string(), (*l).to_owned()))
+        .collect();
     let lifetime = form.text("expires_in_seconds").unwrap_or("86400");
     let body = html! {
         @if let Some(token) = new_token {
@@ -277,7 +353,19 @@ pub async fn show_board(
     let directory = Directory::load(&state).await?;
     let tokens = board_tokens(&state, id).await?;
     let form = QueryParams::default();
-    render_board(&state, BoardPage { board: &board, directory: &directory, tokens: &tokens, session: &session, errors: &FormErrors::default(), form: &form, new_token: None }).await
+    render_board(
+        &state,
+        BoardPage {
+            board: &board,
+            directory: &directory,
+            tokens: &tokens,
+            session: &session,
+            errors: &FormErrors::default(),
+            form: &form,
+            new_token: None,
+        },
+    )
+    .await
 }
 
 /// `POST /boards/{board_id}/enrollment-tokens`: issues a token and shows it once.
@@ -289,7 +377,11 @@ pub async fn issue_enrollment_token(
     let id: BoardId = path_id(&board_id, "board_id")?;
     let board = load_board(&state, id).await?;
     let mut errors = FormErrors::default();
-    let expires = optional_int(form.fields.text("expires_in_seconds"), "expires_in_seconds", &mut errors);
+    let expires = optional_int(
+        form.fields.text("expires_in_seconds"),
+        "expires_in_seconds",
+        &mut errors,
+    );
     let max_uses = optional_int(form.fields.text("max_uses"), "max_uses", &mut errors);
     let issued = if errors.is_empty() {
         match enrollment::issue_enrollment_token(&state, id, expires, max_uses).await {
@@ -311,7 +403,11 @@ pub async fn issue_enrollment_token(
         tokens: &tokens,
         session: &form.session,
         errors: &errors,
-        form: if issued.is_some() { &empty } else { &form.fields },
+        form: if issued.is_some() {
+            &empty
+        } else {
+            &form.fields
+        },
         new_token: issued.as_ref().map(|s| s.expose()),
     };
     let response = render_board(&state, page).await?;

@@ -107,7 +107,12 @@ fn gateway_form(
     }
 }
 
-fn list_body(gateways: &[Gateway], session: &Session, values: &GatewayFormValues, errors: &FormErrors) -> Markup {
+fn list_body(
+    gateways: &[Gateway],
+    session: &Session,
+    values: &GatewayFormValues,
+    errors: &FormErrors,
+) -> Markup {
     html! {
         h1 { "Gateways" }
         @if gateways.is_empty() {
@@ -143,7 +148,12 @@ pub async fn list_gateways(
     State(state): State<SharedState>,
 ) -> PageResult<Response> {
     let gateways = all_gateways(&state).await?;
-    let body = list_body(&gateways, &session, &GatewayFormValues::default(), &FormErrors::default());
+    let body = list_body(
+        &gateways,
+        &session,
+        &GatewayFormValues::default(),
+        &FormErrors::default(),
+    );
     Ok(page("Gateways", Section::Gateways, &session, body))
 }
 
@@ -156,7 +166,10 @@ fn token_field(form: &QueryParams) -> Option<String> {
 
 /// `POST /gateways`: creates a gateway, or shows the form again with every invalid
 /// field marked.
-pub async fn create_gateway(State(state): State<SharedState>, form: CsrfForm) -> PageResult<Response> {
+pub async fn create_gateway(
+    State(state): State<SharedState>,
+    form: CsrfForm,
+) -> PageResult<Response> {
     let fields = &form.fields;
     let values = GatewayFormValues::posted(fields, false);
     let input = GatewayFields {
@@ -179,7 +192,13 @@ pub async fn create_gateway(State(state): State<SharedState>, form: CsrfForm) ->
     }
 }
 
-fn edit_body(gateway: &Gateway, values: &GatewayFormValues, session: &Session, errors: &FormErrors, saved: bool) -> Markup {
+fn edit_body(
+    gateway: &Gateway,
+    values: &GatewayFormValues,
+    session: &Session,
+    errors: &FormErrors,
+    saved: bool,
+) -> Markup {
     let state = connection_state(gateway);
     html! {
         h1 { "Gateway " (gateway.name) }
@@ -199,7 +218,13 @@ pub async fn edit_gateway(
 ) -> PageResult<Response> {
     let id: GatewayId = path_id(&gateway_id, "gateway_id")?;
     let gateway = crate::api::v1::gateways::load_gateway(&state, id).await?;
-    let body = edit_body(&gateway, &GatewayFormValues::of(&gateway), &session, &FormErrors::default(), query.text("saved").is_some());
+    let body = edit_body(
+        &gateway,
+        &GatewayFormValues::of(&gateway),
+        &session,
+        &FormErrors::default(),
+        query.text("saved").is_some(),
+    );
     Ok(page(&gateway.name, Section::Gateways, &session, body))
 }
 

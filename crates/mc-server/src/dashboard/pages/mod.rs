@@ -77,7 +77,11 @@ impl Directory {
     /// A directory of the given boards and gateways.
     pub fn new(boards: Vec<Board>, gateways: Vec<Gateway>) -> Self {
         let board_names = boards.iter().enumerate().map(|(i, b)| (b.id, i)).collect();
-        let gateway_names = gateways.iter().enumerate().map(|(i, g)| (g.id, i)).collect();
+        let gateway_names = gateways
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.id, i))
+            .collect();
         Self {
             boards,
             gateways,

@@ -11,8 +11,7 @@ use mc_domain::time::Timestamp;
 use crate::dashboard::forms::{FormErrors, InputKind, csrf_field, input};
 use crate::dashboard::layout::shell;
 use crate::dashboard::session::{
-    SESSION_COOKIE, SESSION_LIFETIME, SIGN_IN_COOKIE, SessionKey, append_cookie, cookie,
-    set_cookie,
+    SESSION_COOKIE, SESSION_LIFETIME, SIGN_IN_COOKIE, SessionKey, append_cookie, cookie, set_cookie,
 };
 use crate::dashboard::{CsrfForm, SignedIn, cookies_secure, read_form, safe_next};
 use crate::extract::QueryParams;
@@ -60,11 +59,20 @@ pub async fn show_sign_in(State(state): State<SharedState>, request: Request) ->
     let (mut parts, _) = request.into_parts();
     let query = QueryParams::parse(parts.uri.query().unwrap_or_default());
     let next = safe_next(query.text("next"));
-    if SignedIn::from_request_parts(&mut parts, &state).await.is_ok() {
+    if SignedIn::from_request_parts(&mut parts, &state)
+        .await
+        .is_ok()
+    {
         return Redirect::to(&next).into_response();
     }
     let secure = cookies_secure(&state, &parts.headers);
-    sign_in_form(&state, secure, &next, &FormErrors::default(), StatusCode::OK)
+    sign_in_form(
+        &state,
+        secure,
+        &next,
+        &FormErrors::default(),
+        StatusCode::OK,
+    )
 }
 
 /// `POST /sign-in`: checks the CSRF token and the admin token, starts a session and goes
@@ -119,7 +127,11 @@ pub async fn sign_in(State(state): State<SharedState>, request: Request) -> Resp
 }
 
 /// `POST /sign-out`: ends the session on this browser.
-pub async fn sign_out(State(state): State<SharedState>, headers: HeaderMap, _form: CsrfForm) -> Response {
+pub async fn sign_out(
+    State(state): State<SharedState>,
+    headers: HeaderMap,
+    _form: CsrfForm,
+) -> Response {
     let secure = cookies_secure(&state, &headers);
     let mut response = Redirect::to("/sign-in").into_response();
     append_cookie(
