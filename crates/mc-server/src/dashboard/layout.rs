@@ -118,8 +118,8 @@ pub const fn status_label(status: AgentStatus) -> &'static str {
 /// A status badge: icon and word, coloured by status.
 pub fn status_badge(status: AgentStatus) -> Markup {
     html! {
-        span class={ "badge status-" (status.as_str()) } data-status-badge {
-            span aria-hidden="true" class="icon" { (status_icon(status)) } " " span class="word" { (status_label(status)) }
+        span class={ "badge status-" (status.as_str()) } {
+            i aria-hidden="true" { (status_icon(status)) } " " span { (status_label(status)) }
         }
     }
 }
@@ -135,13 +135,22 @@ pub fn ago(then: Timestamp, now: Timestamp) -> String {
     }
 }
 
+/// The last-seen time in a fleet row: ticking like [`live_ago`], without the absolute
+/// time attributes (the fleet lists thousands of rows; the agent page has them).
+pub fn row_ago(then: Option<Timestamp>, now: Timestamp) -> Markup {
+    match then {
+        Some(then) => html! { time class="ago" data-ts=(then.as_millis()) { (ago(then, now)) } },
+        None => html! { time class="ago" data-ts="" { "never" } },
+    }
+}
+
 /// The last-seen time that the script keeps ticking ("12 s ago"), or "never".
 pub fn live_ago(then: Option<Timestamp>, now: Timestamp) -> Markup {
     match then {
         Some(then) => html! {
-            time class="ago" data-field="last-seen" datetime=(then.to_rfc3339()) data-ts=(then.as_millis()) title=(then.to_rfc3339()) { (ago(then, now)) }
+            time class="ago" datetime=(then.to_rfc3339()) data-ts=(then.as_millis()) title=(then.to_rfc3339()) { (ago(then, now)) }
         },
-        None => html! { time class="ago" data-field="last-seen" data-ts="" { "never" } },
+        None => html! { time class="ago" data-ts="" { "never" } },
     }
 }
 

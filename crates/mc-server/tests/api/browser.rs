@@ -296,7 +296,7 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
     // Silent past its tolerance: offline on screen, without a reload.
     let offline_check = format!(
         "var row = document.getElementById('agent-{}'); return !!row && row.getAttribute('data-status') === 'offline' \
-         && row.querySelector('[data-status-badge] .word').textContent === 'Offline' && window.__notReloaded === true \
+         && row.querySelector('.badge span').textContent === 'Offline' && window.__notReloaded === true \
          && document.querySelector('[data-count=\"offline\"]').textContent === '1';",
         agent.id
     );

@@ -741,7 +741,7 @@ async fn creating_a_board_marks_every_invalid_field_and_saves_nothing() {
     );
     let board_page = browser.get(created.location.as_deref().unwrap()).await;
     assert_eq!(board_page.status, StatusCode::OK);
-    assert!(board_page.html.contains("Board Ops"));
+    assert!(board_page.html.contains("<h1>Ops</h1>"));
     assert!(browser.get("/boards").await.html.contains(&slug));
 }
 

@@ -40,8 +40,8 @@
   function setBadge(badge, status) {
     if (!badge) return;
     badge.className = "badge status-" + status;
-    badge.querySelector(".icon").textContent = ICONS[status] || "?";
-    badge.querySelector(".word").textContent = LABELS[status] || status;
+    badge.querySelector("i").textContent = ICONS[status] || "?";
+    badge.querySelector("span").textContent = LABELS[status] || status;
   }
 
   function bump(status, delta) {
@@ -58,14 +58,24 @@
     return names.cache;
   }
 
-  function field(row, name) { return row.querySelector('[data-field="' + name + '"]'); }
+  // Fleet rows are kept small: their cells are found by position. Elsewhere (the agent
+  // page) by data-field.
+  var CELL = { name: 0, heartbeat: 3, board: 4, gateway: 5 };
+
+  function field(row, name) {
+    if (row.tagName === "TR") {
+      var cell = row.cells[CELL[name]];
+      return name === "name" && cell ? cell.querySelector("a") : cell || null;
+    }
+    return row.querySelector('[data-field="' + name + '"]');
+  }
 
   function fill(row, agent) {
     var status = agent.status;
     row.setAttribute("data-status", status);
     row.setAttribute("data-name", agent.name.toLowerCase());
-    setBadge(row.querySelector("[data-status-badge]"), status);
-    setAgo(field(row, "last-seen"), agent.last_seen_at);
+    setBadge(row.querySelector(".badge"), status);
+    setAgo(row.querySelector("time.ago"), agent.last_seen_at);
     var link = field(row, "name");
     if (link) { link.textContent = agent.name; if (link.tagName === "A") link.href = "/agents/" + agent.id; }
     var hb = field(row, "heartbeat");

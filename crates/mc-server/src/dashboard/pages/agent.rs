@@ -124,7 +124,7 @@ fn agent_body(
                         dt { "Heartbeat" } dd data-field="heartbeat" {
                             (heartbeat_words(agent.heartbeat_config.interval_seconds, agent.heartbeat_config.missing_tolerance))
                         }
-                        dt { "Board" } dd data-field="board" {
+                        dt { "Board" } dd {
                             @match agent.board_id {
                                 Some(id) => {
                                     @match directory.board(id) {
@@ -135,7 +135,7 @@ fn agent_body(
                                 None => "(gateway main agent: no board)",
                             }
                         }
-                        dt { "Gateway" } dd data-field="gateway" {
+                        dt { "Gateway" } dd {
                             @match gateway {
                                 Some(g) => { a href={ "/gateways/" (g.id) } { (g.name) } " — " (connection_state(g).words) },
                                 None => (agent.gateway_id),

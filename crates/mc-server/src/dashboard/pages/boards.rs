@@ -191,31 +191,39 @@ pub async fn create_board(
     };
     // The service checks every other field; form-only errors are merged with its own so
     // every invalid field is reported at once, and nothing is saved if any is invalid.
-    let outcome = if errors.is_empty() {
-        service::create_board(&state, input).await.map(Some)
-    } else {
-        service::check_new_board(&state, input).await.map(|()| None)
-    };
-    if let Ok(Some(board)) = &outcome {
-        return Ok(Redirect::to(&format!("/boards/{}", board.id)).into_response());
-    }
-    {
-        {
-            if let Err(error) = outcome {
-                errors.merge(FormErrors::from_api(error, Some("slug"))?);
+    let refused = if errors.is_empty() {
+        match service::create_board(&state, input).await {
+            Ok(board) => {
+                return Ok(Redirect::to(&format!("/boards/{}", board.id)).into_response());
             }
-            let directory = Directory::load(&state).await?;
-            let body = list_body(
-                &directory,
-                &agent_counts(&state),
-                fields,
-                &form.session,
-                &errors,
-            );
-            let response = page("Boards", Section::Boards, &form.session, body);
-            Ok((StatusCode::UNPROCESSABLE_ENTITY, response).into_response())
+            Err(error) => error,
         }
-    }
+    } else {
+        match service::check_new_board(&state, input).await {
+            Ok(()) => return board_form_refused(&state, &form, &errors).await,
+            Err(error) => error,
+        }
+    };
+    errors.merge(FormErrors::from_api(refused, Some("slug"))?);
+    board_form_refused(&state, &form, &errors).await
+}
+
+/// The boards page again, with the refused form and its errors (422).
+async fn board_form_refused(
+    state: &SharedState,
+    form: &CsrfForm,
+    errors: &FormErrors,
+) -> PageResult<Response> {
+    let directory = Directory::load(state).await?;
+    let body = list_body(
+        &directory,
+        &agent_counts(state),
+        &form.fields,
+        &form.session,
+        errors,
+    );
+    let response = page("Boards", Section::Boards, &form.session, body);
+    Ok((StatusCode::UNPROCESSABLE_ENTITY, response).into_response())
 }
 
 /// A token's state in words.
@@ -279,7 +287,7 @@ async fn render_board(state: &SharedState, parts: BoardPage<'_>) -> PageResult<R
             (shown_once("New enrollment token", token, "Give it to new agents of this board: their first heartbeat with it creates them."))
         }
         div class="actions" {
-            h1 { "Board " (board.name) }
+            h1 { (board.name) }
             span class="live" data-live-status data-state="connecting" aria-live="polite" { "Connecting…" }
         }
         p { (board.description) }
@@ -293,7 +301,7 @@ async fn render_board(state: &SharedState, parts: BoardPage<'_>) -> PageResult<R
         }
         h2 { "Agents (" span data-count="total" { (views.len()) } ")" }
         div data-live-agents data-rows-container data-stream-url=(stream) data-filter-board=(board.id) data-filter-status="" {
-            table class="responsive" {
+            table class="responsive agents" {
                 caption class="visually-hidden" { "Agents of this board" }
                 (agent_table_head())
                 tbody data-rows { @for view in &views { (agent_row(view, directory, false, now)) } }

@@ -139,7 +139,7 @@ pub fn render_fleet(
         div data-live-agents data-rows-container data-stream-url=(stream)
             data-filter-board=[filter.board] data-filter-gateway=[filter.gateway]
             data-filter-q=(filter.name) data-filter-status=(status_value) {
-            table class="responsive" {
+            table class="responsive agents" {
                 caption class="visually-hidden" { "Agents" }
                 (agent_table_head())
                 tbody data-rows {

@@ -20,7 +20,7 @@ use mc_domain::time::Timestamp;
 use mc_store::ActivityFilter;
 use serde_json::json;
 
-use super::layout::{json_data, live_ago, status_badge};
+use super::layout::{json_data, row_ago, status_badge};
 use crate::error::ApiResult;
 use crate::liveness::AgentView;
 use crate::state::AppState;
@@ -153,8 +153,9 @@ pub fn agent_table_head() -> Markup {
     }
 }
 
-/// One agent as a table row (also the template the script fills for new agents);
-/// `hidden` when a status filter hides it.
+/// One agent as a table row; `hidden` when a status filter hides it. Kept small (the
+/// fleet may list 10,000): the cells' labels for phone width come from the stylesheet,
+/// and the script finds cells by position (see `app.js`, `CELL`).
 pub fn agent_row(view: &AgentView, directory: &Directory, hidden: bool, now: Timestamp) -> Markup {
     let agent = &view.profile;
     let board = match agent.board_id {
@@ -169,14 +170,14 @@ pub fn agent_row(view: &AgentView, directory: &Directory, hidden: bool, now: Tim
     html! {
         tr id={ "agent-" (agent.id) } data-status=(view.status.as_str())
             data-name=(agent.name.as_str().to_lowercase()) hidden[hidden] {
-            td data-label="Name" { a data-field="name" href={ "/agents/" (agent.id) } { (agent.name.as_str()) } }
-            td data-label="Status" { (status_badge(view.status)) }
-            td data-label="Last seen" { (live_ago(view.last_seen_at, now)) }
-            td data-label="Heartbeat" data-field="heartbeat" {
+            td { a href={ "/agents/" (agent.id) } { (agent.name.as_str()) } }
+            td { (status_badge(view.status)) }
+            td { (row_ago(view.last_seen_at, now)) }
+            td {
                 (heartbeat_words(agent.heartbeat_config.interval_seconds, agent.heartbeat_config.missing_tolerance))
             }
-            td data-label="Board" data-field="board" { (board) }
-            td data-label="Gateway" data-field="gateway" { (gateway) }
+            td { (board) }
+            td { (gateway) }
         }
     }
 }
@@ -186,12 +187,12 @@ pub fn agent_row_template() -> Markup {
     html! {
         template id="agent-row-template" {
             tr data-status="provisioning" data-name="" {
-                td data-label="Name" { a data-field="name" href="#" {} }
-                td data-label="Status" { (status_badge(AgentStatus::Provisioning)) }
-                td data-label="Last seen" { time class="ago" data-field="last-seen" data-ts="" { "never" } }
-                td data-label="Heartbeat" data-field="heartbeat" {}
-                td data-label="Board" data-field="board" {}
-                td data-label="Gateway" data-field="gateway" {}
+                td { a href="#" {} }
+                td { (status_badge(AgentStatus::Provisioning)) }
+                td { time class="ago" data-ts="" { "never" } }
+                td {}
+                td {}
+                td {}
             }
         }
     }

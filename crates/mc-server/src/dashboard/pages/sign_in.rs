@@ -13,7 +13,7 @@ use crate::dashboard::layout::shell;
 use crate::dashboard::session::{
     SESSION_COOKIE, SESSION_LIFETIME, SIGN_IN_COOKIE, SessionKey, append_cookie, cookie, set_cookie,
 };
-use crate::dashboard::{CsrfForm, SignedIn, cookies_secure, read_form, safe_next};
+use crate::dashboard::{CsrfForm, SignedIn, cookies_secure, no_store, read_form, safe_next};
 use crate::extract::QueryParams;
 use crate::state::SharedState;
 
@@ -51,7 +51,7 @@ fn sign_in_form(
         response.headers_mut(),
         set_cookie(SIGN_IN_COOKIE, &nonce, SIGN_IN_FORM_LIFETIME, secure),
     );
-    super::super::no_store(response)
+    no_store(response)
 }
 
 /// `GET /sign-in`: the form, or straight on when already signed in.
