@@ -317,6 +317,18 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
         .wait_until("the agent coming back live", &back_check)
         .await;
     browser.screenshot("04-fleet-back").await;
+
+    // A new agent appears as a new row, counted, still without a reload.
+    let newcomer = app.agent_with_token(&fixture.board_id).await;
+    let appeared = format!(
+        "var row = document.getElementById('agent-{}'); return !!row && row.textContent.indexOf('{}') !== -1 \
+         && row.getAttribute('data-status') === 'provisioning' && window.__notReloaded === true \
+         && document.querySelector('[data-count=\"total\"]').textContent === '2';",
+        newcomer.id, newcomer.name
+    );
+    browser
+        .wait_until("a new agent appearing live", &appeared)
+        .await;
     browser.resize(390, 844).await;
     browser.screenshot("05-fleet-phone-width").await;
     browser.resize(1280, 900).await;
