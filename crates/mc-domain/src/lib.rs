@@ -13,6 +13,7 @@ pub mod liveness;
 pub mod page;
 pub mod time;
 pub mod token;
+pub mod uptime;
 pub mod webhook;
 
 pub use error::{FieldError, ValidationErrors};

@@ -4,12 +4,17 @@
 //! Agent authentication is one SHA-256 and one lookup in the in-memory index: O(1), no
 //! database. Enrollment tokens (prefix `mce_`) are looked up in the database, and only
 //! by the endpoint that accepts them.
+//!
+//! The dashboard's session cookie also counts as the admin, but only for safe methods
+//! (GET, HEAD) and only when the request carries no other credential: the browser cannot
+//! set headers on an `EventSource`, and cookie authentication on a state-changing JSON
+//! request would be open to cross-site request forgery.
 
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
-use axum::http::HeaderMap;
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method};
 use mc_domain::token::{Secret, TokenDigest, is_enrollment_token};
 
 use crate::error::{ApiError, ApiResult};
@@ -86,6 +91,24 @@ pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Calle
     Ok(Caller::Agent(agent))
 }
 
+/// Identifies the caller from headers, then (for GET and HEAD without credentials) from
+/// the dashboard's session cookie.
+pub fn authenticate_request(state: &SharedState, parts: &Parts) -> ApiResult<Caller> {
+    let has_credentials = parts.headers.contains_key(AGENT_TOKEN_HEADER)
+        || parts
+            .headers
+            .contains_key(axum::http::header::AUTHORIZATION);
+    let safe = parts.method == Method::GET || parts.method == Method::HEAD;
+    if !has_credentials
+        && safe
+        && crate::dashboard::session::session_from_headers(&state.admin_token, &parts.headers)
+            .is_some()
+    {
+        return Ok(Caller::Admin);
+    }
+    authenticate(state, &parts.headers)
+}
+
 impl FromRequestParts<SharedState> for Caller {
     type Rejection = ApiError;
 
@@ -93,7 +116,7 @@ impl FromRequestParts<SharedState> for Caller {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers)
+        authenticate_request(state, parts)
     }
 }
 
@@ -108,7 +131,7 @@ impl FromRequestParts<SharedState> for Admin {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate(state, &parts.headers)?.require_admin()?;
+        authenticate_request(state, parts)?.require_admin()?;
         Ok(Self)
     }
 }

@@ -164,6 +164,11 @@ pub fn path_id<T: FromStr>(raw: &str, name: &str) -> Result<T, ApiError> {
 pub struct QueryParams(HashMap<String, String>);
 
 impl QueryParams {
+    /// Parses `application/x-www-form-urlencoded` text (a query string or a form body).
+    pub fn parse(text: &str) -> Self {
+        Self(serde_urlencoded_pairs(text).into_iter().collect())
+    }
+
     fn invalid(name: &str, message: String, kind: &'static str) -> ApiError {
         ApiError::field(FieldError::new(["query", name], message, kind))
     }
@@ -211,9 +216,7 @@ impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        let pairs: Vec<(String, String)> = serde_urlencoded_pairs(query);
-        Ok(Self(pairs.into_iter().collect()))
+        Ok(Self::parse(parts.uri.query().unwrap_or_default()))
     }
 }
 

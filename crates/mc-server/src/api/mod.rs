@@ -1,4 +1,5 @@
-//! The HTTP surface: `/api/v1` by resource, health checks and the OpenAPI document.
+//! The HTTP surface: `/api/v1` by resource, the dashboard at `/`, health checks and the
+//! OpenAPI document.
 //! [`router`] is pure: state in, `Router` out.
 
 pub mod health;
@@ -22,6 +23,7 @@ pub fn router(state: SharedState, max_body_bytes: usize) -> Router {
         .route("/metrics", get(crate::metrics::metrics))
         .route("/openapi.json", get(openapi::openapi_json))
         .nest("/api/v1", v1::router())
+        .merge(crate::dashboard::router())
         .fallback(|| async { ApiError::NotFound("Not Found") })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -437,6 +437,20 @@ impl Registry {
         self.dirty.lock().len()
     }
 
+    /// Every agent whose settings match `predicate`, as seen at `now` (a scan: for the
+    /// dashboard's fleet view, never for heartbeats).
+    pub fn views_where(
+        &self,
+        now: Timestamp,
+        predicate: impl Fn(&Agent) -> bool,
+    ) -> Vec<AgentView> {
+        self.by_id
+            .iter()
+            .filter(|entry| predicate(&entry.value().profile.read()))
+            .map(|entry| entry.value().view(now))
+            .collect()
+    }
+
     /// Forgets a deleted agent; its token stops working at once.
     pub fn remove(&self, id: AgentId) {
         if let Some((_, agent)) = self.by_id.remove(&id) {

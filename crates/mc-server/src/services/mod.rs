@@ -3,4 +3,8 @@
 //! the in-memory registry in step.
 
 pub mod agents;
+pub mod boards;
+pub mod enrollment;
+pub mod gateways;
 pub mod heartbeats;
+pub mod history;

@@ -3,6 +3,8 @@
 
 mod agents;
 mod boards_gateways;
+mod browser;
+mod dashboard;
 mod enrollment;
 mod heartbeat;
 mod helpers;

@@ -2,8 +2,7 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use mc_domain::ValidationErrors;
-use mc_domain::board::{Board, BoardRules, Slug, required_text};
+use mc_domain::board::Board;
 use mc_domain::ids::{BoardId, GatewayId};
 use mc_domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -15,6 +14,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
 use crate::services::agents::deleted_event;
+use crate::services::boards::{self as service, BoardFields};
 use crate::state::SharedState;
 
 /// A board as read.
@@ -76,120 +76,27 @@ pub struct BoardWrite {
     max_agents: Option<i64>,
 }
 
-/// Loads a board or answers 404.
-pub async fn load_board(state: &SharedState, id: BoardId) -> ApiResult<Board> {
-    state
-        .store
-        .board(id)
-        .await?
-        .filter(|b| b.organization_id == state.organization_id)
-        .ok_or(ApiError::NotFound("Board not found"))
+impl From<BoardWrite> for BoardFields {
+    fn from(body: BoardWrite) -> Self {
+        Self {
+            name: body.name,
+            slug: body.slug,
+            description: body.description,
+            gateway_id: body.gateway_id.map(GatewayId::from_uuid),
+            require_approval_for_done: body.require_approval_for_done,
+            require_review_before_done: body.require_review_before_done,
+            comment_required_for_review: body.comment_required_for_review,
+            block_status_changes_with_pending_approval: body
+                .block_status_changes_with_pending_approval,
+            only_lead_can_change_status: body.only_lead_can_change_status,
+            max_agents: body.max_agents,
+        }
+    }
 }
 
-/// Applies a write body to `board`; `creating` makes name, slug, description and
-/// gateway_id required.
-async fn apply(
-    state: &SharedState,
-    board: &mut Board,
-    body: BoardWrite,
-    creating: bool,
-) -> ApiResult<()> {
-    let mut errors = ValidationErrors::default();
-    let require = |field: &str, value: &Option<String>, errors: &mut ValidationErrors| {
-        if creating && value.is_none() {
-            errors.0.push(mc_domain::FieldError::new(
-                ["body", field],
-                format!("{field} is required"),
-                "missing",
-            ));
-        }
-    };
-    require("name", &body.name, &mut errors);
-    require("slug", &body.slug, &mut errors);
-    require("description", &body.description, &mut errors);
-    if let Some(name) = body
-        .name
-        .as_deref()
-        .and_then(|v| errors.collect(required_text(v, "name", 200)))
-    {
-        board.name = name;
-    }
-    if let Some(slug) = body
-        .slug
-        .as_deref()
-        .and_then(|v| errors.collect(Slug::parse(v)))
-    {
-        board.slug = slug;
-    }
-    if let Some(text) = body
-        .description
-        .as_deref()
-        .and_then(|v| errors.collect(required_text(v, "description", 10_000)))
-    {
-        board.description = text;
-    }
-    match body.max_agents {
-        Some(n) if !(0..=i64::from(u32::MAX)).contains(&n) => {
-            errors.0.push(mc_domain::FieldError::body(
-                "max_agents",
-                "max_agents must be 0 or more",
-            ));
-        }
-        Some(n) => board.rules.max_agents = u32::try_from(n).unwrap_or(u32::MAX),
-        None => {}
-    }
-    match body.gateway_id {
-        Some(id) => {
-            let exists = state
-                .store
-                .gateway(GatewayId::from_uuid(id))
-                .await?
-                .is_some_and(|g| g.organization_id == state.organization_id);
-            if exists {
-                board.gateway_id = GatewayId::from_uuid(id);
-            } else {
-                errors.0.push(mc_domain::FieldError::body(
-                    "gateway_id",
-                    "gateway_id does not name an existing gateway",
-                ));
-            }
-        }
-        None if creating => errors.0.push(mc_domain::FieldError::new(
-            ["body", "gateway_id"],
-            "gateway_id is required",
-            "missing",
-        )),
-        None => {}
-    }
-    errors.into_result()?;
-    let rules = &mut board.rules;
-    for (value, flag) in [
-        (
-            body.require_approval_for_done,
-            &mut rules.require_approval_for_done,
-        ),
-        (
-            body.require_review_before_done,
-            &mut rules.require_review_before_done,
-        ),
-        (
-            body.comment_required_for_review,
-            &mut rules.comment_required_for_review,
-        ),
-        (
-            body.block_status_changes_with_pending_approval,
-            &mut rules.block_status_changes_with_pending_approval,
-        ),
-        (
-            body.only_lead_can_change_status,
-            &mut rules.only_lead_can_change_status,
-        ),
-    ] {
-        if let Some(value) = value {
-            *flag = value;
-        }
-    }
-    Ok(())
+/// Loads a board or answers 404.
+pub async fn load_board(state: &SharedState, id: BoardId) -> ApiResult<Board> {
+    service::load_board(state, id).await
 }
 
 /// Creates a board.
@@ -200,20 +107,7 @@ pub async fn create_board(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<BoardWrite>,
 ) -> ApiResult<Json<BoardRead>> {
-    let now = Timestamp::now();
-    let mut board = Board {
-        id: BoardId::new(),
-        organization_id: state.organization_id,
-        name: String::new(),
-        slug: Slug::from_stored(String::new()),
-        description: String::new(),
-        gateway_id: GatewayId::from_uuid(Uuid::nil()),
-        rules: BoardRules::default(),
-        created_at: now,
-        updated_at: now,
-    };
-    apply(&state, &mut board, body, true).await?;
-    state.store.insert_board(&board).await?;
+    let board = service::create_board(&state, body.into()).await?;
     Ok(Json(board.into()))
 }
 
@@ -258,10 +152,8 @@ pub async fn update_board(
     ApiJson(body): ApiJson<BoardWrite>,
 ) -> ApiResult<Json<BoardRead>> {
     let id = path_id(&board_id, "board_id")?;
-    let mut board = load_board(&state, id).await?;
-    apply(&state, &mut board, body, false).await?;
-    board.updated_at = Timestamp::now();
-    state.store.update_board(&board).await?;
+    let board = load_board(&state, id).await?;
+    let board = service::update_board(&state, board, body.into()).await?;
     Ok(Json(board.into()))
 }
 

@@ -3,10 +3,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use mc_domain::enrollment::{EnrollmentTerms, EnrollmentToken};
+use mc_domain::enrollment::EnrollmentToken;
 use mc_domain::ids::{BoardId, EnrollmentTokenId};
 use mc_domain::time::Timestamp;
-use mc_domain::token::generate_enrollment_token;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -14,8 +13,9 @@ use uuid::Uuid;
 use super::boards::load_board;
 use super::{OkResponse, PageOf};
 use crate::auth::Admin;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::services::enrollment as service;
 use crate::state::SharedState;
 
 /// An enrollment token as read; `token` only in the answer that creates it.
@@ -71,23 +71,9 @@ pub async fn create_enrollment_token(
     ApiJson(body): ApiJson<EnrollmentTokenCreate>,
 ) -> ApiResult<Json<EnrollmentTokenRead>> {
     let board_id: BoardId = path_id(&board_id, "board_id")?;
-    load_board(&state, board_id).await?;
-    let terms = EnrollmentTerms::parse(body.expires_in_seconds, body.max_uses)?;
-    let now = Timestamp::now();
-    let secret = generate_enrollment_token();
-    let token = EnrollmentToken {
-        id: EnrollmentTokenId::new(),
-        board_id,
-        expires_at: now.plus_seconds(terms.expires_in_seconds),
-        max_uses: terms.max_uses,
-        uses: 0,
-        revoked_at: None,
-        created_at: now,
-    };
-    state
-        .store
-        .insert_enrollment_token(&token, secret.digest())
-        .await?;
+    let (token, secret) =
+        service::issue_enrollment_token(&state, board_id, body.expires_in_seconds, body.max_uses)
+            .await?;
     let mut read = EnrollmentTokenRead::from(token);
     read.token = Some(secret.expose().to_owned());
     Ok(Json(read))
@@ -128,11 +114,6 @@ pub async fn revoke_enrollment_token(
 ) -> ApiResult<Json<OkResponse>> {
     let board_id: BoardId = path_id(&board_id, "board_id")?;
     let token_id: EnrollmentTokenId = path_id(&token_id, "token_id")?;
-    load_board(&state, board_id).await?;
-    state
-        .store
-        .revoke_enrollment_token(board_id, token_id, Timestamp::now())
-        .await?
-        .ok_or(ApiError::NotFound("Enrollment token not found"))?;
+    service::revoke_enrollment_token(&state, board_id, token_id).await?;
     Ok(Json(OkResponse::ok()))
 }

@@ -2,12 +2,9 @@
 
 use axum::Json;
 use axum::extract::{Path, State};
-use mc_domain::board::required_text;
-use mc_domain::gateway::{Gateway, GatewayUrl};
+use mc_domain::gateway::Gateway;
 use mc_domain::ids::GatewayId;
 use mc_domain::time::Timestamp;
-use mc_domain::token::Secret;
-use mc_domain::{FieldError, ValidationErrors};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -17,6 +14,7 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
 use crate::services::agents::deleted_event;
+use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
 
 /// A gateway as read (never its token).
@@ -86,22 +84,6 @@ pub struct GatewayUpdate {
     disable_device_pairing: Option<bool>,
 }
 
-fn token_of(raw: Option<String>) -> Option<Secret> {
-    raw.map(|t| t.trim().to_owned())
-        .filter(|t| !t.is_empty())
-        .map(Secret::new)
-}
-
-fn check_workspace_root(url: &GatewayUrl, root: &str) -> Result<(), ValidationErrors> {
-    if url.is_managed() && root.trim().is_empty() {
-        return Err(ValidationErrors::one(FieldError::body(
-            "workspace_root",
-            "workspace_root is required for a managed gateway (one with a url)",
-        )));
-    }
-    Ok(())
-}
-
 /// Loads a gateway or answers 404.
 pub async fn load_gateway(state: &SharedState, id: GatewayId) -> ApiResult<Gateway> {
     state
@@ -120,30 +102,15 @@ pub async fn create_gateway(
     State(state): State<SharedState>,
     ApiJson(body): ApiJson<GatewayCreate>,
 ) -> ApiResult<Json<GatewayRead>> {
-    let mut errors = ValidationErrors::default();
-    let name = errors.collect(required_text(&body.name, "name", 200));
-    let url = errors.collect(GatewayUrl::parse(&body.url));
-    if let Some(url) = &url {
-        errors.collect(check_workspace_root(url, &body.workspace_root));
-    }
-    errors.into_result()?;
-    let (Some(name), Some(url)) = (name, url) else {
-        return Err(ApiError::Internal("validation inconsistency".into()));
+    let fields = GatewayFields {
+        name: Some(body.name),
+        url: Some(body.url),
+        token: Some(body.token),
+        workspace_root: Some(body.workspace_root),
+        allow_insecure_tls: Some(body.allow_insecure_tls),
+        disable_device_pairing: Some(body.disable_device_pairing),
     };
-    let now = Timestamp::now();
-    let gateway = Gateway {
-        id: GatewayId::new(),
-        organization_id: state.organization_id,
-        name,
-        url,
-        token: token_of(body.token),
-        workspace_root: body.workspace_root.trim().to_owned(),
-        allow_insecure_tls: body.allow_insecure_tls,
-        disable_device_pairing: body.disable_device_pairing,
-        created_at: now,
-        updated_at: now,
-    };
-    state.store.insert_gateway(&gateway).await?;
+    let gateway = service::create_gateway(&state, fields).await?;
     Ok(Json(gateway.into()))
 }
 
@@ -187,38 +154,16 @@ pub async fn update_gateway(
     ApiJson(body): ApiJson<GatewayUpdate>,
 ) -> ApiResult<Json<GatewayRead>> {
     let id = path_id(&gateway_id, "gateway_id")?;
-    let mut gateway = load_gateway(&state, id).await?;
-    let mut errors = ValidationErrors::default();
-    if let Some(name) = body
-        .name
-        .as_deref()
-        .and_then(|n| errors.collect(required_text(n, "name", 200)))
-    {
-        gateway.name = name;
-    }
-    if let Some(url) = body
-        .url
-        .as_deref()
-        .and_then(|u| errors.collect(GatewayUrl::parse(u)))
-    {
-        gateway.url = url;
-    }
-    if let Some(root) = body.workspace_root {
-        gateway.workspace_root = root.trim().to_owned();
-    }
-    errors.collect(check_workspace_root(&gateway.url, &gateway.workspace_root));
-    errors.into_result()?;
-    if let Some(token) = body.token {
-        gateway.token = token_of(token);
-    }
-    if let Some(flag) = body.allow_insecure_tls {
-        gateway.allow_insecure_tls = flag;
-    }
-    if let Some(flag) = body.disable_device_pairing {
-        gateway.disable_device_pairing = flag;
-    }
-    gateway.updated_at = Timestamp::now();
-    state.store.update_gateway(&gateway).await?;
+    let gateway = load_gateway(&state, id).await?;
+    let fields = GatewayFields {
+        name: body.name,
+        url: body.url,
+        token: body.token,
+        workspace_root: body.workspace_root,
+        allow_insecure_tls: body.allow_insecure_tls,
+        disable_device_pairing: body.disable_device_pairing,
+    };
+    let gateway = service::update_gateway(&state, gateway, fields).await?;
     Ok(Json(gateway.into()))
 }
 
