@@ -1,5 +1,6 @@
 //! The `mission-control` binary: parses the command line and hands over to the libraries.
 
+mod agent;
 mod cli;
 
 /// mimalloc: the server allocates many small, short-lived buffers per request, where
@@ -7,9 +8,11 @@ mod cli;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use std::process::ExitCode;
+
 use clap::Parser as _;
 
-fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<ExitCode> {
     let cli = cli::Cli::parse();
     // Log lines go through a buffer drained by a background thread, so a busy server
     // never waits on its terminal.
@@ -21,8 +24,11 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(writer)
         .init();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(cli::run(cli))
+    let runtime = match cli.runtime() {
+        cli::Runtime::CurrentThread => tokio::runtime::Builder::new_current_thread(),
+        cli::Runtime::MultiThread => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
+    runtime.block_on(cli::run(cli))
 }
