@@ -135,6 +135,8 @@ async fn main() -> Result<()> {
     }
     let rss = status_field_kib(pid, "VmRSS:")?;
     let hwm = status_field_kib(pid, "VmHWM:")?;
+    let anon = status_field_kib(pid, "RssAnon:")?;
+    let file = status_field_kib(pid, "RssFile:")?;
     let ticks = cpu_ticks(pid)?;
     let wall = run_started.elapsed();
     let seen = client.get_agent(&admin, agent.id).await?;
@@ -150,14 +152,16 @@ async fn main() -> Result<()> {
         "agent run for {:.1} s, heartbeat interval 1 s",
         wall.as_secs_f64()
     );
-    println!("VmRSS at the end: {rss} KiB; highest sampled: {peak_rss} KiB; VmHWM: {hwm} KiB");
+    println!(
+        "VmRSS at the end: {rss} KiB (RssAnon {anon} KiB, RssFile {file} KiB); highest sampled: {peak_rss} KiB; VmHWM: {hwm} KiB"
+    );
     println!(
         "CPU (utime+stime): {:.2} s = {:.3} % of one core",
         cpu.as_secs_f64(),
         100.0 * cpu.as_secs_f64() / wall.as_secs_f64()
     );
     println!(
-        "agent status while running: {}; after SIGTERM: {} (exit {exit})",
+        "agent status while running: {}; after SIGTERM: {} ({exit})",
         seen.status, after.status
     );
     Ok(())
