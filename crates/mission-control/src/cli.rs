@@ -2,6 +2,7 @@
 //! compiled defaults, the TOML file (`--config`), `MC_*` environment variables, flags.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -27,6 +28,29 @@ enum Command {
     Migrate(ServeArgs),
     /// Print a commented example configuration file.
     DefaultConfig,
+    /// The agent-side heartbeat client: keep Mission Control informed from an agent host.
+    Agent(crate::agent::AgentArgs),
+}
+
+/// The tokio runtime a command needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runtime {
+    /// One thread: the agent client, which must stay light on its host.
+    CurrentThread,
+    /// A worker per core: the server.
+    MultiThread,
+}
+
+impl Cli {
+    /// The runtime the chosen command runs on.
+    pub fn runtime(&self) -> Runtime {
+        match self.command {
+            Command::Agent(_) => Runtime::CurrentThread,
+            Command::Serve(_) | Command::Migrate(_) | Command::DefaultConfig => {
+                Runtime::MultiThread
+            }
+        }
+    }
 }
 
 /// Options of `serve` (and `migrate`); each is also an environment variable.
@@ -165,9 +189,11 @@ async fn shutdown_signal() {
     tracing::info!("shutdown requested; draining requests");
 }
 
-/// Runs a parsed command line.
-pub async fn run(cli: Cli) -> anyhow::Result<()> {
+/// Runs a parsed command line; the exit code is the agent client's (see its module), or
+/// success for the other commands, whose failures are errors.
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Agent(args) => Ok(crate::agent::run(args).await),
         Command::Serve(args) => {
             let Resolved { bind, mut config } = resolve(args)?;
             let listener = tokio::net::TcpListener::bind(&bind)
@@ -177,7 +203,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 config.base_url = Some(format!("http://{}", listener.local_addr()?));
             }
             let server = Server::build(config).await?;
-            server.serve(listener, shutdown_signal()).await
+            server.serve(listener, shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Migrate(args) => {
             let Resolved { config, .. } = resolve(args)?;
@@ -187,12 +214,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .context("running migrations")?;
             tracing::info!("database is up to date");
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         Command::DefaultConfig => {
             use std::io::Write as _;
             std::io::stdout().write_all(DEFAULT_CONFIG.as_bytes())?;
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
