@@ -31,6 +31,10 @@ pub fn router() -> Router<SharedState> {
                 .delete(gateways::delete_gateway),
         )
         .route(
+            "/gateways/{gateway_id}/status",
+            get(gateways::gateway_status),
+        )
+        .route(
             "/boards",
             get(boards::list_boards).post(boards::create_board),
         )
