@@ -197,3 +197,94 @@ pub fn parse_credentials(text: &str) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use mc_domain::agent::{AgentName, AgentStatus, HeartbeatConfig};
+    use mc_domain::ids::{AgentId, BoardId, GatewayId};
+    use mc_domain::time::Timestamp;
+
+    use super::*;
+
+    fn agent(is_board_lead: bool) -> Agent {
+        let now = Timestamp::now();
+        Agent {
+            id: AgentId::new(),
+            board_id: Some(BoardId::new()),
+            gateway_id: GatewayId::new(),
+            name: AgentName::parse("Ada", "name").unwrap(),
+            is_board_lead,
+            is_mc_agent: true,
+            gateway_agent_id: None,
+            workspace_path: None,
+            openclaw_session_id: None,
+            heartbeat_config: HeartbeatConfig::default(),
+            identity_profile: None,
+            identity_template: None,
+            soul_template: None,
+            last_provision_error: None,
+            last_seen_at: None,
+            reported_health: None,
+            published_status: AgentStatus::Provisioning,
+            enrolled_via: None,
+            own_token_used: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn context(agent: &Agent) -> FileContext {
+        let placement = mc_store::AgentPlacement {
+            gateway_agent_id: "mc-x".into(),
+            workspace_path: "/ws/workspace-mc-x".into(),
+            session_key: "agent:mc-x:main".into(),
+        };
+        FileContext::new(
+            agent,
+            &placement,
+            "Ops".into(),
+            "http://mc:8000/",
+            "tok-123",
+            "/ws",
+        )
+    }
+
+    fn file<'a>(files: &'a [WorkspaceFile], name: &str) -> &'a str {
+        &files.iter().find(|f| f.name == name).unwrap().content
+    }
+
+    #[test]
+    fn credentials_are_in_tools_md_on_v3_and_in_agents_md_on_v4() {
+        let worker = agent(false);
+        let v3 = render_files(&worker, GatewayGeneration::V3, &context(&worker)).unwrap();
+        let tools = parse_credentials(file(&v3, "TOOLS.md"));
+        assert!(tools.contains(&("AUTH_TOKEN".into(), "tok-123".into())));
+        assert!(tools.contains(&("BASE_URL".into(), "http://mc:8000".into())));
+        assert!(parse_credentials(file(&v3, "AGENTS.md")).is_empty());
+        let v4 = render_files(&worker, GatewayGeneration::V4, &context(&worker)).unwrap();
+        let agents = parse_credentials(file(&v4, "AGENTS.md"));
+        assert!(agents.contains(&("AGENT_ID".into(), worker.id.to_string())));
+        assert!(agents.contains(&("AGENT_NAME".into(), "Ada".into())));
+    }
+
+    #[test]
+    fn only_board_leads_get_bootstrap_md() {
+        let lead = agent(true);
+        let files = render_files(&lead, GatewayGeneration::V4, &context(&lead)).unwrap();
+        assert!(file(&files, "BOOTSTRAP.md").contains("/healthz"));
+        let worker = agent(false);
+        let files = render_files(&worker, GatewayGeneration::V4, &context(&worker)).unwrap();
+        assert!(!files.iter().any(|f| f.name == "BOOTSTRAP.md"));
+    }
+
+    #[test]
+    fn an_override_naming_an_unknown_variable_is_an_error_naming_the_file() {
+        let mut worker = agent(false);
+        worker.soul_template = Some("Hi {{ no_such_thing }}".into());
+        let error = render_files(&worker, GatewayGeneration::V3, &context(&worker)).unwrap_err();
+        assert_eq!(error.file, "SOUL.md");
+        worker.soul_template = Some("I am {{ agent_name }}.".into());
+        let files = render_files(&worker, GatewayGeneration::V3, &context(&worker)).unwrap();
+        assert_eq!(file(&files, "SOUL.md"), "I am Ada.\n");
+    }
+}

@@ -4,10 +4,12 @@
 mod agents;
 mod boards_gateways;
 mod enrollment;
+mod gateway_fixtures;
 mod heartbeat;
 mod helpers;
 mod liveness;
 mod metrics;
+mod provisioning;
 mod sse;
 mod streams;
 mod webhooks;
