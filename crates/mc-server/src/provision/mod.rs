@@ -115,10 +115,8 @@ pub async fn request(
         .await?;
     match token {
         Some(token) if !delete => state.provisioner.hand_token(agent.id, token.clone()),
+        _ if delete => state.provisioner.forget_token(agent.id),
         _ => {}
-    }
-    if delete {
-        state.provisioner.forget_token(agent.id);
     }
     state.provisioner.notify();
     Ok(())

@@ -149,7 +149,19 @@ pub fn files_to_write(
         .collect()
 }
 
+/// Whether a `chat.send` failure means the wake reached the agent but its run could not
+/// start (2026.9.6 answers `UNAVAILABLE` "Agent failed before reply: No route-compatible
+/// authentication source is configured for <provider>" when no model provider is set up,
+/// and caches that answer under the idempotency key, so retrying cannot help).
+pub fn agent_could_not_start(error: &GatewayError) -> bool {
+    error
+        .to_string()
+        .to_lowercase()
+        .contains("agent failed before reply")
+}
+
 /// Puts `agent` on the gateway with its files, wakes it and pushes its heartbeat config.
+/// Returns a warning when the agent is in place but could not start when woken.
 pub async fn upsert(
     handle: &GatewayHandle,
     agent: &Agent,
@@ -157,7 +169,7 @@ pub async fn upsert(
     context: &FileContext,
     is_update: bool,
     wake_key: &str,
-) -> Result<(), ProvisionError> {
+) -> Result<Option<String>, ProvisionError> {
     handle.health().await?;
     let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
         message: format!("{}: no handshake completed yet", handle.url()),
@@ -192,7 +204,7 @@ pub async fn upsert(
         .sessions_patch(&placement.session_key, Some(agent.name.as_str()))
         .await?;
     let verb = if is_update { "updated" } else { "provisioned" };
-    handle
+    let woken = handle
         .chat_send(&ChatSend {
             session_key: placement.session_key.clone(),
             message: format!(
@@ -203,7 +215,14 @@ pub async fn upsert(
             deliver: false,
             idempotency_key: wake_key.to_owned(),
         })
-        .await?;
+        .await;
+    let warning = match woken {
+        Ok(_) => None,
+        Err(error) if agent_could_not_start(&error) => Some(format!(
+            "the agent is on the gateway but could not start when woken: {error}"
+        )),
+        Err(error) => return Err(error.into()),
+    };
     handle
         .apply_agent_config(&[AgentConfigEntry {
             id: id.clone(),
@@ -211,7 +230,7 @@ pub async fn upsert(
             heartbeat: heartbeat_of(agent),
         }])
         .await?;
-    Ok(())
+    Ok(warning)
 }
 
 /// Removes an agent (and its main session) from the gateway.

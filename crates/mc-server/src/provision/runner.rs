@@ -103,8 +103,9 @@ async fn attempt(
         placement: None,
     };
     match outcome {
-        Ok(placement) => {
-            record.placement = placement;
+        Ok(done) => {
+            record.placement = done.placement;
+            record.error = done.warning;
             state.provisioner.forget_token(job.agent_id);
             tracing::info!(job = job.id, agent = %job.agent_id, action = job.action.as_str(), "provisioning done");
         }
@@ -146,11 +147,16 @@ fn reflect_in_registry(state: &SharedState, attempt: &ProvisionAttempt) {
     state.registry.update_profile(&live, agent);
 }
 
-/// The job's plan; the placement established by a create or update.
-async fn run(
-    state: &SharedState,
-    job: &ProvisionJob,
-) -> Result<Option<AgentPlacement>, ProvisionError> {
+/// What a successful job established: the agent's placement (create and update) and a
+/// warning to show in `last_provision_error` (e.g. the agent could not start).
+#[derive(Debug, Default)]
+struct Done {
+    placement: Option<AgentPlacement>,
+    warning: Option<String>,
+}
+
+/// The job's plan.
+async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionError> {
     let store_failed = |e: StoreError| ProvisionError::Store(e.to_string());
     let gateway = state
         .store
@@ -159,7 +165,7 @@ async fn run(
         .map_err(store_failed)?;
     let gateway = match gateway {
         Some(g) if g.url.is_managed() => g,
-        _ if job.action == ProvisionAction::Delete => return Ok(None),
+        _ if job.action == ProvisionAction::Delete => return Ok(Done::default()),
         Some(_) => {
             return Err(ProvisionError::GatewayUnavailable(
                 "the gateway is unmanaged (no url); Mission Control does not contact it".into(),
@@ -178,18 +184,18 @@ async fn run(
         .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
     if job.action == ProvisionAction::Delete {
         let (Some(id), Some(key)) = (&job.gateway_agent_id, &job.session_key) else {
-            return Ok(None);
+            return Ok(Done::default());
         };
         plan::remove(&handle, id, key).await?;
-        return Ok(None);
+        return Ok(Done::default());
     }
     let Some(live) = state.registry.get(job.agent_id) else {
         // Deleted meanwhile: its delete job cleans up.
-        return Ok(None);
+        return Ok(Done::default());
     };
     let agent = (*live.profile()).clone();
     if agent.gateway_id != gateway.id {
-        return Ok(None);
+        return Ok(Done::default());
     }
     let placement = plan::placement_of(&agent, &gateway);
     let board_name = match agent.board_id {
@@ -220,7 +226,7 @@ async fn run(
         token.expose(),
         &gateway.workspace_root,
     );
-    plan::upsert(
+    let warning = plan::upsert(
         &handle,
         &agent,
         &placement,
@@ -229,5 +235,8 @@ async fn run(
         &format!("mc-provision-{}", job.id),
     )
     .await?;
-    Ok(Some(placement))
+    Ok(Done {
+        placement: Some(placement),
+        warning,
+    })
 }

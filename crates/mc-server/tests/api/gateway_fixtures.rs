@@ -38,12 +38,22 @@ pub async fn spawn_provisioning_app() -> TestApp {
 
 /// A managed gateway pointing at `url` with `token`, and a board on it: `(gateway, board)`.
 pub async fn managed_board(app: &TestApp, url: &str, token: Option<&str>) -> (String, String) {
+    managed_board_at(app, url, token, WORKSPACE_ROOT).await
+}
+
+/// Like [`managed_board`], with the gateway's workspace root.
+pub async fn managed_board_at(
+    app: &TestApp,
+    url: &str,
+    token: Option<&str>,
+    workspace_root: &str,
+) -> (String, String) {
     let gateway = expect_success(
         app.create_gateway(&json!({
             "name": unique("gateway"),
             "url": url,
             "token": token,
-            "workspace_root": WORKSPACE_ROOT,
+            "workspace_root": workspace_root,
         }))
         .await,
     )

@@ -10,6 +10,7 @@ mod helpers;
 mod liveness;
 mod metrics;
 mod provisioning;
+mod real_gateway_provisioning;
 mod sse;
 mod streams;
 mod webhooks;

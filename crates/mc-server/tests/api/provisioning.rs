@@ -317,3 +317,17 @@ async fn a_permanent_gateway_failure_is_recorded_at_once_without_retries() {
     );
     assert!(gw.agent_ids().is_empty());
 }
+
+#[tokio::test]
+async fn a_rotated_token_is_written_into_the_workspace() {
+    let gw = fake(GatewayGeneration::V3).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let rotated = app.new_token_for(&id).await;
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "done", "{jobs:?}");
+    let tools = gw.file(&format!("mc-{id}"), "TOOLS.md").expect("TOOLS.md");
+    assert_eq!(credential(&tools, "AUTH_TOKEN"), Some(rotated));
+}
