@@ -113,9 +113,9 @@ pub fn placement_of(agent: &Agent, gateway: &Gateway) -> AgentPlacement {
 
 /// The gateway's duration syntax for a number of seconds (`10m`, `90s`, `2h`).
 pub fn gateway_duration(seconds: u32) -> String {
-    if seconds % 3600 == 0 {
+    if seconds.is_multiple_of(3600) {
         format!("{}h", seconds / 3600)
-    } else if seconds % 60 == 0 {
+    } else if seconds.is_multiple_of(60) {
         format!("{}m", seconds / 60)
     } else {
         format!("{seconds}s")
