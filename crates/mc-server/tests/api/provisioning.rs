@@ -331,3 +331,32 @@ async fn a_rotated_token_is_written_into_the_workspace() {
     let tools = gw.file(&format!("mc-{id}"), "TOOLS.md").expect("TOOLS.md");
     assert_eq!(credential(&tools, "AUTH_TOKEN"), Some(rotated));
 }
+
+#[tokio::test]
+async fn a_job_pending_across_a_server_restart_completes_with_a_freshly_minted_token() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let mut app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    eventually("the gateway to connect", || async {
+        gateway_status(&app, &gateway_id).await["connected"] == true
+    })
+    .await;
+    let outage = gw.restart(std::time::Duration::from_millis(4000));
+    let create_and_restart = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        // The token minted at creation lives only in memory: the restart loses it.
+        app.restart().await;
+        id
+    };
+    let ((), id) = tokio::join!(outage, create_and_restart);
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 1);
+    let agents_md = gw
+        .file(&format!("mc-{id}"), "AGENTS.md")
+        .expect("AGENTS.md");
+    let token = credential(&agents_md, "AUTH_TOKEN").expect("AUTH_TOKEN in AGENTS.md");
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(gateway_status(&app, &gateway_id).await["connected"], true);
+}
