@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use mc_domain::token::Secret;
+use mc_gateway::{BackoffPolicy, GatewayConfig};
 
 use crate::webhooks::DeliverySettings;
 
@@ -32,6 +33,10 @@ pub struct ServerConfig {
     pub stream_keep_alive: Duration,
     /// How webhook deliveries are made and retried.
     pub webhook_delivery: DeliverySettings,
+    /// Timeouts and reconnect backoff of every gateway connection (URL and token unused).
+    pub gateway_connection: GatewayConfig,
+    /// Backoff between attempts of a provisioning job that failed transiently.
+    pub provision_backoff: BackoffPolicy,
 }
 
 impl ServerConfig {
@@ -47,6 +52,12 @@ impl ServerConfig {
             liveness_tick: Duration::from_millis(100),
             stream_keep_alive: Duration::from_secs(15),
             webhook_delivery: DeliverySettings::default(),
+            gateway_connection: crate::provision::default_gateway_connection(),
+            provision_backoff: BackoffPolicy {
+                initial: Duration::from_secs(1),
+                max: Duration::from_secs(300),
+                jitter: 0.2,
+            },
         }
     }
 

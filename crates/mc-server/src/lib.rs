@@ -10,6 +10,7 @@ pub mod extract;
 pub mod liveness;
 pub mod metrics;
 pub mod middleware;
+pub mod provision;
 pub mod services;
 pub mod startup;
 pub mod state;

@@ -46,6 +46,24 @@ fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<Secret> {
     Ok(token)
 }
 
+/// Opens a connection to every managed gateway.
+async fn connect_managed_gateways(state: &AppState) -> anyhow::Result<()> {
+    let mut page = mc_domain::page::PageRequest::default();
+    loop {
+        let gateways = state
+            .store
+            .list_gateways(state.organization_id, page)
+            .await?;
+        for gateway in &gateways.items {
+            crate::provision::connect_gateway(&state.gateways, gateway);
+        }
+        page.offset += u64::from(page.limit);
+        if gateways.items.is_empty() || page.offset >= gateways.total {
+            return Ok(());
+        }
+    }
+}
+
 impl Server {
     /// Opens the database (migrating it), loads every agent and resolves the admin token.
     pub async fn build(config: ServerConfig) -> anyhow::Result<Self> {
@@ -70,6 +88,12 @@ impl Server {
         let agents = store.all_agents().await.context("loading agents")?;
         let registry = Arc::new(Registry::load(agents, Timestamp::now()));
         tracing::info!(agents = registry.len(), "agents loaded");
+        let identity = mc_gateway::DeviceIdentity::load_or_create(&config.data_dir)
+            .context("loading the gateway device identity")?;
+        let gateways = Arc::new(mc_gateway::GatewayPool::new(
+            Arc::new(identity),
+            config.gateway_connection.clone(),
+        ));
         let engine = Engine::new(Arc::clone(&registry), Arc::clone(&store));
         let state = Arc::new(AppState {
             store,
@@ -82,6 +106,8 @@ impl Server {
             stream_keep_alive: config.stream_keep_alive,
             metrics: Arc::default(),
             deliveries: Arc::default(),
+            gateways,
+            provisioner: Arc::default(),
         });
         Ok(Self { state, config })
     }
@@ -114,6 +140,14 @@ impl Server {
             Arc::clone(&state.deliveries),
             state.shutdown.subscribe(),
         );
+        connect_managed_gateways(&state)
+            .await
+            .context("loading gateways")?;
+        let provisioning = crate::provision::runner::start(
+            Arc::clone(&state),
+            self.config.provision_backoff,
+            state.shutdown.subscribe(),
+        );
         let app = crate::api::router(Arc::clone(&state), self.config.max_body_bytes);
         tracing::info!("listening on http://{address}");
         // Event streams never end by themselves: tell them to, so the drain can finish.
@@ -127,6 +161,7 @@ impl Server {
             .await;
         tasks.stop().await;
         let _ = deliveries.await;
+        let _ = provisioning.await;
         let flushed = state.engine.flush().await;
         served.context("serving HTTP")?;
         flushed.context("flushing pending heartbeat writes at shutdown")?;

@@ -5,11 +5,13 @@ use std::time::Duration;
 
 use mc_domain::ids::OrganizationId;
 use mc_domain::token::Secret;
+use mc_gateway::GatewayPool;
 use mc_store::Store;
 use tokio::sync::watch;
 
 use crate::liveness::{Engine, Registry};
 use crate::metrics::Metrics;
+use crate::provision::Provisioner;
 use crate::webhooks::DeliveryCounters;
 
 /// Everything handlers share.
@@ -34,6 +36,10 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// Webhook delivery outcomes for `/metrics`.
     pub deliveries: Arc<DeliveryCounters>,
+    /// One connection per managed gateway.
+    pub gateways: Arc<GatewayPool>,
+    /// Provisioning's in-memory parts (tokens waiting for their job, the runner's wake-up).
+    pub provisioner: Arc<Provisioner>,
 }
 
 /// The state as handlers receive it.

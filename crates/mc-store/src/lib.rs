@@ -155,6 +155,141 @@ pub struct DeliveryAttempt {
     pub next_attempt_at: Option<Timestamp>,
 }
 
+/// What a provisioning job does on the gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvisionAction {
+    /// Put a new agent on its gateway.
+    Create,
+    /// Push changed settings and files to its gateway.
+    Update,
+    /// Remove the agent from its gateway.
+    Delete,
+}
+
+impl ProvisionAction {
+    /// The stored and wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        [Self::Create, Self::Update, Self::Delete]
+            .into_iter()
+            .find(|a| a.as_str() == text)
+    }
+}
+
+/// Where a provisioning job stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProvisionJobState {
+    /// Waiting for its (next) attempt.
+    Pending,
+    /// Completed.
+    Done,
+    /// Given up after a permanent error.
+    Failed,
+}
+
+impl ProvisionJobState {
+    /// The stored and wire name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Done => "done",
+            Self::Failed => "failed",
+        }
+    }
+
+    /// Reads a stored name.
+    pub fn from_stored(text: &str) -> Option<Self> {
+        [Self::Pending, Self::Done, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// A provisioning job to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewProvisionJob {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its gateway.
+    pub gateway_id: GatewayId,
+    /// What to do.
+    pub action: ProvisionAction,
+    /// For a delete: the agent's id on the gateway (the agent row is gone by then).
+    pub gateway_agent_id: Option<String>,
+    /// For a delete: its main session key.
+    pub session_key: Option<String>,
+    /// When it was requested (and first due).
+    pub requested_at: Timestamp,
+}
+
+/// A queued provisioning job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionJob {
+    /// Queue id; jobs of one agent run in id order.
+    pub id: i64,
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its gateway.
+    pub gateway_id: GatewayId,
+    /// What to do.
+    pub action: ProvisionAction,
+    /// For a delete: the agent's id on the gateway.
+    pub gateway_agent_id: Option<String>,
+    /// For a delete: its main session key.
+    pub session_key: Option<String>,
+    /// Where it stands.
+    pub state: ProvisionJobState,
+    /// Attempts made so far.
+    pub attempts: u32,
+    /// Why the last attempt failed.
+    pub last_error: Option<String>,
+    /// When it is (or was last) due.
+    pub next_attempt_at: Timestamp,
+    /// When it was queued.
+    pub created_at: Timestamp,
+    /// Its last change.
+    pub updated_at: Timestamp,
+}
+
+/// Where a provisioned agent lives on its gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentPlacement {
+    /// The agent's id on the gateway.
+    pub gateway_agent_id: String,
+    /// Its workspace directory on the gateway host.
+    pub workspace_path: String,
+    /// Its main session key.
+    pub session_key: String,
+}
+
+/// The outcome of one provisioning attempt, to record with the agent's error in one
+/// transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProvisionAttempt {
+    /// The job attempted.
+    pub job_id: i64,
+    /// Its agent (whose `last_provision_error` becomes `error`).
+    pub agent_id: AgentId,
+    /// When the attempt ended.
+    pub attempted_at: Timestamp,
+    /// Where the job stands now.
+    pub state: ProvisionJobState,
+    /// Why the attempt failed; `None` clears the agent's error.
+    pub error: Option<String>,
+    /// When to try again (pending only).
+    pub next_attempt_at: Option<Timestamp>,
+    /// The placement to store on the agent, when the attempt established it.
+    pub placement: Option<AgentPlacement>,
+}
+
 /// The use of one database connection pool, for metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolStats {
@@ -336,6 +471,24 @@ pub trait Store: Send + Sync + 'static {
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
     /// How many deliveries are pending.
     async fn pending_deliveries(&self) -> StoreResult<u64>;
+
+    /// Queues a provisioning job; returns its id.
+    async fn enqueue_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64>;
+    /// Claims up to `limit` pending jobs due at `now` until `lease_until`, skipping jobs
+    /// behind an earlier pending job of the same agent; in queue order.
+    async fn claim_due_provision_jobs(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<ProvisionJob>>;
+    /// Records an attempt (one more attempt counted), releases the claim and stores the
+    /// agent's `last_provision_error` (and placement, when given) in the same transaction.
+    async fn record_provision_attempt(&self, attempt: &ProvisionAttempt) -> StoreResult<()>;
+    /// When the earliest pending provisioning job is due, claimed ones included.
+    async fn next_provision_job_due(&self) -> StoreResult<Option<Timestamp>>;
+    /// An agent's provisioning jobs, oldest first.
+    async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<ProvisionJob>>;
 
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).

@@ -22,7 +22,7 @@ use uuid::Uuid;
 
 /// The workspace files that may carry `KEY=value` credentials, tried in this order.
 /// Newer gateways refuse `TOOLS.md`; when another file takes over, add it here.
-pub const CREDENTIAL_FILES: &[&str] = &["TOOLS.md"];
+pub const CREDENTIAL_FILES: &[&str] = &["TOOLS.md", "AGENTS.md"];
 
 /// Where, inside the workspace, an enrolled agent keeps its own token (mode 0600).
 pub const TOKEN_FILE: &str = ".mission-control/agent-token";

@@ -10,7 +10,8 @@ use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 
 use super::v1::{
-    activity, agents, boards, enrollment_tokens, gateways, heartbeats, streams, webhooks,
+    activity, agents, boards, enrollment_tokens, gateways, heartbeats, provision_jobs, streams,
+    webhooks,
 };
 use super::{health, v1};
 
@@ -20,7 +21,7 @@ use super::{health, v1};
     paths(
         health::healthz, health::readyz, crate::metrics::metrics,
         gateways::create_gateway, gateways::list_gateways, gateways::get_gateway,
-        gateways::update_gateway, gateways::delete_gateway,
+        gateways::update_gateway, gateways::delete_gateway, gateways::gateway_status, provision_jobs::list_provision_jobs,
         boards::create_board, boards::list_boards, boards::get_board, boards::update_board,
         boards::delete_board,
         enrollment_tokens::create_enrollment_token, enrollment_tokens::list_enrollment_tokens,

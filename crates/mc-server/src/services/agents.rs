@@ -8,7 +8,7 @@ use mc_domain::board::Board;
 use mc_domain::ids::{AgentId, EnrollmentTokenId};
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_agent_token};
-use mc_store::EnrollmentSpend;
+use mc_store::{EnrollmentSpend, ProvisionAction};
 
 use crate::error::{ApiError, ApiResult};
 use crate::liveness::LiveAgent;
@@ -118,7 +118,8 @@ pub async fn create_agent(
         .store
         .insert_agent(&agent, Some(token.digest()), spend, &event)
         .await?;
-    let live = state.registry.insert(agent, Some(token.digest()));
+    let live = state.registry.insert(agent.clone(), Some(token.digest()));
+    crate::provision::request(state, &agent, ProvisionAction::Create, Some(&token)).await?;
     Ok((live, token))
 }
 
@@ -162,7 +163,8 @@ pub async fn update_agent(
         ),
     );
     state.store.update_agent(&updated, &event).await?;
-    state.registry.update_profile(agent, updated);
+    state.registry.update_profile(agent, updated.clone());
+    crate::provision::request(state, &updated, ProvisionAction::Update, None).await?;
     Ok(())
 }
 
@@ -177,8 +179,12 @@ pub fn deleted_event(agent: &Agent, reason: &str) -> NewActivity {
 
 /// Deletes an agent; false when it did not exist.
 pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<bool> {
-    let event = deleted_event(&agent.profile(), "");
+    let profile = agent.profile();
+    let event = deleted_event(&profile, "");
     let deleted = state.store.delete_agent(agent.id(), &event).await?;
     state.registry.remove(agent.id());
+    if deleted {
+        crate::provision::request(state, &profile, ProvisionAction::Delete, None).await?;
+    }
     Ok(deleted)
 }

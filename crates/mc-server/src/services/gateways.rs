@@ -105,6 +105,7 @@ pub async fn create_gateway(state: &AppState, mut fields: GatewayFields) -> ApiR
     };
     apply(&mut gateway, fields)?;
     state.store.insert_gateway(&gateway).await?;
+    crate::provision::connect_gateway(&state.gateways, &gateway);
     Ok(gateway)
 }
 
@@ -117,5 +118,6 @@ pub async fn update_gateway(
     apply(&mut gateway, fields)?;
     gateway.updated_at = Timestamp::now();
     state.store.update_gateway(&gateway).await?;
+    crate::provision::connect_gateway(&state.gateways, &gateway);
     Ok(gateway)
 }

@@ -475,7 +475,7 @@ async fn the_agent_page_shows_fields_uptime_timeline_and_provisioning_in_words()
     assert!(page.html.contains("Running: it has sent heartbeats"));
     assert!(page.html.contains("uptime, last 24 hours"));
     assert!(page.html.contains("<svg class=\"timeline\""));
-    assert!(page.html.contains("unmanaged: agents only heartbeat"));
+    assert!(page.html.contains("its agents only send heartbeats"));
     assert!(page.html.contains("Rotate token"));
     assert!(
         !page.html.to_lowercase().contains("re-provision"),
@@ -621,7 +621,7 @@ async fn gateways_are_created_and_edited_with_a_write_only_token() {
             "/gateways",
             &[
                 ("name", "Main"),
-                ("url", "ws://10.0.0.1:18789"),
+                ("url", "ws://127.0.0.1:9"),
                 ("workspace_root", "/srv/ws"),
                 ("token", "gw-secret"),
             ],
@@ -630,7 +630,10 @@ async fn gateways_are_created_and_edited_with_a_write_only_token() {
     assert_eq!(created.status, StatusCode::SEE_OTHER);
     let path = created.location.unwrap();
     let edit = browser.get(&path).await;
-    assert!(edit.html.contains("connection status not available yet"));
+    assert!(
+        edit.html.contains("Not connected"),
+        "the gateway at an address nobody listens on is shown as not connected"
+    );
     assert!(edit.html.contains("A token is stored"));
     assert!(!edit.html.contains("gw-secret"));
     let saved = browser
@@ -639,7 +642,7 @@ async fn gateways_are_created_and_edited_with_a_write_only_token() {
             &path,
             &[
                 ("name", "Renamed"),
-                ("url", "ws://10.0.0.1:18789"),
+                ("url", "ws://127.0.0.1:9"),
                 ("workspace_root", "/srv/ws"),
                 ("token", ""),
             ],
@@ -665,7 +668,7 @@ async fn gateways_are_created_and_edited_with_a_write_only_token() {
     assert_eq!(gateway["has_token"], false);
     assert_eq!(gateway["url"], "");
     let list = browser.get("/gateways").await;
-    assert!(list.html.contains("unmanaged: agents only heartbeat"));
+    assert!(list.html.contains("its agents only send heartbeats"));
     let invalid = browser
         .post(&path, &path, &[("name", ""), ("url", "ftp://x")])
         .await;

@@ -15,6 +15,7 @@
 //!   any number of agents.
 
 mod feed;
+mod provision_jobs;
 mod rows;
 mod webhooks;
 
@@ -1110,5 +1111,30 @@ impl Store for PostgresStore {
 
     async fn pending_deliveries(&self) -> StoreResult<u64> {
         self.count_pending().await
+    }
+
+    async fn enqueue_provision_job(&self, job: &crate::NewProvisionJob) -> StoreResult<i64> {
+        self.insert_provision_job(job).await
+    }
+
+    async fn claim_due_provision_jobs(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.claim_provision_jobs(now, lease_until, limit).await
+    }
+
+    async fn record_provision_attempt(&self, attempt: &crate::ProvisionAttempt) -> StoreResult<()> {
+        self.record_provision_outcome(attempt).await
+    }
+
+    async fn next_provision_job_due(&self) -> StoreResult<Option<Timestamp>> {
+        self.earliest_provision_due().await
+    }
+
+    async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.provision_jobs_of(agent_id).await
     }
 }

@@ -388,7 +388,8 @@ pub struct TokenRead {
     pub token: String,
 }
 
-/// Mints a new token for an agent (for agents of unmanaged gateways, or after a leak).
+/// Mints a new token for an agent (for agents of unmanaged gateways, or after a leak); on
+/// a managed gateway an update job writes it into the agent's workspace.
 #[utoipa::path(post, path = "/api/v1/agents/{agent_id}/token", tag = "agents",
     params(("agent_id" = Uuid, Path)), responses((status = 200, body = TokenRead), (status = 404)))]
 pub async fn rotate_agent_token(
@@ -398,6 +399,14 @@ pub async fn rotate_agent_token(
 ) -> ApiResult<Json<TokenRead>> {
     let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
     let token = service::rotate_token(&state, &agent).await?;
+    // On a managed gateway the new token must reach the agent's workspace too.
+    crate::provision::request(
+        &state,
+        &agent.profile(),
+        mc_store::ProvisionAction::Update,
+        Some(&token),
+    )
+    .await?;
     Ok(Json(TokenRead {
         token: token.expose().to_owned(),
     }))

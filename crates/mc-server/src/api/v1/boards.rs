@@ -167,9 +167,10 @@ pub async fn delete_board(
 ) -> ApiResult<Json<OkResponse>> {
     let id = path_id(&board_id, "board_id")?;
     load_board(&state, id).await?;
-    let events: Vec<_> = state
+    let agents = state
         .registry
-        .agents_where(|agent| agent.board_id == Some(id))
+        .agents_where(|agent| agent.board_id == Some(id));
+    let events: Vec<_> = agents
         .iter()
         .map(|agent| deleted_event(agent, " with its board"))
         .collect();
@@ -180,6 +181,9 @@ pub async fn delete_board(
         .ok_or(ApiError::NotFound("Board not found"))?;
     for agent in deleted {
         state.registry.remove(agent);
+    }
+    for agent in &agents {
+        crate::provision::request(&state, agent, mc_store::ProvisionAction::Delete, None).await?;
     }
     Ok(Json(OkResponse::ok()))
 }

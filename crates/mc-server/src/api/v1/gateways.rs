@@ -16,6 +16,7 @@ use crate::extract::{ApiJson, QueryParams, path_id};
 use crate::services::agents::deleted_event;
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
+use mc_gateway::GatewayPool;
 
 /// A gateway as read (never its token).
 #[derive(Debug, Serialize, ToSchema)]
@@ -30,14 +31,78 @@ pub struct GatewayRead {
     disable_device_pairing: bool,
     /// Whether a token is stored (the token itself is never returned).
     has_token: bool,
+    /// The connection as Mission Control sees it now.
+    status: GatewayStatusRead,
     #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
     updated_at: Timestamp,
 }
 
-impl From<Gateway> for GatewayRead {
-    fn from(g: Gateway) -> Self {
+/// A gateway connection's state, in words an operator can act on.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct GatewayStatusRead {
+    /// False for an unmanaged gateway (no url): Mission Control never connects to it.
+    pub managed: bool,
+    /// Whether the connection is open and the handshake succeeded.
+    pub connected: bool,
+    /// The protocol negotiated at the last successful handshake (3 or 4).
+    pub protocol: Option<u32>,
+    /// The gateway's OpenClaw version, from the last successful handshake.
+    pub version: Option<String>,
+    /// Whether the gateway has accepted this server's device.
+    pub paired: bool,
+    /// The last connection problem and what to do about it; null while connected.
+    pub last_error: Option<String>,
+    /// When the gateway was last heard from.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_contact_at: Option<Timestamp>,
+}
+
+/// The unmanaged gateway's status wording.
+pub const UNMANAGED_STATUS: &str = "unmanaged gateway (no url): Mission Control does not connect to it; its agents only send heartbeats";
+
+impl GatewayStatusRead {
+    /// The status of `gateway` in `pool`.
+    pub fn of(pool: &GatewayPool, gateway: &Gateway) -> Self {
+        if !gateway.url.is_managed() {
+            return Self {
+                managed: false,
+                connected: false,
+                protocol: None,
+                version: None,
+                paired: false,
+                last_error: Some(UNMANAGED_STATUS.to_owned()),
+                last_contact_at: None,
+            };
+        }
+        match pool.status(gateway.id) {
+            Some(s) => Self {
+                managed: true,
+                connected: s.connected,
+                protocol: s.protocol,
+                version: s.version,
+                paired: s.paired,
+                last_error: s.last_error,
+                last_contact_at: s.last_contact_at,
+            },
+            None => Self {
+                managed: true,
+                connected: false,
+                protocol: None,
+                version: None,
+                paired: false,
+                last_error: Some("not connected yet".to_owned()),
+                last_contact_at: None,
+            },
+        }
+    }
+}
+
+impl GatewayRead {
+    /// The gateway as read, with its connection status from `pool`.
+    fn new(g: Gateway, pool: &GatewayPool) -> Self {
+        let status = GatewayStatusRead::of(pool, &g);
         Self {
             id: g.id.as_uuid(),
             organization_id: g.organization_id.as_uuid(),
@@ -47,6 +112,7 @@ impl From<Gateway> for GatewayRead {
             allow_insecure_tls: g.allow_insecure_tls,
             disable_device_pairing: g.disable_device_pairing,
             has_token: g.token.is_some(),
+            status,
             created_at: g.created_at,
             updated_at: g.updated_at,
         }
@@ -111,7 +177,7 @@ pub async fn create_gateway(
         disable_device_pairing: Some(body.disable_device_pairing),
     };
     let gateway = service::create_gateway(&state, fields).await?;
-    Ok(Json(gateway.into()))
+    Ok(Json(GatewayRead::new(gateway, &state.gateways)))
 }
 
 /// Lists gateways, newest first.
@@ -128,7 +194,9 @@ pub async fn list_gateways(
         .store
         .list_gateways(state.organization_id, request)
         .await?;
-    Ok(Json(PageOf::from_page(page, request, GatewayRead::from)))
+    Ok(Json(PageOf::from_page(page, request, |g| {
+        GatewayRead::new(g, &state.gateways)
+    })))
 }
 
 /// Reads a gateway.
@@ -140,7 +208,23 @@ pub async fn get_gateway(
     Path(gateway_id): Path<String>,
 ) -> ApiResult<Json<GatewayRead>> {
     let id = path_id(&gateway_id, "gateway_id")?;
-    Ok(Json(load_gateway(&state, id).await?.into()))
+    Ok(Json(GatewayRead::new(
+        load_gateway(&state, id).await?,
+        &state.gateways,
+    )))
+}
+
+/// A gateway's connection status.
+#[utoipa::path(get, path = "/api/v1/gateways/{gateway_id}/status", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = GatewayStatusRead), (status = 404)))]
+pub async fn gateway_status(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+) -> ApiResult<Json<GatewayStatusRead>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    let gateway = load_gateway(&state, id).await?;
+    Ok(Json(GatewayStatusRead::of(&state.gateways, &gateway)))
 }
 
 /// Changes a gateway.
@@ -164,7 +248,7 @@ pub async fn update_gateway(
         disable_device_pairing: body.disable_device_pairing,
     };
     let gateway = service::update_gateway(&state, gateway, fields).await?;
-    Ok(Json(gateway.into()))
+    Ok(Json(GatewayRead::new(gateway, &state.gateways)))
 }
 
 /// Deletes a gateway (409 while boards use it) with its main agents.
@@ -191,5 +275,6 @@ pub async fn delete_gateway(
     for agent in deleted {
         state.registry.remove(agent);
     }
+    state.gateways.remove(id);
     Ok(Json(OkResponse::ok()))
 }

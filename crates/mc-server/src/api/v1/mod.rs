@@ -6,6 +6,7 @@ pub mod boards;
 pub mod enrollment_tokens;
 pub mod gateways;
 pub mod heartbeats;
+pub mod provision_jobs;
 pub mod streams;
 pub mod webhooks;
 
@@ -29,6 +30,14 @@ pub fn router() -> Router<SharedState> {
             get(gateways::get_gateway)
                 .patch(gateways::update_gateway)
                 .delete(gateways::delete_gateway),
+        )
+        .route(
+            "/agents/{agent_id}/provision-jobs",
+            get(provision_jobs::list_provision_jobs),
+        )
+        .route(
+            "/gateways/{gateway_id}/status",
+            get(gateways::gateway_status),
         )
         .route(
             "/boards",

@@ -12,7 +12,6 @@ use mc_domain::ids::AgentId;
 use mc_domain::time::Timestamp;
 use mc_domain::uptime::{StatusChange, StatusSpan, timeline, uptime};
 
-use super::gateways::connection_state;
 use super::{Directory, heartbeat_words, last_event_id};
 use crate::dashboard::forms::csrf_field;
 use crate::dashboard::layout::{
@@ -137,7 +136,7 @@ fn agent_body(
                         }
                         dt { "Gateway" } dd {
                             @match gateway {
-                                Some(g) => { a href={ "/gateways/" (g.id) } { (g.name) } " — " (connection_state(g).words) },
+                                Some(g) => { a href={ "/gateways/" (g.id) } { (g.name) } " — " (directory.connection_words(g.id)) },
                                 None => (agent.gateway_id),
                             }
                         }

@@ -8,6 +8,7 @@ use maud::{Markup, html};
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::GatewayId;
 
+use crate::api::v1::gateways::GatewayStatusRead;
 use crate::dashboard::forms::{FormErrors, InputKind, checkbox, csrf_field, input};
 use crate::dashboard::layout::{Section, page};
 use crate::dashboard::session::Session;
@@ -15,6 +16,7 @@ use crate::dashboard::{CsrfForm, PageResult, SignedIn};
 use crate::extract::{QueryParams, path_id};
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
+use mc_gateway::GatewayPool;
 
 /// A gateway's connection state for people.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,23 +24,31 @@ pub struct ConnectionState {
     /// One or two words.
     pub label: &'static str,
     /// The reason, in a sentence.
-    pub words: &'static str,
+    pub words: String,
 }
 
 /// What is known about a gateway's connection. The one place to change when the gateway
 /// connection status lands.
-pub fn connection_state(gateway: &Gateway) -> ConnectionState {
-    if gateway.url.is_managed() {
-        ConnectionState {
-            label: "Managed",
-            words: "connection status not available yet",
+pub fn connection_state(pool: &GatewayPool, gateway: &Gateway) -> ConnectionState {
+    let status = GatewayStatusRead::of(pool, gateway);
+    let label = match (status.managed, status.connected) {
+        (false, _) => "Unmanaged",
+        (true, true) => "Connected",
+        (true, false) => "Not connected",
+    };
+    let words = match (status.connected, status.last_error) {
+        (true, _) => {
+            let protocol = status
+                .protocol
+                .map(|p| format!("protocol {p}"))
+                .unwrap_or_default();
+            let version = status.version.unwrap_or_default();
+            format!("{version} {protocol}").trim().to_owned()
         }
-    } else {
-        ConnectionState {
-            label: "Unmanaged",
-            words: "unmanaged: agents only heartbeat",
-        }
-    }
+        (false, Some(error)) => error,
+        (false, None) => "connecting".to_owned(),
+    };
+    ConnectionState { label, words }
 }
 
 /// The values a gateway form shows.
@@ -108,6 +118,7 @@ fn gateway_form(
 }
 
 fn list_body(
+    pool: &GatewayPool,
     gateways: &[Gateway],
     session: &Session,
     values: &GatewayFormValues,
@@ -122,7 +133,7 @@ fn list_body(
                 thead { tr { th scope="col" { "Name" } th scope="col" { "URL" } th scope="col" { "Connection" } th scope="col" { "Token" } } }
                 tbody {
                     @for gateway in gateways {
-                        @let state = connection_state(gateway);
+                        @let state = connection_state(pool, gateway);
                         tr {
                             td data-label="Name" { a href={ "/gateways/" (gateway.id) } { (gateway.name) } }
                             td data-label="URL" { @if gateway.url.is_managed() { code { (gateway.url.stored()) } } @else { "(none)" } }
@@ -149,6 +160,7 @@ pub async fn list_gateways(
 ) -> PageResult<Response> {
     let gateways = all_gateways(&state).await?;
     let body = list_body(
+        &state.gateways,
         &gateways,
         &session,
         &GatewayFormValues::default(),
@@ -185,7 +197,7 @@ pub async fn create_gateway(
         Err(error) => {
             let errors = FormErrors::from_api(error, None)?;
             let gateways = all_gateways(&state).await?;
-            let body = list_body(&gateways, &form.session, &values, &errors);
+            let body = list_body(&state.gateways, &gateways, &form.session, &values, &errors);
             let response = page("Gateways", Section::Gateways, &form.session, body);
             Ok((StatusCode::UNPROCESSABLE_ENTITY, response).into_response())
         }
@@ -193,13 +205,14 @@ pub async fn create_gateway(
 }
 
 fn edit_body(
+    pool: &GatewayPool,
     gateway: &Gateway,
     values: &GatewayFormValues,
     session: &Session,
     errors: &FormErrors,
     saved: bool,
 ) -> Markup {
-    let state = connection_state(gateway);
+    let state = connection_state(pool, gateway);
     html! {
         h1 { "Gateway " (gateway.name) }
         @if saved { p class="card" role="status" { "Saved." } }
@@ -219,6 +232,7 @@ pub async fn edit_gateway(
     let id: GatewayId = path_id(&gateway_id, "gateway_id")?;
     let gateway = crate::api::v1::gateways::load_gateway(&state, id).await?;
     let body = edit_body(
+        &state.gateways,
         &gateway,
         &GatewayFormValues::of(&gateway),
         &session,
@@ -255,7 +269,14 @@ pub async fn update_gateway(
         Ok(saved) => Ok(Redirect::to(&format!("/gateways/{}?saved=1", saved.id)).into_response()),
         Err(error) => {
             let errors = FormErrors::from_api(error, None)?;
-            let body = edit_body(&gateway, &values, &form.session, &errors, false);
+            let body = edit_body(
+                &state.gateways,
+                &gateway,
+                &values,
+                &form.session,
+                &errors,
+                false,
+            );
             let response = page(&gateway.name, Section::Gateways, &form.session, body);
             Ok((StatusCode::UNPROCESSABLE_ENTITY, response).into_response())
         }

@@ -34,6 +34,7 @@ pub struct Directory {
     pub gateways: Vec<Gateway>,
     board_names: HashMap<BoardId, usize>,
     gateway_names: HashMap<GatewayId, usize>,
+    connections: HashMap<GatewayId, String>,
 }
 
 impl Directory {
@@ -71,7 +72,20 @@ impl Directory {
                 break;
             }
         }
-        Ok(Self::new(boards, gateways))
+        let mut directory = Self::new(boards, gateways);
+        directory.connections = directory
+            .gateways
+            .iter()
+            .map(|g| (g.id, gateways::connection_state(&state.gateways, g).words))
+            .collect();
+        Ok(directory)
+    }
+
+    /// A gateway's connection state in words, as of [`Directory::load`].
+    pub fn connection_words(&self, gateway: GatewayId) -> &str {
+        self.connections
+            .get(&gateway)
+            .map_or("unknown", String::as_str)
     }
 
     /// A directory of the given boards and gateways.
@@ -87,6 +101,7 @@ impl Directory {
             gateways,
             board_names,
             gateway_names,
+            connections: HashMap::new(),
         }
     }
 

@@ -1,0 +1,123 @@
+//! Provisioning: putting agents onto their OpenClaw gateways as durable jobs.
+//!
+//! - [`request`] queues a create, update or delete job for an agent on a managed gateway
+//!   (unmanaged gateways are never contacted) and wakes the runner.
+//! - [`runner`] claims due jobs under a lease, runs them and records the outcome:
+//!   transient gateway errors are retried with capped exponential backoff and jitter,
+//!   permanent ones are recorded at once in the agent's `last_provision_error`.
+//! - [`plan`] is what a job does on the gateway, per gateway generation.
+//! - [`templates`] renders the workspace files.
+//!
+//! The agent token: provisioning writes the plaintext token into the workspace, and only
+//! its digest is stored. A token minted when the agent is created is handed to the runner
+//! in memory ([`Provisioner::hand_token`]); a job that finds none (an update, or any job
+//! after a restart) mints a fresh one through the rotate path, which records
+//! `agent.token_rotated`. Plaintext tokens never reach the database.
+
+pub mod plan;
+pub mod runner;
+pub mod templates;
+
+use std::collections::HashMap;
+
+use mc_domain::agent::Agent;
+use mc_domain::gateway::Gateway;
+use mc_domain::ids::AgentId;
+use mc_domain::time::Timestamp;
+use mc_domain::token::Secret;
+use mc_gateway::{GatewayConfig, GatewayPool};
+use mc_store::{NewProvisionJob, ProvisionAction};
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::ApiResult;
+use crate::state::AppState;
+
+/// In-memory parts of provisioning: tokens waiting for their job and the runner's wake-up.
+#[derive(Debug, Default)]
+pub struct Provisioner {
+    tokens: Mutex<HashMap<AgentId, Secret>>,
+    queued: Notify,
+}
+
+impl Provisioner {
+    /// Keeps `token` (just minted for `agent`) for the agent's next job.
+    pub fn hand_token(&self, agent: AgentId, token: Secret) {
+        self.tokens.lock().insert(agent, token);
+    }
+
+    /// The token kept for `agent`, if any.
+    fn token_of(&self, agent: AgentId) -> Option<Secret> {
+        self.tokens.lock().get(&agent).cloned()
+    }
+
+    /// Forgets the token kept for `agent`.
+    fn forget_token(&self, agent: AgentId) {
+        self.tokens.lock().remove(&agent);
+    }
+
+    /// Wakes the runner to look at the queue.
+    pub fn notify(&self) {
+        self.queued.notify_one();
+    }
+}
+
+/// Starts, restarts or stops the connection to `gateway` to match its settings: managed
+/// gateways (with a URL) are connected, unmanaged ones never are.
+pub fn connect_gateway(pool: &GatewayPool, gateway: &Gateway) {
+    match gateway.url.as_deref() {
+        Some(url) => {
+            pool.ensure(
+                gateway.id,
+                url,
+                gateway.token.clone(),
+                gateway.allow_insecure_tls,
+            );
+        }
+        None => pool.remove(gateway.id),
+    }
+}
+
+/// The connection defaults the server uses (URL and token are per gateway).
+pub fn default_gateway_connection() -> GatewayConfig {
+    GatewayConfig::new("", None)
+}
+
+/// Queues `action` for `agent` when its gateway is managed and Mission Control created
+/// the agent; `token` is the plaintext token just minted for it, if any.
+pub async fn request(
+    state: &AppState,
+    agent: &Agent,
+    action: ProvisionAction,
+    token: Option<&Secret>,
+) -> ApiResult<()> {
+    if !agent.is_mc_agent {
+        return Ok(());
+    }
+    let Some(gateway) = state.store.gateway(agent.gateway_id).await? else {
+        return Ok(());
+    };
+    if !gateway.url.is_managed() {
+        return Ok(());
+    }
+    let placement = plan::placement_of(agent, &gateway);
+    let delete = action == ProvisionAction::Delete;
+    state
+        .store
+        .enqueue_provision_job(&NewProvisionJob {
+            agent_id: agent.id,
+            gateway_id: gateway.id,
+            action,
+            gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
+            session_key: delete.then(|| placement.session_key.clone()),
+            requested_at: Timestamp::now(),
+        })
+        .await?;
+    match token {
+        Some(token) if !delete => state.provisioner.hand_token(agent.id, token.clone()),
+        _ if delete => state.provisioner.forget_token(agent.id),
+        _ => {}
+    }
+    state.provisioner.notify();
+    Ok(())
+}

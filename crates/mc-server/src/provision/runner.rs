@@ -1,0 +1,242 @@
+//! The provisioning job runner: claims due jobs, runs their plan against the gateway and
+//! records the outcome. Transient failures are retried with capped exponential backoff and
+//! jitter; permanent ones end the job at once with the error in `last_provision_error`.
+
+use std::time::Duration;
+
+use mc_domain::time::Timestamp;
+use mc_gateway::BackoffPolicy;
+use mc_store::{
+    AgentPlacement, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState, StoreError,
+};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::plan::{self, ProvisionError};
+use super::templates::FileContext;
+use crate::services::agents::rotate_token;
+use crate::state::SharedState;
+
+/// Jobs claimed (and run concurrently) per round.
+const CLAIM_BATCH: u32 = 8;
+
+/// The longest the runner sleeps without looking at the queue.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// How long the runner waits after the database failed before it tries again.
+const STORE_RETRY: Duration = Duration::from_secs(1);
+
+/// How long a claimed job is held before another runner may take it over.
+const LEASE: Duration = Duration::from_secs(300);
+
+/// Starts the runner; it stops when `stop` turns true.
+pub fn start(
+    state: SharedState,
+    backoff: BackoffPolicy,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let pause = match run_due(&state, backoff).await {
+                Ok(pause) => pause,
+                Err(error) => {
+                    tracing::warn!(%error, "provisioning: the database failed; retrying");
+                    STORE_RETRY
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(pause) => {}
+                () = state.provisioner.queued.notified() => {}
+                _ = stop.wait_for(|stopping| *stopping) => break,
+            }
+        }
+    })
+}
+
+fn millis(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Runs every job due now; returns how long to wait for the next one.
+async fn run_due(state: &SharedState, backoff: BackoffPolicy) -> Result<Duration, StoreError> {
+    loop {
+        let now = Timestamp::now();
+        match state.store.next_provision_job_due().await? {
+            None => return Ok(MAX_IDLE),
+            Some(due) if due > now => {
+                let wait = u64::try_from(due.as_millis() - now.as_millis()).unwrap_or(0);
+                return Ok(Duration::from_millis(wait).min(MAX_IDLE));
+            }
+            Some(_) => {}
+        }
+        let claimed = state
+            .store
+            .claim_due_provision_jobs(now, now.plus_millis(millis(LEASE)), CLAIM_BATCH)
+            .await?;
+        if claimed.is_empty() {
+            // Due, but behind another job of the same agent or claimed elsewhere.
+            return Ok(Duration::from_millis(200));
+        }
+        let runs = claimed.into_iter().map(|job| attempt(state, backoff, job));
+        for attempt in futures::future::join_all(runs).await {
+            state.store.record_provision_attempt(&attempt).await?;
+            reflect_in_registry(state, &attempt);
+        }
+    }
+}
+
+/// Runs one job and decides what happens next.
+async fn attempt(
+    state: &SharedState,
+    backoff: BackoffPolicy,
+    job: ProvisionJob,
+) -> ProvisionAttempt {
+    let outcome = run(state, &job).await;
+    let attempted_at = Timestamp::now();
+    let mut record = ProvisionAttempt {
+        job_id: job.id,
+        agent_id: job.agent_id,
+        attempted_at,
+        state: ProvisionJobState::Done,
+        error: None,
+        next_attempt_at: None,
+        placement: None,
+    };
+    match outcome {
+        Ok(done) => {
+            record.placement = done.placement;
+            record.error = done.warning;
+            state.provisioner.forget_token(job.agent_id);
+            tracing::info!(job = job.id, agent = %job.agent_id, action = job.action.as_str(), "provisioning done");
+        }
+        Err(error) if error.is_permanent() => {
+            tracing::warn!(job = job.id, agent = %job.agent_id, %error, "provisioning failed for good");
+            record.state = ProvisionJobState::Failed;
+            record.error = Some(format!("{} failed: {error}", job.action.as_str()));
+            state.provisioner.forget_token(job.agent_id);
+        }
+        Err(error) => {
+            let delay = backoff.delay(job.attempts + 1);
+            tracing::info!(job = job.id, agent = %job.agent_id, %error, retry_in_ms = delay.as_millis(), "provisioning failed; will retry");
+            record.state = ProvisionJobState::Pending;
+            record.error = Some(format!("{} failed, retrying: {error}", job.action.as_str()));
+            record.next_attempt_at = Some(attempted_at.plus_millis(millis(delay)));
+        }
+    }
+    if job.action == ProvisionAction::Delete {
+        // The agent row is gone; there is no error to show on it.
+        record.error = record
+            .error
+            .filter(|_| record.state != ProvisionJobState::Done);
+    }
+    record
+}
+
+/// Copies what was recorded onto the agent's in-memory profile.
+fn reflect_in_registry(state: &SharedState, attempt: &ProvisionAttempt) {
+    let Some(live) = state.registry.get(attempt.agent_id) else {
+        return;
+    };
+    let mut agent = (*live.profile()).clone();
+    agent.last_provision_error = attempt.error.clone();
+    if let Some(placement) = &attempt.placement {
+        agent.gateway_agent_id = Some(placement.gateway_agent_id.clone());
+        agent.workspace_path = Some(placement.workspace_path.clone());
+        agent.openclaw_session_id = Some(placement.session_key.clone());
+    }
+    state.registry.update_profile(&live, agent);
+}
+
+/// What a successful job established: the agent's placement (create and update) and a
+/// warning to show in `last_provision_error` (e.g. the agent could not start).
+#[derive(Debug, Default)]
+struct Done {
+    placement: Option<AgentPlacement>,
+    warning: Option<String>,
+}
+
+/// The job's plan.
+async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionError> {
+    let store_failed = |e: StoreError| ProvisionError::Store(e.to_string());
+    let gateway = state
+        .store
+        .gateway(job.gateway_id)
+        .await
+        .map_err(store_failed)?;
+    let gateway = match gateway {
+        Some(g) if g.url.is_managed() => g,
+        _ if job.action == ProvisionAction::Delete => return Ok(Done::default()),
+        Some(_) => {
+            return Err(ProvisionError::GatewayUnavailable(
+                "the gateway is unmanaged (no url); Mission Control does not contact it".into(),
+            ));
+        }
+        None => {
+            return Err(ProvisionError::GatewayUnavailable(
+                "the gateway no longer exists".into(),
+            ));
+        }
+    };
+    super::connect_gateway(&state.gateways, &gateway);
+    let handle = state
+        .gateways
+        .get(gateway.id)
+        .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
+    if job.action == ProvisionAction::Delete {
+        let (Some(id), Some(key)) = (&job.gateway_agent_id, &job.session_key) else {
+            return Ok(Done::default());
+        };
+        plan::remove(&handle, id, key).await?;
+        return Ok(Done::default());
+    }
+    let Some(live) = state.registry.get(job.agent_id) else {
+        // Deleted meanwhile: its delete job cleans up.
+        return Ok(Done::default());
+    };
+    let agent = (*live.profile()).clone();
+    if agent.gateway_id != gateway.id {
+        return Ok(Done::default());
+    }
+    let placement = plan::placement_of(&agent, &gateway);
+    let board_name = match agent.board_id {
+        Some(board) => state
+            .store
+            .board(board)
+            .await
+            .map_err(store_failed)?
+            .map(|b| b.name)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let token = match state.provisioner.token_of(agent.id) {
+        Some(token) => token,
+        None => {
+            let token = rotate_token(state, &live)
+                .await
+                .map_err(|e| ProvisionError::Store(e.to_string()))?;
+            state.provisioner.hand_token(agent.id, token.clone());
+            token
+        }
+    };
+    let context = FileContext::new(
+        &agent,
+        &placement,
+        board_name,
+        &state.base_url,
+        token.expose(),
+        &gateway.workspace_root,
+    );
+    let warning = plan::upsert(
+        &handle,
+        &agent,
+        &placement,
+        &context,
+        job.action == ProvisionAction::Update,
+        &format!("mc-provision-{}", job.id),
+    )
+    .await?;
+    Ok(Done {
+        placement: Some(placement),
+        warning,
+    })
+}

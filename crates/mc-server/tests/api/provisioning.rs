@@ -1,0 +1,362 @@
+//! Provisioning agents onto OpenClaw gateways (issue 3, parts 2–4), against the
+//! protocol-faithful fake gateway of both generations: gateway status, durable jobs,
+//! the per-generation plan and where the agent finds its credentials.
+
+use mc_gateway::GatewayGeneration;
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+use reqwest::StatusCode;
+use serde_json::json;
+
+use crate::gateway_fixtures::{
+    WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, gateway_status,
+    managed_board, provision_jobs, settled_jobs, spawn_provisioning_app,
+};
+use crate::helpers::{eventually, expect_json, expect_success, unique};
+
+async fn fake(generation: GatewayGeneration) -> FakeGateway {
+    FakeGateway::start(FakeGatewayOptions::new(generation)).await
+}
+
+#[tokio::test]
+async fn a_managed_gateway_reports_connected_with_its_protocol_and_version() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, _) = board_on_fake(&app, &gw).await;
+    eventually("the gateway to connect", || async {
+        gateway_status(&app, &gateway_id).await["connected"] == true
+    })
+    .await;
+    let status = gateway_status(&app, &gateway_id).await;
+    assert_eq!(status["managed"], true);
+    assert_eq!(status["protocol"], 4);
+    assert!(status["version"].is_string(), "{status}");
+    assert_eq!(status["paired"], true);
+    assert!(status["last_error"].is_null(), "{status}");
+    assert!(status["last_contact_at"].is_string(), "{status}");
+    let read = app.get_gateway(&gateway_id).await;
+    let read = expect_json(read, StatusCode::OK).await;
+    assert_eq!(read["status"]["connected"], true);
+}
+
+#[tokio::test]
+async fn a_wrong_gateway_token_reads_as_token_rejected() {
+    let gw = fake(GatewayGeneration::V3).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, _) = managed_board(&app, &gw.url(), Some("not-the-token")).await;
+    eventually("the token to be rejected", || async {
+        gateway_status(&app, &gateway_id).await["last_error"] == "token rejected by the gateway"
+    })
+    .await;
+    assert_eq!(gateway_status(&app, &gateway_id).await["connected"], false);
+}
+
+#[tokio::test]
+async fn an_unmanaged_gateway_status_says_it_is_not_connected_to_and_its_agents_get_no_jobs() {
+    let app = spawn_provisioning_app().await;
+    let board = app.unmanaged_board().await;
+    let status = gateway_status(&app, &board.gateway_id).await;
+    assert_eq!(status["managed"], false);
+    assert_eq!(status["connected"], false);
+    assert!(
+        status["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("unmanaged") && e.contains("does not connect")),
+        "{status}"
+    );
+    let agent = app.agent_with_token(&board.board_id).await;
+    assert!(provision_jobs(&app, &agent.id).await.is_empty());
+    let read = app.agent(&agent.id).await;
+    assert!(read["gateway_agent_id"].is_null());
+    assert!(read["last_provision_error"].is_null());
+}
+
+#[tokio::test]
+async fn creating_an_agent_on_a_v3_gateway_provisions_it_with_tools_md_credentials() {
+    let gw = fake(GatewayGeneration::V3).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let name = unique("Worker");
+    let id = create_agent_named(&app, &board_id, &name).await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["action"], "create");
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+
+    let gateway_agent_id = format!("mc-{id}");
+    let read = app.agent(&id).await;
+    assert_eq!(read["gateway_agent_id"], gateway_agent_id.as_str());
+    assert_eq!(
+        read["workspace_path"],
+        format!("{WORKSPACE_ROOT}/workspace-mc-{id}")
+    );
+    assert_eq!(
+        read["openclaw_session_id"],
+        format!("agent:{gateway_agent_id}:main")
+    );
+    assert!(read["last_provision_error"].is_null(), "{read}");
+    assert!(gw.agent_ids().contains(&gateway_agent_id));
+
+    let sent = files_set(&gw);
+    for file in [
+        "AGENTS.md",
+        "SOUL.md",
+        "IDENTITY.md",
+        "USER.md",
+        "MEMORY.md",
+        "TOOLS.md",
+        "HEARTBEAT.md",
+    ] {
+        assert!(
+            sent.iter().any(|f| f == file),
+            "{file} not written: {sent:?}"
+        );
+    }
+    assert!(
+        !sent.iter().any(|f| f == "BOOTSTRAP.md"),
+        "workers get no BOOTSTRAP.md"
+    );
+
+    let tools = gw.file(&gateway_agent_id, "TOOLS.md").expect("TOOLS.md");
+    assert_eq!(
+        credential(&tools, "BASE_URL").as_deref(),
+        Some(app.address.as_str())
+    );
+    assert_eq!(credential(&tools, "AGENT_ID").as_deref(), Some(id.as_str()));
+    assert_eq!(
+        credential(&tools, "AGENT_NAME").as_deref(),
+        Some(name.as_str())
+    );
+    assert_eq!(
+        credential(&tools, "BOARD_ID").as_deref(),
+        Some(board_id.as_str())
+    );
+    let token = credential(&tools, "AUTH_TOKEN").expect("AUTH_TOKEN in TOOLS.md");
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    let agents_md = gw.file(&gateway_agent_id, "AGENTS.md").expect("AGENTS.md");
+    assert!(agents_md.contains("in TOOLS.md"), "{agents_md}");
+    assert_eq!(credential(&agents_md, "AUTH_TOKEN"), None);
+
+    let entry = gw.config()["agents"]["list"]
+        .as_array()
+        .expect("agents.list")
+        .iter()
+        .find(|e| e["id"] == gateway_agent_id.as_str())
+        .cloned()
+        .expect("the agent's config entry");
+    assert_eq!(entry["heartbeat"], json!({"every": "1m", "target": "last"}));
+    assert!(gw.config()["channels"]["defaults"]["heartbeat"].is_object());
+
+    assert_eq!(
+        gw.calls_to("sessions.patch")[0]["key"],
+        format!("agent:{gateway_agent_id}:main")
+    );
+    assert_eq!(gw.calls_to("chat.send").len(), 1);
+}
+
+#[tokio::test]
+async fn creating_an_agent_on_a_v4_gateway_puts_credentials_in_agents_md_and_never_tries_tools_md()
+{
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    let gateway_agent_id = format!("mc-{id}");
+
+    let sent = files_set(&gw);
+    assert!(
+        !sent.iter().any(|f| f == "TOOLS.md" || f == "HEARTBEAT.md"),
+        "{sent:?}"
+    );
+    let agents_md = gw.file(&gateway_agent_id, "AGENTS.md").expect("AGENTS.md");
+    assert!(agents_md.contains("\"Credentials\" section"), "{agents_md}");
+    assert_eq!(
+        credential(&agents_md, "AGENT_ID").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        credential(&agents_md, "BASE_URL").as_deref(),
+        Some(app.address.as_str())
+    );
+    let token = credential(&agents_md, "AUTH_TOKEN").expect("AUTH_TOKEN in AGENTS.md");
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+
+    let config = gw.config();
+    assert_eq!(
+        config["agents"]["entries"][&gateway_agent_id]["heartbeat"],
+        json!({"every": "1m", "target": "last"})
+    );
+    assert!(config["channels"]["defaults"]["heartbeatVisibility"].is_object());
+    assert!(config["channels"]["defaults"].get("heartbeat").is_none());
+    let read = app.agent(&id).await;
+    assert_eq!(read["gateway_agent_id"], gateway_agent_id.as_str());
+}
+
+#[tokio::test]
+async fn an_update_rewrites_the_workspace_but_keeps_user_and_memory_and_pushes_the_new_heartbeat() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let before = files_set(&gw).len();
+
+        let renamed = unique("Renamed");
+        expect_success(
+            app.patch_agent(
+                &id,
+                &json!({"name": renamed, "heartbeat_config": {"interval_seconds": 120, "missing_tolerance": 300}}),
+            )
+            .await,
+        )
+        .await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["action"], "update");
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+
+        let rewritten = &files_set(&gw)[before..];
+        assert!(rewritten.iter().any(|f| f == "AGENTS.md"), "{rewritten:?}");
+        assert!(
+            !rewritten.iter().any(|f| f == "USER.md" || f == "MEMORY.md"),
+            "{generation:?}: kept files rewritten: {rewritten:?}"
+        );
+        let gateway_agent_id = format!("mc-{id}");
+        let agents_md = gw.file(&gateway_agent_id, "AGENTS.md").expect("AGENTS.md");
+        assert!(agents_md.contains(&renamed), "{agents_md}");
+        let heartbeat = match generation {
+            GatewayGeneration::V3 => gw.config()["agents"]["list"]
+                .as_array()
+                .expect("agents.list")
+                .iter()
+                .find(|e| e["id"] == gateway_agent_id.as_str())
+                .map(|e| e["heartbeat"].clone()),
+            GatewayGeneration::V4 => {
+                Some(gw.config()["agents"]["entries"][&gateway_agent_id]["heartbeat"].clone())
+            }
+        };
+        assert_eq!(
+            heartbeat,
+            Some(json!({"every": "2m", "target": "last"})),
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_an_agent_removes_it_from_the_gateway() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let gateway_agent_id = format!("mc-{id}");
+        assert!(gw.agent_ids().contains(&gateway_agent_id));
+
+        expect_success(app.delete_agent(&id).await).await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["action"], "delete");
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+        assert!(
+            !gw.agent_ids().contains(&gateway_agent_id),
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_transient_gateway_failure_is_retried_until_it_succeeds() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    eventually("the gateway to connect", || async {
+        gateway_status(&app, &gateway_id).await["connected"] == true
+    })
+    .await;
+    let restart = gw.restart(std::time::Duration::from_millis(2000));
+    let create = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        create_agent_named(&app, &board_id, &unique("Worker")).await
+    };
+    let ((), id) = tokio::join!(restart, create);
+    eventually("a failed attempt to be recorded as retrying", || async {
+        let jobs = provision_jobs(&app, &id).await;
+        jobs.first()
+            .is_some_and(|j| j["attempts"].as_u64() >= Some(1))
+    })
+    .await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert!(jobs[0]["attempts"].as_u64() >= Some(2), "{jobs:?}");
+    assert!(jobs[0]["last_error"].is_null(), "{jobs:?}");
+    let read = app.agent(&id).await;
+    assert!(read["last_provision_error"].is_null(), "{read}");
+    assert_eq!(read["gateway_agent_id"], format!("mc-{id}"));
+}
+
+#[tokio::test]
+async fn a_permanent_gateway_failure_is_recorded_at_once_without_retries() {
+    let gw = fake(GatewayGeneration::V3).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = managed_board(&app, &gw.url(), Some("not-the-token")).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "failed", "{jobs:?}");
+    assert_eq!(jobs[0]["attempts"], 1, "{jobs:?}");
+    let read = app.agent(&id).await;
+    assert_eq!(
+        read["last_provision_error"],
+        "create failed: token rejected by the gateway"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert_eq!(
+        provision_jobs(&app, &id).await[0]["attempts"],
+        1,
+        "no retry"
+    );
+    assert!(gw.agent_ids().is_empty());
+}
+
+#[tokio::test]
+async fn a_rotated_token_is_written_into_the_workspace() {
+    let gw = fake(GatewayGeneration::V3).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let rotated = app.new_token_for(&id).await;
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "done", "{jobs:?}");
+    let tools = gw.file(&format!("mc-{id}"), "TOOLS.md").expect("TOOLS.md");
+    assert_eq!(credential(&tools, "AUTH_TOKEN"), Some(rotated));
+}
+
+#[tokio::test]
+async fn a_job_pending_across_a_server_restart_completes_with_a_freshly_minted_token() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let mut app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    eventually("the gateway to connect", || async {
+        gateway_status(&app, &gateway_id).await["connected"] == true
+    })
+    .await;
+    let outage = gw.restart(std::time::Duration::from_millis(4000));
+    let create_and_restart = async {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        // The token minted at creation lives only in memory: the restart loses it.
+        app.restart().await;
+        id
+    };
+    let ((), id) = tokio::join!(outage, create_and_restart);
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 1);
+    let agents_md = gw
+        .file(&format!("mc-{id}"), "AGENTS.md")
+        .expect("AGENTS.md");
+    let token = credential(&agents_md, "AUTH_TOKEN").expect("AUTH_TOKEN in AGENTS.md");
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(gateway_status(&app, &gateway_id).await["connected"], true);
+}

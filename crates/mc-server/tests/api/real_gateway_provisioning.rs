@@ -1,0 +1,103 @@
+//! Provisioning onto real OpenClaw gateways: 2026.4.2 (protocol 3, credentials in TOOLS.md)
+//! and 2026.9.6 (protocol 4, which refuses TOOLS.md: credentials in AGENTS.md), installed
+//! by `scripts/openclaw-gateway install`. Runs when `MC_TEST_OPENCLAW=1` (as
+//! `scripts/test` sets) and then FAILS if the gateway is not installed; without the variable
+//! it returns at once, saying so on stderr.
+
+use std::time::{Duration, Instant};
+
+use mc_gateway::testing::RealGateway;
+
+use crate::gateway_fixtures::{
+    create_agent_named, credential, managed_board_at, provision_jobs, spawn_provisioning_app,
+};
+use crate::helpers::{expect_success, unique};
+
+fn enabled(test: &str) -> bool {
+    let on = std::env::var("MC_TEST_OPENCLAW").is_ok_and(|v| v == "1");
+    if !on {
+        eprintln!("{test}: NOT RUN — set MC_TEST_OPENCLAW=1 (scripts/test does)");
+    }
+    on
+}
+
+/// One real gateway at a time: a cold start is CPU-bound on a small machine.
+static ONE_GATEWAY_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test]
+async fn an_agent_created_on_openclaw_2026_9_6_gets_its_files_and_credentials_in_agents_md() {
+    if enabled("real-gateway provisioning on 2026.9.6") {
+        provision_on("2026.9.6", "AGENTS.md").await;
+    }
+}
+
+#[tokio::test]
+async fn an_agent_created_on_openclaw_2026_4_2_gets_its_files_and_credentials_in_tools_md() {
+    if enabled("real-gateway provisioning on 2026.4.2") {
+        provision_on("2026.4.2", "TOOLS.md").await;
+    }
+}
+
+/// Creates an agent on a fresh `openclaw@version` and checks its workspace on disk, with
+/// the credentials in `credentials_file`.
+async fn provision_on(version: &str, credentials_file: &str) {
+    let _turn = ONE_GATEWAY_AT_A_TIME.lock().await;
+    let gateway = RealGateway::start(version).unwrap_or_else(|e| panic!("{e}"));
+    let app = spawn_provisioning_app().await;
+    let root = gateway.workspace_root();
+    let (_, board_id) = managed_board_at(
+        &app,
+        &gateway.url(),
+        Some(gateway.token().expose()),
+        &root.display().to_string(),
+    )
+    .await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+
+    // A cold gateway start takes up to a minute on a busy machine; transient failures
+    // meanwhile are retried by the job itself.
+    let started = Instant::now();
+    let job = loop {
+        let jobs = provision_jobs(&app, &id).await;
+        if jobs.first().is_some_and(|j| j["state"] != "pending") {
+            break jobs[0].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(150),
+            "not provisioned in time: {jobs:?}\n{}",
+            gateway.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    assert_eq!(job["state"], "done", "{job}\n{}", gateway.log_tail(40));
+
+    let read = app.agent(&id).await;
+    // Without a model provider the woken agent cannot start; provisioning says so.
+    if let Some(warning) = read["last_provision_error"].as_str() {
+        assert!(warning.contains("could not start"), "{warning}");
+    }
+    let workspace = read["workspace_path"].as_str().expect("workspace_path");
+    assert_eq!(workspace, format!("{}/workspace-mc-{id}", root.display()));
+    assert_eq!(read["openclaw_session_id"], format!("agent:mc-{id}:main"));
+    let credentials = std::fs::read_to_string(format!("{workspace}/{credentials_file}"))
+        .unwrap_or_else(|e| panic!("{credentials_file} written into the workspace: {e}"));
+    assert_eq!(
+        credential(&credentials, "AGENT_ID").as_deref(),
+        Some(id.as_str())
+    );
+    assert_eq!(
+        credential(&credentials, "BASE_URL").as_deref(),
+        Some(app.address.as_str())
+    );
+    let token = credential(&credentials, "AUTH_TOKEN").expect("AUTH_TOKEN");
+    let agents_md = std::fs::read_to_string(format!("{workspace}/AGENTS.md")).expect("AGENTS.md");
+    assert!(agents_md.contains("X-Agent-Token"), "{agents_md}");
+    if credentials_file != "AGENTS.md" {
+        assert!(agents_md.contains(credentials_file), "{agents_md}");
+        assert_eq!(credential(&agents_md, "AUTH_TOKEN"), None);
+    }
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    let identity =
+        std::fs::read_to_string(format!("{workspace}/IDENTITY.md")).expect("IDENTITY.md written");
+    assert!(identity.contains(&id), "{identity}");
+}

@@ -1,0 +1,186 @@
+//! The provisioning job queue on PostgreSQL. Claims use `FOR UPDATE SKIP LOCKED`, so
+//! replicas sharing the database never run the same job at once.
+
+use chrono::{DateTime, Utc};
+use mc_domain::ids::AgentId;
+use mc_domain::time::Timestamp;
+use sqlx::Row as _;
+use sqlx::postgres::PgRow;
+use uuid::Uuid;
+
+use super::rows::to_timestamptz as tz;
+use super::{PostgresStore, map_err};
+use crate::{
+    NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState,
+    StoreError, StoreResult,
+};
+
+const JOB_COLUMNS: &str = "id, agent_id, gateway_id, action, gateway_agent_id, session_key, \
+     state, attempts, last_error, next_attempt_at, created_at, updated_at";
+
+fn job_from_row(row: &PgRow) -> StoreResult<ProvisionJob> {
+    let corrupt = |reason: String| StoreError::Corrupt {
+        table: "provision_jobs",
+        reason,
+    };
+    let text = |name: &str| -> StoreResult<String> { row.try_get(name).map_err(map_err) };
+    let time = |name: &str| -> StoreResult<Timestamp> {
+        let value: DateTime<Utc> = row.try_get(name).map_err(map_err)?;
+        Ok(Timestamp::from_millis(value.timestamp_millis()))
+    };
+    let action = text("action")?;
+    let state = text("state")?;
+    Ok(ProvisionJob {
+        id: row.try_get("id").map_err(map_err)?,
+        agent_id: row.try_get::<Uuid, _>("agent_id").map_err(map_err)?.into(),
+        gateway_id: row
+            .try_get::<Uuid, _>("gateway_id")
+            .map_err(map_err)?
+            .into(),
+        action: ProvisionAction::from_stored(&action)
+            .ok_or_else(|| corrupt(format!("unknown action {action:?}")))?,
+        gateway_agent_id: row.try_get("gateway_agent_id").map_err(map_err)?,
+        session_key: row.try_get("session_key").map_err(map_err)?,
+        state: ProvisionJobState::from_stored(&state)
+            .ok_or_else(|| corrupt(format!("unknown state {state:?}")))?,
+        attempts: u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
+            .unwrap_or(u32::MAX),
+        last_error: row.try_get("last_error").map_err(map_err)?,
+        next_attempt_at: time("next_attempt_at")?,
+        created_at: time("created_at")?,
+        updated_at: time("updated_at")?,
+    })
+}
+
+impl PostgresStore {
+    pub(super) async fn insert_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64> {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO provision_jobs
+               (agent_id, gateway_id, action, gateway_agent_id, session_key, state, attempts,
+                next_attempt_at, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)
+             RETURNING id",
+        )
+        .bind(job.agent_id.as_uuid())
+        .bind(job.gateway_id.as_uuid())
+        .bind(job.action.as_str())
+        .bind(&job.gateway_agent_id)
+        .bind(&job.session_key)
+        .bind(tz(job.requested_at))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(id)
+    }
+
+    pub(super) async fn claim_provision_jobs(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: u32,
+    ) -> StoreResult<Vec<ProvisionJob>> {
+        // A job waits for every earlier pending job of the same agent (create before update
+        // before delete).
+        let rows = sqlx::query(&format!(
+            "WITH due AS (
+                 SELECT j.id FROM provision_jobs j
+                  WHERE j.state = 'pending' AND j.next_attempt_at <= $2
+                    AND (j.claimed_until IS NULL OR j.claimed_until <= $2)
+                    AND NOT EXISTS (SELECT 1 FROM provision_jobs e
+                                     WHERE e.agent_id = j.agent_id
+                                       AND e.state = 'pending' AND e.id < j.id)
+                  ORDER BY j.next_attempt_at, j.id
+                  LIMIT $3
+                  FOR UPDATE SKIP LOCKED)
+             UPDATE provision_jobs p SET claimed_until = $1
+               FROM due WHERE p.id = due.id
+             RETURNING {}",
+            JOB_COLUMNS
+                .split(", ")
+                .map(|c| format!("p.{}", c.trim()))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(tz(lease_until))
+        .bind(tz(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        let mut jobs = rows
+            .iter()
+            .map(job_from_row)
+            .collect::<StoreResult<Vec<_>>>()?;
+        jobs.sort_by_key(|j| j.id);
+        Ok(jobs)
+    }
+
+    pub(super) async fn record_provision_outcome(
+        &self,
+        attempt: &ProvisionAttempt,
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "UPDATE provision_jobs
+                SET state = $1, attempts = attempts + 1, last_error = $2,
+                    next_attempt_at = coalesce($3, next_attempt_at), claimed_until = NULL,
+                    updated_at = $4
+              WHERE id = $5",
+        )
+        .bind(attempt.state.as_str())
+        .bind(&attempt.error)
+        .bind(attempt.next_attempt_at.map(tz))
+        .bind(tz(attempt.attempted_at))
+        .bind(attempt.job_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query("UPDATE agents SET last_provision_error = $1 WHERE id = $2")
+            .bind(&attempt.error)
+            .bind(attempt.agent_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        if let Some(placement) = &attempt.placement {
+            sqlx::query(
+                "UPDATE agents SET gateway_agent_id = $1, workspace_path = $2,
+                        openclaw_session_id = $3
+                  WHERE id = $4",
+            )
+            .bind(&placement.gateway_agent_id)
+            .bind(&placement.workspace_path)
+            .bind(&placement.session_key)
+            .bind(attempt.agent_id.as_uuid())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(())
+    }
+
+    pub(super) async fn earliest_provision_due(&self) -> StoreResult<Option<Timestamp>> {
+        let next: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "SELECT min(GREATEST(next_attempt_at, claimed_until))
+               FROM provision_jobs WHERE state = 'pending'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(next.map(|t| Timestamp::from_millis(t.timestamp_millis())))
+    }
+
+    pub(super) async fn provision_jobs_of(
+        &self,
+        agent_id: AgentId,
+    ) -> StoreResult<Vec<ProvisionJob>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM provision_jobs WHERE agent_id = $1 ORDER BY id"
+        ))
+        .bind(agent_id.as_uuid())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_from_row).collect()
+    }
+}

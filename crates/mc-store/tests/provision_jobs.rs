@@ -1,0 +1,251 @@
+//! The provisioning job queue: what every backend must do (kept apart from
+//! `conformance.rs` so another backend can run it as is).
+
+use std::future::Future;
+use std::sync::Arc;
+
+use mc_domain::activity::{EventType, NewActivity};
+use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig};
+use mc_domain::ids::{AgentId, GatewayId};
+use mc_domain::time::Timestamp;
+use mc_store::{
+    AgentPlacement, NewProvisionJob, PostgresStore, ProvisionAction, ProvisionAttempt,
+    ProvisionJob, ProvisionJobState, SqliteStore, Store,
+};
+use mc_testpg::TestPostgres;
+
+fn now() -> Timestamp {
+    Timestamp::from_millis(1_800_000_000_000)
+}
+
+async fn with_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
+    let store = SqliteStore::open(&url, true).await.unwrap();
+    test(Arc::new(store)).await;
+}
+
+async fn with_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let url = TestPostgres::shared().fresh_schema_url().await;
+    let store = PostgresStore::open(&url).await.unwrap();
+    test(Arc::new(store)).await;
+}
+
+/// Runs each named specification against every backend.
+macro_rules! on_every_backend {
+    ($($spec:ident),+ $(,)?) => {$(
+        mod $spec {
+            #[tokio::test]
+            async fn sqlite() {
+                super::with_sqlite(super::$spec).await;
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::with_postgres(super::$spec).await;
+            }
+        }
+    )+};
+}
+
+on_every_backend!(
+    jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait,
+    a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again,
+    recording_an_outcome_stores_the_agents_error_and_placement,
+);
+
+fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
+    NewProvisionJob {
+        agent_id,
+        gateway_id: GatewayId::new(),
+        action,
+        gateway_agent_id: None,
+        session_key: None,
+        requested_at: now(),
+    }
+}
+
+fn outcome(job: &ProvisionJob, state: ProvisionJobState) -> ProvisionAttempt {
+    ProvisionAttempt {
+        job_id: job.id,
+        agent_id: job.agent_id,
+        attempted_at: now(),
+        state,
+        error: None,
+        next_attempt_at: None,
+        placement: None,
+    }
+}
+
+async fn claim(store: &Arc<dyn Store>, at: Timestamp) -> Vec<ProvisionJob> {
+    store
+        .claim_due_provision_jobs(at, at.plus_millis(60_000), 10)
+        .await
+        .unwrap()
+}
+
+async fn jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait(store: Arc<dyn Store>) {
+    let (a, b) = (AgentId::new(), AgentId::new());
+    store
+        .enqueue_provision_job(&job(a, ProvisionAction::Create))
+        .await
+        .unwrap();
+    store
+        .enqueue_provision_job(&job(a, ProvisionAction::Update))
+        .await
+        .unwrap();
+    store
+        .enqueue_provision_job(&job(b, ProvisionAction::Create))
+        .await
+        .unwrap();
+
+    let first = claim(&store, now()).await;
+    let claimed: Vec<_> = first.iter().map(|j| (j.agent_id, j.action)).collect();
+    assert_eq!(
+        claimed,
+        vec![(a, ProvisionAction::Create), (b, ProvisionAction::Create)]
+    );
+    assert!(
+        claim(&store, now()).await.is_empty(),
+        "claimed jobs are leased, and a's update waits for its create"
+    );
+
+    store
+        .record_provision_attempt(&outcome(&first[0], ProvisionJobState::Done))
+        .await
+        .unwrap();
+    let second = claim(&store, now()).await;
+    assert_eq!(second.len(), 1);
+    assert_eq!(
+        (second[0].agent_id, second[0].action),
+        (a, ProvisionAction::Update)
+    );
+}
+
+async fn a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again(
+    store: Arc<dyn Store>,
+) {
+    let agent = AgentId::new();
+    store
+        .enqueue_provision_job(&job(agent, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    assert_eq!(
+        claim(&store, now().plus_millis(60_001)).await.len(),
+        1,
+        "the lease ran out"
+    );
+    let mut retry = outcome(&claimed[0], ProvisionJobState::Pending);
+    retry.error = Some("create failed, retrying: connection refused".into());
+    retry.next_attempt_at = Some(now().plus_millis(120_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+    assert_eq!(
+        store.next_provision_job_due().await.unwrap(),
+        Some(now().plus_millis(120_000))
+    );
+    assert!(claim(&store, now().plus_millis(100_000)).await.is_empty());
+    let again = claim(&store, now().plus_millis(120_000)).await;
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].attempts, 1);
+    assert_eq!(again[0].last_error, retry.error);
+}
+
+async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<dyn Store>) {
+    let org = store.ensure_default_organization(now()).await.unwrap();
+    let gateway = mc_domain::gateway::Gateway {
+        id: GatewayId::new(),
+        organization_id: org,
+        name: "gw".into(),
+        url: mc_domain::gateway::GatewayUrl::parse("ws://127.0.0.1:1").unwrap(),
+        token: None,
+        workspace_root: "/ws".into(),
+        allow_insecure_tls: false,
+        disable_device_pairing: false,
+        created_at: now(),
+        updated_at: now(),
+    };
+    store.insert_gateway(&gateway).await.unwrap();
+    let agent = Agent {
+        id: AgentId::new(),
+        board_id: None,
+        gateway_id: gateway.id,
+        name: AgentName::parse("main", "name").unwrap(),
+        is_board_lead: false,
+        is_mc_agent: true,
+        gateway_agent_id: None,
+        workspace_path: None,
+        openclaw_session_id: None,
+        heartbeat_config: HeartbeatConfig::default(),
+        identity_profile: None,
+        identity_template: None,
+        soul_template: None,
+        last_provision_error: None,
+        last_seen_at: None,
+        reported_health: None,
+        published_status: AgentStatus::Provisioning,
+        enrolled_via: None,
+        own_token_used: false,
+        created_at: now(),
+        updated_at: now(),
+    };
+    let created = NewActivity {
+        event_type: EventType::AgentCreated,
+        message: "Created.".into(),
+        agent_id: Some(agent.id),
+        board_id: None,
+        data: None,
+        created_at: now(),
+    };
+    store
+        .insert_agent(&agent, None, None, &created)
+        .await
+        .unwrap();
+    store
+        .enqueue_provision_job(&job(agent.id, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+
+    let mut failed = outcome(&claimed[0], ProvisionJobState::Failed);
+    failed.error = Some("create failed: token rejected by the gateway".into());
+    store.record_provision_attempt(&failed).await.unwrap();
+    let stored = store.agent(agent.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_provision_error, failed.error);
+    assert_eq!(store.next_provision_job_due().await.unwrap(), None);
+
+    store
+        .enqueue_provision_job(&job(agent.id, ProvisionAction::Update))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    let mut done = outcome(&claimed[0], ProvisionJobState::Done);
+    done.placement = Some(AgentPlacement {
+        gateway_agent_id: "mc-x".into(),
+        workspace_path: "/ws/workspace-mc-x".into(),
+        session_key: "agent:mc-x:main".into(),
+    });
+    store.record_provision_attempt(&done).await.unwrap();
+    let stored = store.agent(agent.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_provision_error, None);
+    assert_eq!(stored.gateway_agent_id.as_deref(), Some("mc-x"));
+    assert_eq!(stored.workspace_path.as_deref(), Some("/ws/workspace-mc-x"));
+    assert_eq!(
+        stored.openclaw_session_id.as_deref(),
+        Some("agent:mc-x:main")
+    );
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    let states: Vec<_> = jobs.iter().map(|j| (j.state, j.attempts)).collect();
+    assert_eq!(
+        states,
+        vec![(ProvisionJobState::Failed, 1), (ProvisionJobState::Done, 1)]
+    );
+}
