@@ -3,9 +3,11 @@
 //! on SQLite in its own temporary database file, and on PostgreSQL in its own schema of
 //! a throwaway server (see `mc-testpg`). Test names read `<specification>::<backend>`.
 
-use std::future::Future;
+mod common;
+
 use std::sync::Arc;
 
+use common::now;
 use mc_domain::activity::{EventType, NewActivity};
 use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedHealth};
 use mc_domain::board::{Board, BoardRules, Slug};
@@ -13,7 +15,6 @@ use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::{Gateway, GatewayUrl};
 use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
 use mc_domain::page::PageRequest;
-use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
@@ -21,44 +22,6 @@ use mc_store::{
     PostgresStore, SqliteStore, Store, StoreError,
 };
 use mc_testpg::TestPostgres;
-
-async fn with_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
-    let store = SqliteStore::open(&url, true).await.unwrap();
-    test(Arc::new(store)).await;
-}
-
-async fn with_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let url = TestPostgres::shared().fresh_schema_url().await;
-    let store = PostgresStore::open(&url).await.unwrap();
-    test(Arc::new(store)).await;
-}
-
-/// Runs each named specification against every backend.
-macro_rules! on_every_backend {
-    ($($spec:ident),+ $(,)?) => {$(
-        mod $spec {
-            #[tokio::test]
-            async fn sqlite() {
-                super::with_sqlite(super::$spec).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                super::with_postgres(super::$spec).await;
-            }
-        }
-    )+};
-}
 
 on_every_backend!(
     the_default_organisation_is_created_once,
@@ -74,10 +37,6 @@ on_every_backend!(
     committed_events_are_published_in_id_order_and_readable_since_an_id,
     recorded_events_queue_deliveries_claimed_under_a_lease,
 );
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(1_800_000_000_000)
-}
 
 fn event(agent: Option<AgentId>) -> NewActivity {
     NewActivity {

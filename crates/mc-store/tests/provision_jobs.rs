@@ -1,60 +1,19 @@
-//! The provisioning job queue: what every backend must do (kept apart from
-//! `conformance.rs` so another backend can run it as is).
+//! The provisioning job queue: what every backend must do, run on each backend by the
+//! shared harness in `common/`.
 
-use std::future::Future;
+mod common;
+
 use std::sync::Arc;
 
+use common::now;
 use mc_domain::activity::{EventType, NewActivity};
 use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig};
 use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::time::Timestamp;
 use mc_store::{
-    AgentPlacement, NewProvisionJob, PostgresStore, ProvisionAction, ProvisionAttempt,
-    ProvisionJob, ProvisionJobState, SqliteStore, Store,
+    AgentPlacement, NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJob,
+    ProvisionJobState, Store,
 };
-use mc_testpg::TestPostgres;
-
-fn now() -> Timestamp {
-    Timestamp::from_millis(1_800_000_000_000)
-}
-
-async fn with_sqlite<F, Fut>(test: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
-    let store = SqliteStore::open(&url, true).await.unwrap();
-    test(Arc::new(store)).await;
-}
-
-async fn with_postgres<F, Fut>(test: F)
-where
-    F: FnOnce(Arc<dyn Store>) -> Fut,
-    Fut: Future<Output = ()>,
-{
-    let url = TestPostgres::shared().fresh_schema_url().await;
-    let store = PostgresStore::open(&url).await.unwrap();
-    test(Arc::new(store)).await;
-}
-
-/// Runs each named specification against every backend.
-macro_rules! on_every_backend {
-    ($($spec:ident),+ $(,)?) => {$(
-        mod $spec {
-            #[tokio::test]
-            async fn sqlite() {
-                super::with_sqlite(super::$spec).await;
-            }
-
-            #[tokio::test]
-            async fn postgres() {
-                super::with_postgres(super::$spec).await;
-            }
-        }
-    )+};
-}
 
 on_every_backend!(
     jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait,
