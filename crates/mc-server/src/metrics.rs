@@ -79,7 +79,48 @@ struct RouteMetrics {
 #[derive(Debug, Default)]
 pub struct Metrics {
     routes: DashMap<String, Arc<RouteMetrics>>,
+    /// Provisioning job attempts by outcome.
+    pub provision: JobOutcomes,
     stream_clients: AtomicI64,
+}
+
+/// Outcomes of job attempts since start: done, retrying (failed, will retry), failed (for good).
+#[derive(Debug, Default)]
+pub struct JobOutcomes {
+    done: AtomicU64,
+    retrying: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl JobOutcomes {
+    /// Counts one attempt that left its job done, retrying or failed for good.
+    pub fn count(&self, outcome: JobOutcome) {
+        let counter = match outcome {
+            JobOutcome::Done => &self.done,
+            JobOutcome::Retrying => &self.retrying,
+            JobOutcome::Failed => &self.failed,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [(&'static str, u64); 3] {
+        [
+            ("done", self.done.load(Ordering::Relaxed)),
+            ("retrying", self.retrying.load(Ordering::Relaxed)),
+            ("failed", self.failed.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+/// Where a job attempt left its job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobOutcome {
+    /// Finished.
+    Done,
+    /// Failed; another attempt is scheduled.
+    Retrying,
+    /// Failed for good.
+    Failed,
 }
 
 /// Counts an open event stream while it lives.
@@ -282,17 +323,33 @@ pub async fn render(state: &SharedState) -> String {
 
     // The queue depth needs the database; when it does not answer, the sample is left out
     // (the request metrics above still say what is wrong).
-    if let Ok(pending) = state.store.pending_deliveries().await {
-        header(
-            &mut out,
-            "mc_job_queue_depth",
-            "gauge",
-            "Jobs waiting, by kind.",
+    header(
+        &mut out,
+        "mc_provision_jobs_total",
+        "counter",
+        "Provisioning job attempts by outcome (retrying: failed, will retry; failed: for good).",
+    );
+    for (outcome, count) in metrics.provision.snapshot() {
+        let _ = writeln!(
+            out,
+            "mc_provision_jobs_total{{outcome=\"{outcome}\"}} {count}"
         );
+    }
+
+    header(
+        &mut out,
+        "mc_job_queue_depth",
+        "gauge",
+        "Jobs waiting, by kind.",
+    );
+    if let Ok(pending) = state.store.pending_deliveries().await {
         let _ = writeln!(
             out,
             "mc_job_queue_depth{{kind=\"webhook_delivery\"}} {pending}"
         );
+    }
+    if let Ok(pending) = state.store.pending_provision_jobs().await {
+        let _ = writeln!(out, "mc_job_queue_depth{{kind=\"provision\"}} {pending}");
     }
 
     header(

@@ -471,6 +471,8 @@ pub trait Store: Send + Sync + 'static {
     async fn next_delivery_due(&self) -> StoreResult<Option<Timestamp>>;
     /// How many deliveries are pending.
     async fn pending_deliveries(&self) -> StoreResult<u64>;
+    /// How many provisioning jobs are pending.
+    async fn pending_provision_jobs(&self) -> StoreResult<u64>;
 
     /// Queues a provisioning job; returns its id.
     async fn enqueue_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64>;

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 
 use super::plan::{self, ProvisionError};
 use super::templates::FileContext;
+use crate::metrics::JobOutcome;
 use crate::services::agents::rotate_token;
 use crate::state::SharedState;
 
@@ -123,6 +124,11 @@ async fn attempt(
             record.next_attempt_at = Some(attempted_at.plus_millis(millis(delay)));
         }
     }
+    state.metrics.provision.count(match record.state {
+        ProvisionJobState::Done => JobOutcome::Done,
+        ProvisionJobState::Pending => JobOutcome::Retrying,
+        ProvisionJobState::Failed => JobOutcome::Failed,
+    });
     if job.action == ProvisionAction::Delete {
         // The agent row is gone; there is no error to show on it.
         record.error = record

@@ -11,7 +11,7 @@ use crate::gateway_fixtures::{
     WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, gateway_status,
     managed_board, provision_jobs, settled_jobs, spawn_provisioning_app,
 };
-use crate::helpers::{eventually, expect_json, expect_success, unique};
+use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, unique};
 
 async fn fake(generation: GatewayGeneration) -> FakeGateway {
     FakeGateway::start(FakeGatewayOptions::new(generation)).await
@@ -293,6 +293,24 @@ async fn a_transient_gateway_failure_is_retried_until_it_succeeds() {
     let read = app.agent(&id).await;
     assert!(read["last_provision_error"].is_null(), "{read}");
     assert_eq!(read["gateway_agent_id"], format!("mc-{id}"));
+    let metrics = scrape(&app).await;
+    assert!(
+        metrics.contains("mc_provision_jobs_total{outcome=\"done\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        !metrics.contains("mc_provision_jobs_total{outcome=\"retrying\"} 0"),
+        "the failed attempts were counted: {metrics}"
+    );
+}
+
+/// The server's `/metrics` text.
+async fn scrape(app: &TestApp) -> String {
+    app.send(reqwest::Method::GET, "/metrics", Auth::None, None)
+        .await
+        .text()
+        .await
+        .expect("a text body")
 }
 
 #[tokio::test]
@@ -316,6 +334,14 @@ async fn a_permanent_gateway_failure_is_recorded_at_once_without_retries() {
         "no retry"
     );
     assert!(gw.agent_ids().is_empty());
+    let metrics = scrape(&app).await;
+    for line in [
+        "mc_provision_jobs_total{outcome=\"failed\"} 1",
+        "mc_provision_jobs_total{outcome=\"retrying\"} 0",
+        "mc_job_queue_depth{kind=\"provision\"} 0",
+    ] {
+        assert!(metrics.contains(line), "{line}: {metrics}");
+    }
 }
 
 #[tokio::test]

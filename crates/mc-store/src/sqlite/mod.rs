@@ -975,6 +975,15 @@ impl Store for SqliteStore {
         self.count_pending().await
     }
 
+    async fn pending_provision_jobs(&self) -> StoreResult<u64> {
+        let pending: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM provision_jobs WHERE state = 'pending'")
+                .fetch_one(&self.reader)
+                .await
+                .map_err(map_err)?;
+        Ok(count(pending))
+    }
+
     async fn enqueue_provision_job(&self, job: &crate::NewProvisionJob) -> StoreResult<i64> {
         self.insert_provision_job(job).await
     }
