@@ -81,6 +81,8 @@ pub struct Metrics {
     routes: DashMap<String, Arc<RouteMetrics>>,
     /// Provisioning job attempts by outcome.
     pub provision: JobOutcomes,
+    /// Webhook delivery attempts by outcome.
+    pub webhooks: JobOutcomes,
     stream_clients: AtomicI64,
 }
 
@@ -103,9 +105,10 @@ impl JobOutcomes {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [(&'static str, u64); 3] {
+    /// `(outcome, count)` pairs, the done outcome named `done_label`.
+    fn snapshot(&self, done_label: &'static str) -> [(&'static str, u64); 3] {
         [
-            ("done", self.done.load(Ordering::Relaxed)),
+            (done_label, self.done.load(Ordering::Relaxed)),
             ("retrying", self.retrying.load(Ordering::Relaxed)),
             ("failed", self.failed.load(Ordering::Relaxed)),
         ]
@@ -314,7 +317,7 @@ pub async fn render(state: &SharedState) -> String {
         "counter",
         "Webhook delivery attempts by outcome (retrying: failed, will retry; failed: given up).",
     );
-    for (outcome, count) in state.deliveries.snapshot() {
+    for (outcome, count) in metrics.webhooks.snapshot("delivered") {
         let _ = writeln!(
             out,
             "mc_webhook_deliveries_total{{outcome=\"{outcome}\"}} {count}"
@@ -329,7 +332,7 @@ pub async fn render(state: &SharedState) -> String {
         "counter",
         "Provisioning job attempts by outcome (retrying: failed, will retry; failed: for good).",
     );
-    for (outcome, count) in metrics.provision.snapshot() {
+    for (outcome, count) in metrics.provision.snapshot("done") {
         let _ = writeln!(
             out,
             "mc_provision_jobs_total{{outcome=\"{outcome}\"}} {count}"

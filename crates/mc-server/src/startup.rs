@@ -105,7 +105,6 @@ impl Server {
             shutdown: watch::channel(false).0,
             stream_keep_alive: config.stream_keep_alive,
             metrics: Arc::default(),
-            deliveries: Arc::default(),
             gateways,
             provisioner: Arc::default(),
         });
@@ -137,7 +136,7 @@ impl Server {
         let deliveries = crate::webhooks::start(
             Arc::clone(&state.store),
             self.config.webhook_delivery,
-            Arc::clone(&state.deliveries),
+            Arc::clone(&state.metrics),
             state.shutdown.subscribe(),
         );
         connect_managed_gateways(&state)

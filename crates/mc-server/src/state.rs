@@ -12,7 +12,6 @@ use tokio::sync::watch;
 use crate::liveness::{Engine, Registry};
 use crate::metrics::Metrics;
 use crate::provision::Provisioner;
-use crate::webhooks::DeliveryCounters;
 
 /// Everything handlers share.
 pub struct AppState {
@@ -34,8 +33,6 @@ pub struct AppState {
     pub stream_keep_alive: Duration,
     /// Request and stream counters for `/metrics`.
     pub metrics: Arc<Metrics>,
-    /// Webhook delivery outcomes for `/metrics`.
-    pub deliveries: Arc<DeliveryCounters>,
     /// One connection per managed gateway.
     pub gateways: Arc<GatewayPool>,
     /// Provisioning's in-memory parts (tokens waiting for their job, the runner's wake-up).

@@ -7,7 +7,6 @@
 //! worker died is attempted again once the lease runs out.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -21,6 +20,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::v1::activity::ActivityEventRead;
+use crate::metrics::{JobOutcome, Metrics};
 
 /// The header carrying `sha256=<hex HMAC-SHA256 of the body>`.
 pub const SIGNATURE_HEADER: &str = "X-MC-Signature";
@@ -52,35 +52,6 @@ impl Default for DeliverySettings {
     }
 }
 
-/// Delivery outcomes since start, for `/metrics`.
-#[derive(Debug, Default)]
-pub struct DeliveryCounters {
-    delivered: AtomicU64,
-    retrying: AtomicU64,
-    failed: AtomicU64,
-}
-
-impl DeliveryCounters {
-    /// `(outcome, count)` for delivered, retrying (failed attempt, will retry) and failed
-    /// (given up).
-    pub fn snapshot(&self) -> [(&'static str, u64); 3] {
-        [
-            ("delivered", self.delivered.load(Ordering::Relaxed)),
-            ("retrying", self.retrying.load(Ordering::Relaxed)),
-            ("failed", self.failed.load(Ordering::Relaxed)),
-        ]
-    }
-
-    fn count(&self, state: DeliveryState) {
-        let counter = match state {
-            DeliveryState::Delivered => &self.delivered,
-            DeliveryState::Pending => &self.retrying,
-            DeliveryState::Failed => &self.failed,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 /// `sha256=<hex>` of `body` under `secret`.
 pub fn signature(secret: &Secret, body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.expose().as_bytes())
@@ -94,14 +65,14 @@ struct Worker {
     store: Arc<dyn Store>,
     client: reqwest::Client,
     settings: DeliverySettings,
-    counters: Arc<DeliveryCounters>,
+    metrics: Arc<Metrics>,
 }
 
 /// Starts the worker; it stops when `stop` turns true.
 pub fn start(
     store: Arc<dyn Store>,
     settings: DeliverySettings,
-    counters: Arc<DeliveryCounters>,
+    metrics: Arc<Metrics>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<()> {
     let client = reqwest::Client::builder()
@@ -113,7 +84,7 @@ pub fn start(
         store,
         client,
         settings,
-        counters,
+        metrics,
     };
     tokio::spawn(async move {
         let mut feed = worker.store.subscribe_activity();
@@ -163,7 +134,11 @@ impl Worker {
             let attempts = claimed.into_iter().map(|due| self.attempt(due));
             for attempt in futures::future::join_all(attempts).await {
                 self.store.record_delivery_attempt(&attempt).await?;
-                self.counters.count(attempt.state);
+                self.metrics.webhooks.count(match attempt.state {
+                    DeliveryState::Delivered => JobOutcome::Done,
+                    DeliveryState::Pending => JobOutcome::Retrying,
+                    DeliveryState::Failed => JobOutcome::Failed,
+                });
             }
         }
     }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use common::now;
 use mc_domain::activity::{EventType, NewActivity};
-use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedHealth};
+use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
 use mc_domain::board::{Board, BoardRules, Slug};
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::{Gateway, GatewayUrl};
@@ -84,29 +84,7 @@ fn board(org: OrganizationId, gateway: GatewayId, slug: &str) -> Board {
 }
 
 fn agent(gateway: GatewayId, board: BoardId, name: &str) -> Agent {
-    Agent {
-        id: AgentId::new(),
-        board_id: Some(board),
-        gateway_id: gateway,
-        name: AgentName::parse(name, "name").unwrap(),
-        is_board_lead: false,
-        is_mc_agent: true,
-        gateway_agent_id: None,
-        workspace_path: None,
-        openclaw_session_id: None,
-        heartbeat_config: HeartbeatConfig::default(),
-        identity_profile: None,
-        identity_template: None,
-        soul_template: None,
-        last_provision_error: None,
-        last_seen_at: None,
-        reported_health: None,
-        published_status: AgentStatus::Provisioning,
-        enrolled_via: None,
-        own_token_used: false,
-        created_at: now(),
-        updated_at: now(),
-    }
+    common::new_agent(gateway, Some(board), name)
 }
 
 fn enrollment(board: BoardId, max_uses: Option<u32>) -> EnrollmentToken {

@@ -7,7 +7,6 @@ use std::sync::Arc;
 
 use common::now;
 use mc_domain::activity::{EventType, NewActivity};
-use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig};
 use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::time::Timestamp;
 use mc_store::{
@@ -133,29 +132,7 @@ async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<d
         updated_at: now(),
     };
     store.insert_gateway(&gateway).await.unwrap();
-    let agent = Agent {
-        id: AgentId::new(),
-        board_id: None,
-        gateway_id: gateway.id,
-        name: AgentName::parse("main", "name").unwrap(),
-        is_board_lead: false,
-        is_mc_agent: true,
-        gateway_agent_id: None,
-        workspace_path: None,
-        openclaw_session_id: None,
-        heartbeat_config: HeartbeatConfig::default(),
-        identity_profile: None,
-        identity_template: None,
-        soul_template: None,
-        last_provision_error: None,
-        last_seen_at: None,
-        reported_health: None,
-        published_status: AgentStatus::Provisioning,
-        enrolled_via: None,
-        own_token_used: false,
-        created_at: now(),
-        updated_at: now(),
-    };
+    let agent = common::new_agent(gateway.id, None, "main");
     let created = NewActivity {
         event_type: EventType::AgentCreated,
         message: "Created.".into(),

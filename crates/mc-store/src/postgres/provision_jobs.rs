@@ -81,7 +81,7 @@ impl PostgresStore {
     ) -> StoreResult<Vec<ProvisionJob>> {
         // A job waits for every earlier pending job of the same agent (create before update
         // before delete).
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(
             "WITH due AS (
                  SELECT j.id FROM provision_jobs j
                   WHERE j.state = 'pending' AND j.next_attempt_at <= $2
@@ -94,13 +94,8 @@ impl PostgresStore {
                   FOR UPDATE SKIP LOCKED)
              UPDATE provision_jobs p SET claimed_until = $1
                FROM due WHERE p.id = due.id
-             RETURNING {}",
-            JOB_COLUMNS
-                .split(", ")
-                .map(|c| format!("p.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+             RETURNING p.*",
+        )
         .bind(tz(lease_until))
         .bind(tz(now))
         .bind(i64::from(limit))

@@ -128,7 +128,7 @@ impl PostgresStore {
         lease_until: Timestamp,
         limit: u32,
     ) -> StoreResult<Vec<DueDelivery>> {
-        let rows = sqlx::query(&format!(
+        let rows = sqlx::query(
             "WITH due AS (
                  SELECT id FROM webhook_deliveries
                   WHERE state = 'pending' AND next_attempt_at <= $2
@@ -138,13 +138,8 @@ impl PostgresStore {
                   FOR UPDATE SKIP LOCKED)
              UPDATE webhook_deliveries d SET claimed_until = $1
                FROM due WHERE d.id = due.id
-             RETURNING {}",
-            DELIVERY_COLUMNS
-                .split(", ")
-                .map(|c| format!("d.{}", c.trim()))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ))
+             RETURNING d.*",
+        )
         .bind(tz(lease_until))
         .bind(tz(now))
         .bind(i64::from(limit))
