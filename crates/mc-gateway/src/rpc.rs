@@ -2,6 +2,9 @@
 //! the gateway's schema allows (it rejects unknown keys); response structs read the fields
 //! we use and ignore the rest, so additive changes between generations do not break them.
 
+use std::future::Future;
+use std::time::{Duration, Instant};
+
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,6 +12,32 @@ use serde_json::Value;
 use crate::connection::GatewayHandle;
 use crate::error::GatewayError;
 use crate::generation::{AgentConfigEntry, GatewayGeneration};
+
+/// How long a gateway may take to see an agent it has just created. `agents.create` writes
+/// the config file and the gateway refreshes its runtime config asynchronously, so a call
+/// naming the new agent can briefly answer "agent not found" (seen on 2026.9.6).
+pub const NEW_AGENT_SETTLE: Duration = Duration::from_secs(20);
+
+/// How often [`until_agent_visible`] asks again.
+const NEW_AGENT_POLL: Duration = Duration::from_millis(250);
+
+/// Runs `call` (a call naming an agent created moments ago) again while the gateway answers
+/// that the agent does not exist, for up to [`NEW_AGENT_SETTLE`]; any other outcome returns.
+pub async fn until_agent_visible<T, F, Fut>(mut call: F) -> Result<T, GatewayError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, GatewayError>>,
+{
+    let started = Instant::now();
+    loop {
+        match call().await {
+            Err(error) if error.is_missing_agent() && started.elapsed() < NEW_AGENT_SETTLE => {
+                tokio::time::sleep(NEW_AGENT_POLL).await;
+            }
+            outcome => return outcome,
+        }
+    }
+}
 
 /// `health` result (only the fields we read).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

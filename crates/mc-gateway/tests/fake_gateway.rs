@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use mc_domain::ids::GatewayId;
 use mc_domain::token::Secret;
-use mc_gateway::rpc::{ChatSend, CreateAgent, SessionDeletion, UpdateAgent};
+use mc_gateway::rpc::{ChatSend, CreateAgent, SessionDeletion, UpdateAgent, until_agent_visible};
 use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
 use mc_gateway::{
     AgentConfigEntry, AuthRejection, BackoffPolicy, DeviceIdentity, GatewayConfig, GatewayError,
@@ -628,4 +628,40 @@ async fn the_pool_keeps_one_connection_per_gateway_and_replaces_it_when_its_conf
     assert_eq!(pool.statuses().len(), 1);
     pool.remove(id);
     assert!(pool.get(id).is_none());
+}
+
+#[tokio::test]
+async fn a_new_agent_the_gateway_does_not_see_yet_is_waited_for_not_reported_missing() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = Duration::from_millis(600);
+    let fake = FakeGateway::start(options).await;
+    let handle = connected(&fake).await;
+    let create = CreateAgent {
+        name: "mc-lagging".into(),
+        workspace: "/srv/agents/workspace-mc-lagging".into(),
+    };
+    handle.agents_create(&create).await.unwrap();
+    let update = UpdateAgent {
+        agent_id: "mc-lagging".into(),
+        name: Some("Lagging".into()),
+        workspace: None,
+    };
+
+    let at_once = handle.agents_update(&update).await.unwrap_err();
+    assert!(at_once.is_missing_agent(), "{at_once:?}");
+    until_agent_visible(|| handle.agents_update(&update))
+        .await
+        .expect("the update succeeds once the gateway sees the agent");
+}
+
+#[tokio::test]
+async fn an_agent_that_never_appears_is_still_reported_missing() {
+    let fake = start(GatewayGeneration::V4).await;
+    let handle = connected(&fake).await;
+    let started = std::time::Instant::now();
+    let error = until_agent_visible(|| handle.agents_files_list("mc-nobody"))
+        .await
+        .unwrap_err();
+    assert!(error.is_missing_agent(), "{error:?}");
+    assert!(started.elapsed() >= mc_gateway::rpc::NEW_AGENT_SETTLE);
 }

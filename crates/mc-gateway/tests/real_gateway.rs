@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mc_domain::token::Secret;
-use mc_gateway::rpc::{ChatSend, CreateAgent, SessionDeletion, UpdateAgent};
+use mc_gateway::rpc::{ChatSend, CreateAgent, SessionDeletion, UpdateAgent, until_agent_visible};
 use mc_gateway::testing::RealGateway;
 use mc_gateway::{
     AgentConfigEntry, AuthRejection, DeviceIdentity, GatewayError, GatewayGeneration,
@@ -97,7 +97,10 @@ async fn exercise(version: &str, generation: GatewayGeneration) {
         name: Some("Real Test Agent".into()),
         workspace: Some(workspace.clone()),
     };
-    eventually("agents.update", || handle.agents_update(&update)).await;
+    eventually("agents.update", || {
+        until_agent_visible(|| handle.agents_update(&update))
+    })
+    .await;
 
     let soul = "# SOUL\nCareful and kind.\n";
     eventually("agents.files.set", || {

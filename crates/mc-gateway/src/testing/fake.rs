@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -73,6 +73,10 @@ pub struct FakeGatewayOptions {
     pub restart_after_config_patch: Option<(Duration, Duration)>,
     /// Send an unrelated event before every response, as busy gateways do.
     pub interleave_events: bool,
+    /// How long a freshly created agent stays invisible to every call but `agents.create`
+    /// (the real gateways refresh their runtime config asynchronously after the write, so
+    /// an `agents.update` right after the create can answer "agent not found").
+    pub new_agent_lag: Duration,
 }
 
 impl FakeGatewayOptions {
@@ -88,6 +92,7 @@ impl FakeGatewayOptions {
             restart_after_config_patch: (generation == GatewayGeneration::V3)
                 .then_some((Duration::from_millis(200), Duration::from_millis(300))),
             interleave_events: true,
+            new_agent_lag: Duration::ZERO,
         }
     }
 }
@@ -105,6 +110,25 @@ pub struct RecordedCall {
 struct FakeAgent {
     workspace: String,
     files: BTreeMap<String, String>,
+    /// Until then the gateway's runtime config does not list it yet.
+    visible_from: Option<Instant>,
+}
+
+impl FakeAgent {
+    fn visible(&self) -> bool {
+        self.visible_from.is_none_or(|at| Instant::now() >= at)
+    }
+}
+
+/// The agent `id` as the gateway's runtime config sees it.
+fn visible_agent<'a>(
+    agents: &'a mut BTreeMap<String, FakeAgent>,
+    id: &str,
+) -> Result<&'a mut FakeAgent, GatewayErrorShape> {
+    agents
+        .get_mut(id)
+        .filter(|agent| agent.visible())
+        .ok_or_else(|| agent_not_found(id))
 }
 
 struct State {
@@ -1046,6 +1070,7 @@ fn handle_method(
                 FakeAgent {
                     workspace: workspace.to_owned(),
                     files,
+                    visible_from: Some(Instant::now() + state.options.new_agent_lag),
                 },
             );
             let entry = json!({"id": id, "name": name, "workspace": workspace, "agentDir": format!("/fake/.openclaw/agents/{id}")});
@@ -1078,10 +1103,7 @@ fn handle_method(
                 method,
             )?;
             let id = required_str(params, "agentId", method)?;
-            let agent = state
-                .agents
-                .get_mut(id)
-                .ok_or_else(|| agent_not_found(id))?;
+            let agent = visible_agent(&mut state.agents, id)?;
             if let Some(workspace) = params["workspace"].as_str() {
                 agent.workspace = workspace.to_owned();
             }
@@ -1110,7 +1132,7 @@ fn handle_method(
         "agents.files.list" => {
             check_keys(params, &["agentId"], method)?;
             let id = required_str(params, "agentId", method)?;
-            let agent = state.agents.get(id).ok_or_else(|| agent_not_found(id))?;
+            let agent = visible_agent(&mut state.agents, id)?;
             let files: Vec<Value> = generation
                 .workspace_files()
                 .into_iter()
@@ -1134,10 +1156,7 @@ fn handle_method(
             if !generation.accepts_workspace_file(name) {
                 return Err(invalid(format!("unsupported file \"{name}\"")));
             }
-            let agent = state
-                .agents
-                .get_mut(id)
-                .ok_or_else(|| agent_not_found(id))?;
+            let agent = visible_agent(&mut state.agents, id)?;
             let path = format!("{}/{name}", agent.workspace);
             if setting {
                 let content = params["content"].as_str().ok_or_else(|| {

@@ -11,7 +11,7 @@
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
-use mc_gateway::rpc::{ChatSend, CreateAgent, UpdateAgent};
+use mc_gateway::rpc::{ChatSend, CreateAgent, UpdateAgent, until_agent_visible};
 use mc_gateway::{
     AgentConfigEntry, GatewayError, GatewayGeneration, GatewayHandle, HeartbeatSettings,
 };
@@ -186,13 +186,12 @@ pub async fn upsert(
         Err(error) if error.is_already_exists() => {}
         Err(error) => return Err(error.into()),
     }
-    handle
-        .agents_update(&UpdateAgent {
-            agent_id: id.clone(),
-            name: Some(agent.name.to_string()),
-            workspace: Some(placement.workspace_path.clone()),
-        })
-        .await?;
+    let update = UpdateAgent {
+        agent_id: id.clone(),
+        name: Some(agent.name.to_string()),
+        workspace: Some(placement.workspace_path.clone()),
+    };
+    until_agent_visible(|| handle.agents_update(&update)).await?;
     let existing = handle.agents_files_list(id).await?.files;
     let rendered = render_files(agent, generation, context)?;
     for file in files_to_write(generation, rendered, &existing, is_update) {

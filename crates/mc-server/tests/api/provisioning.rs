@@ -193,6 +193,20 @@ async fn creating_an_agent_on_a_v4_gateway_puts_credentials_in_agents_md_and_nev
 }
 
 #[tokio::test]
+async fn a_gateway_slow_to_see_a_new_agent_is_waited_for_in_the_same_attempt() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = std::time::Duration::from_millis(800);
+    let gw = FakeGateway::start(options).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert_eq!(jobs[0]["attempts"], 1, "{jobs:?}");
+    assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
+}
+
+#[tokio::test]
 async fn an_update_rewrites_the_workspace_but_keeps_user_and_memory_and_pushes_the_new_heartbeat() {
     for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
         let gw = fake(generation).await;
