@@ -1,26 +1,30 @@
 //! One agent: its fields, liveness timeline and uptime, provisioning state in words, and
-//! the actions rotate token and delete. (Re-provisioning arrives with gateway
-//! provisioning; no button pretends to do it before then.)
+//! the actions rotate token (shown once), re-provision (on a managed gateway) and delete
+//! (confirmed).
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
 use maud::{Markup, html};
 use mc_domain::agent::AgentStatus;
 use mc_domain::ids::AgentId;
 use mc_domain::time::Timestamp;
 use mc_domain::uptime::{StatusChange, StatusSpan, timeline, uptime};
+use mc_store::{ProvisionJob, ProvisionJobState};
 
 use super::{Directory, heartbeat_words, last_event_id};
 use crate::dashboard::forms::csrf_field;
 use crate::dashboard::layout::{
-    Section, live_ago, page, shown_once, status_badge, status_label, utc,
+    Notice, Section, live_ago, page, shown_once, status_badge, status_label, utc,
 };
 use crate::dashboard::session::Session;
-use crate::dashboard::{CsrfForm, PageResult, SignedIn, no_store};
+use crate::dashboard::{CsrfForm, PageError, PageResult, SignedIn, no_store};
+use crate::error::ApiError;
 use crate::extract::path_id;
 use crate::liveness::{AgentView, LiveAgent};
+use crate::provision;
 use crate::services::{agents as service, history};
 use crate::state::SharedState;
 
@@ -41,6 +45,83 @@ pub fn provisioning_words(view: &AgentView, managed_gateway: bool) -> String {
         (AgentStatus::Provisioning, None, true) => "Created; waiting for its first heartbeat.".to_owned(),
         (_, Some(_), _) => "Running: it has sent heartbeats to Mission Control.".to_owned(),
         (_, None, _) => "Known, but it has never sent a heartbeat.".to_owned(),
+    }
+}
+
+/// Whether (and why not) Mission Control provisions an agent on its gateway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provisioning {
+    /// Its gateway is managed and Mission Control created it: jobs put it there.
+    Managed,
+    /// Its gateway is unmanaged: nobody contacts it; the agent is started by hand.
+    UnmanagedGateway,
+    /// Found on its gateway, not created by Mission Control: shown, never provisioned.
+    NotCreatedByMissionControl,
+}
+
+impl Provisioning {
+    /// How `agent` (on a gateway that is `managed` or not) is provisioned.
+    pub fn of(agent: &mc_domain::agent::Agent, managed: bool) -> Self {
+        match (agent.is_mc_agent, managed) {
+            (false, _) => Self::NotCreatedByMissionControl,
+            (true, false) => Self::UnmanagedGateway,
+            (true, true) => Self::Managed,
+        }
+    }
+}
+
+/// The state of an agent's provisioning jobs in a sentence: the newest job's action,
+/// where it stands, its attempts and error.
+pub fn job_words(how: Provisioning, jobs: &[ProvisionJob], now: Timestamp) -> String {
+    match how {
+        Provisioning::UnmanagedGateway => {
+            return "Not provisioned by Mission Control: its gateway is unmanaged (no URL), so \
+                    Mission Control never contacts it."
+                .to_owned();
+        }
+        Provisioning::NotCreatedByMissionControl => {
+            return "Not provisioned by Mission Control: the agent was found on its gateway, \
+                    not created by Mission Control."
+                .to_owned();
+        }
+        Provisioning::Managed => {}
+    }
+    let Some(job) = jobs.iter().max_by_key(|job| job.id) else {
+        return "No provisioning job has run for it yet.".to_owned();
+    };
+    let action = match job.action {
+        mc_store::ProvisionAction::Create => "Creating it on its gateway",
+        mc_store::ProvisionAction::Update => "Updating it on its gateway",
+        mc_store::ProvisionAction::Delete => "Removing it from its gateway",
+    };
+    let tries = |n: u32| {
+        if n == 1 {
+            "1 attempt".to_owned()
+        } else {
+            format!("{n} attempts")
+        }
+    };
+    match (job.state, &job.last_error) {
+        (ProvisionJobState::Done, _) => format!(
+            "{action} succeeded ({}, after {}).",
+            crate::dashboard::layout::ago(job.updated_at, now),
+            tries(job.attempts)
+        ),
+        (ProvisionJobState::Failed, error) => format!(
+            "{action} failed for good after {}: {}. Fix the cause, then re-provision.",
+            tries(job.attempts),
+            error.as_deref().unwrap_or("no reason recorded")
+        ),
+        (ProvisionJobState::Pending, None) => {
+            format!("{action} is queued; it runs within seconds.")
+        }
+        (ProvisionJobState::Pending, Some(error)) => {
+            let wait = (job.next_attempt_at.as_millis() - now.as_millis()).max(0) / 1000;
+            format!(
+                "{action} is being retried: {} failed so far, the next in {wait} s. Last error: {error}.",
+                tries(job.attempts)
+            )
+        }
     }
 }
 
@@ -85,18 +166,31 @@ fn timeline_svg(
     }
 }
 
+/// What the agent page shows besides the agent itself.
+#[derive(Debug, Default)]
+struct Extras<'a> {
+    /// A token just minted, shown once.
+    new_token: Option<&'a str>,
+    /// The outcome of an action just taken.
+    notice: Option<Notice>,
+}
+
+#[expect(clippy::too_many_arguments, reason = "one page, its parts named")]
 fn agent_body(
     view: &AgentView,
     directory: &Directory,
     changes: &[StatusChange],
+    jobs: &[ProvisionJob],
     session: &Session,
     after: i64,
     now: Timestamp,
-    new_token: Option<&str>,
+    extras: Extras<'_>,
 ) -> Markup {
     let agent = &view.profile;
     let gateway = directory.gateway(agent.gateway_id);
     let managed = gateway.is_some_and(|g| g.url.is_managed());
+    let how = Provisioning::of(agent, managed);
+    let new_token = extras.new_token;
     let day = now.plus_seconds(-DAY_SECONDS);
     let week = now.plus_seconds(-7 * DAY_SECONDS);
     let stream = format!(
@@ -104,9 +198,15 @@ fn agent_body(
         agent.id
     );
     let recent: Vec<&StatusChange> = changes.iter().rev().take(20).collect();
+    let token_advice = if how == Provisioning::Managed {
+        "The previous token no longer works. An update job writes this one into the agent's workspace; keep a copy only if you run the agent by hand."
+    } else {
+        "The previous token no longer works. Give this one to the agent (its heartbeat sends it as X-Agent-Token)."
+    };
     html! {
+        @if let Some(notice) = &extras.notice { (notice) }
         @if let Some(token) = new_token {
-            (shown_once("New agent token", token, "The previous token no longer works. Give this one to the agent (its heartbeat sends it as X-Agent-Token)."))
+            (shown_once("New agent token", token, token_advice))
         }
         div data-live-agents data-agent-id=(agent.id) data-stream-url=(stream) {
             div id={ "agent-" (agent.id) } data-status=(view.status.as_str()) data-name=(agent.name.as_str().to_lowercase()) {
@@ -146,7 +246,10 @@ fn agent_body(
                             @else { "Worker" }
                             @if !agent.is_mc_agent { " (found on the gateway, not created by Mission Control)" }
                         }
-                        dt { "Provisioning" } dd { (provisioning_words(view, managed)) }
+                        dt { "Provisioning" } dd {
+                            p { (job_words(how, jobs, now)) }
+                            p { (provisioning_words(view, managed)) }
+                        }
                         dt { "Last provisioning error" } dd {
                             @match &agent.last_provision_error { Some(e) => (e), None => "None." }
                         }
@@ -187,9 +290,26 @@ fn agent_body(
                     (csrf_field(session.csrf_token()))
                     button type="submit" class="secondary" { "Rotate token" }
                 }
+                @if how == Provisioning::Managed {
+                    form method="post" action={ "/agents/" (agent.id) "/provision" } {
+                        (csrf_field(session.csrf_token()))
+                        button type="submit" class="secondary" { "Re-provision" }
+                    }
+                }
                 a class="button danger" href={ "/agents/" (agent.id) "/delete" } { "Delete agent…" }
             }
             p class="hint" { "Rotating mints a new token at once; the old one stops working." }
+            @match how {
+                Provisioning::Managed => p class="hint" {
+                    "Re-provisioning queues a job that puts the agent on its gateway again: its settings, workspace files and a fresh token."
+                },
+                Provisioning::UnmanagedGateway => p class="hint" {
+                    "Re-provisioning is not offered: the gateway is unmanaged, so Mission Control never contacts it."
+                },
+                Provisioning::NotCreatedByMissionControl => p class="hint" {
+                    "Re-provisioning is not offered: Mission Control did not create this agent."
+                },
+            }
         }
     }
 }
@@ -203,15 +323,18 @@ async fn render(
     state: &SharedState,
     session: &Session,
     agent: &LiveAgent,
-    new_token: Option<&str>,
+    extras: Extras<'_>,
 ) -> PageResult<Response> {
     let directory = Directory::load(state).await?;
     let after = last_event_id(state).await?;
     let now = Timestamp::now();
     let changes =
         history::status_changes(state, agent.id(), now.plus_seconds(-7 * DAY_SECONDS)).await?;
+    let jobs = state.store.provision_jobs(agent.id()).await?;
     let view = agent.view(Timestamp::now());
-    let body = agent_body(&view, &directory, &changes, session, after, now, new_token);
+    let body = agent_body(
+        &view, &directory, &changes, &jobs, session, after, now, extras,
+    );
     Ok(page(
         view.profile.name.as_str(),
         Section::Fleet,
@@ -227,7 +350,7 @@ pub async fn show_agent(
     Path(agent_id): Path<String>,
 ) -> PageResult<Response> {
     let agent = load(&state, &agent_id)?;
-    render(&state, &session, &agent, None).await
+    render(&state, &session, &agent, Extras::default()).await
 }
 
 /// `POST /agents/{agent_id}/token`: a new token, shown once on the agent's page.
@@ -237,9 +360,60 @@ pub async fn rotate_agent_token(
     form: CsrfForm,
 ) -> PageResult<Response> {
     let agent = load(&state, &agent_id)?;
-    let token = service::rotate_token(&state, &agent).await?;
-    let response = render(&state, &form.session, &agent, Some(token.expose())).await?;
+    let token = service::rotate_and_deliver_token(&state, &agent).await?;
+    let extras = Extras {
+        new_token: Some(token.expose()),
+        notice: None,
+    };
+    let response = render(&state, &form.session, &agent, extras).await?;
     Ok(no_store(response))
+}
+
+/// The page of an agent just created, with its token shown once.
+pub async fn show_created(
+    state: &SharedState,
+    session: &Session,
+    agent: &LiveAgent,
+    token: &mc_domain::token::Secret,
+) -> PageResult<Response> {
+    let notice = Notice::Done(format!("Agent {} was created.", agent.profile().name));
+    let extras = Extras {
+        new_token: Some(token.expose()),
+        notice: Some(notice),
+    };
+    render(state, session, agent, extras).await
+}
+
+/// `POST /agents/{agent_id}/provision`: queues a re-provisioning job and shows the agent
+/// page with the outcome; a refusal (unmanaged gateway, agent not created by Mission
+/// Control) is shown there too, with 409.
+pub async fn reprovision_agent(
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+    form: CsrfForm,
+) -> PageResult<Response> {
+    let agent = load(&state, &agent_id)?;
+    let (status, notice) = match provision::reprovision(&state, &agent.profile()).await {
+        Ok(job) => (
+            StatusCode::OK,
+            Notice::Done(format!(
+                "Re-provisioning queued: a {} job (number {}) puts the agent on its gateway again. Its state shows under Provisioning below.",
+                job.action.as_str(),
+                job.id
+            )),
+        ),
+        Err(ApiError::Conflict(reason)) => (
+            StatusCode::CONFLICT,
+            Notice::Refused(format!("Not re-provisioned: {reason}.")),
+        ),
+        Err(other) => return Err(PageError::Api(other)),
+    };
+    let extras = Extras {
+        new_token: None,
+        notice: Some(notice),
+    };
+    let response = render(&state, &form.session, &agent, extras).await?;
+    Ok((status, response).into_response())
 }
 
 /// `GET /agents/{agent_id}/delete`: asks for confirmation.
