@@ -397,8 +397,12 @@ pub async fn reprovision_agent(
         Ok(job) => (
             StatusCode::OK,
             Notice::Done(format!(
-                "Re-provisioning queued: a {} job (number {}) puts the agent on its gateway again. Its state shows under Provisioning below.",
-                job.action.as_str(),
+                "Re-provisioning queued: {} job (number {}) puts the agent on its gateway again. Its state shows under Provisioning below.",
+                match job.action {
+                    mc_store::ProvisionAction::Create => "a create",
+                    mc_store::ProvisionAction::Update => "an update",
+                    mc_store::ProvisionAction::Delete => "a delete",
+                },
                 job.id
             )),
         ),
