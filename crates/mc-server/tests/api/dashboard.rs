@@ -518,6 +518,7 @@ async fn rotating_a_token_shows_the_new_one_once_and_the_old_one_stops_working()
     assert_eq!(page.status, StatusCode::OK);
     let token = page.shown_secret().expect("the new token is shown");
     assert_ne!(token, agent.token);
+    assert!(page.html.contains("The previous token no longer works."));
     assert_eq!(
         app.agent_heartbeat(&agent.token, None).await.status(),
         StatusCode::UNAUTHORIZED
@@ -1163,6 +1164,13 @@ async fn creating_an_agent_on_the_board_page_marks_invalid_fields_and_shows_its_
         .await;
     assert_eq!(created.status, StatusCode::OK, "{}", created.html);
     assert!(created.html.contains("Agent Scout was created"));
+    assert!(
+        created
+            .html
+            .contains("Give it to the agent: its heartbeat sends it as X-Agent-Token.")
+            && !created.html.contains("previous token"),
+        "a new agent had no previous token"
+    );
     let token = created
         .shown_secret()
         .expect("the agent's token is shown once");

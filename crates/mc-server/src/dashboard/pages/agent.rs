@@ -166,11 +166,20 @@ fn timeline_svg(
     }
 }
 
+/// Why a token is shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NewToken<'a> {
+    /// The agent was just created with it.
+    Created(&'a str),
+    /// It replaced the agent's previous token.
+    Rotated(&'a str),
+}
+
 /// What the agent page shows besides the agent itself.
 #[derive(Debug, Default)]
 struct Extras<'a> {
     /// A token just minted, shown once.
-    new_token: Option<&'a str>,
+    new_token: Option<NewToken<'a>>,
     /// The outcome of an action just taken.
     notice: Option<Notice>,
 }
@@ -198,15 +207,22 @@ fn agent_body(
         agent.id
     );
     let recent: Vec<&StatusChange> = changes.iter().rev().take(20).collect();
-    let token_advice = if how == Provisioning::Managed {
-        "The previous token no longer works. An update job writes this one into the agent's workspace; keep a copy only if you run the agent by hand."
-    } else {
-        "The previous token no longer works. Give this one to the agent (its heartbeat sends it as X-Agent-Token)."
-    };
+    let shown = new_token.map(|token| {
+        let (secret, first) = match token {
+            NewToken::Created(secret) => (secret, ""),
+            NewToken::Rotated(secret) => (secret, "The previous token no longer works. "),
+        };
+        let then = if how == Provisioning::Managed {
+            "Provisioning writes it into the agent's workspace; keep a copy only if you run the agent by hand."
+        } else {
+            "Give it to the agent: its heartbeat sends it as X-Agent-Token."
+        };
+        (secret, format!("{first}{then}"))
+    });
     html! {
         @if let Some(notice) = &extras.notice { (notice) }
-        @if let Some(token) = new_token {
-            (shown_once("New agent token", token, token_advice))
+        @if let Some((secret, advice)) = &shown {
+            (shown_once("New agent token", secret, advice))
         }
         div data-live-agents data-agent-id=(agent.id) data-stream-url=(stream) {
             div id={ "agent-" (agent.id) } data-status=(view.status.as_str()) data-name=(agent.name.as_str().to_lowercase()) {
@@ -362,7 +378,7 @@ pub async fn rotate_agent_token(
     let agent = load(&state, &agent_id)?;
     let token = service::rotate_and_deliver_token(&state, &agent).await?;
     let extras = Extras {
-        new_token: Some(token.expose()),
+        new_token: Some(NewToken::Rotated(token.expose())),
         notice: None,
     };
     let response = render(&state, &form.session, &agent, extras).await?;
@@ -378,7 +394,7 @@ pub async fn show_created(
 ) -> PageResult<Response> {
     let notice = Notice::Done(format!("Agent {} was created.", agent.profile().name));
     let extras = Extras {
-        new_token: Some(token.expose()),
+        new_token: Some(NewToken::Created(token.expose())),
         notice: Some(notice),
     };
     render(state, session, agent, extras).await
