@@ -101,6 +101,15 @@ pub fn job_words(how: Provisioning, jobs: &[ProvisionJob], now: Timestamp) -> St
             format!("{n} attempts")
         }
     };
+    // The runner records "<action> failed: <reason>"; the sentence already names the action.
+    let verb = job.action.as_str();
+    let reason = |error: &str| -> String {
+        error
+            .strip_prefix(&format!("{verb} failed: "))
+            .or_else(|| error.strip_prefix(&format!("{verb} failed, retrying: ")))
+            .unwrap_or(error)
+            .to_owned()
+    };
     match (job.state, &job.last_error) {
         (ProvisionJobState::Done, _) => format!(
             "{action} succeeded ({}, after {}).",
@@ -110,7 +119,9 @@ pub fn job_words(how: Provisioning, jobs: &[ProvisionJob], now: Timestamp) -> St
         (ProvisionJobState::Failed, error) => format!(
             "{action} failed for good after {}: {}. Fix the cause, then re-provision.",
             tries(job.attempts),
-            error.as_deref().unwrap_or("no reason recorded")
+            error
+                .as_deref()
+                .map_or_else(|| "no reason recorded".to_owned(), reason)
         ),
         (ProvisionJobState::Pending, None) => {
             format!("{action} is queued; it runs within seconds.")
@@ -118,8 +129,9 @@ pub fn job_words(how: Provisioning, jobs: &[ProvisionJob], now: Timestamp) -> St
         (ProvisionJobState::Pending, Some(error)) => {
             let wait = (job.next_attempt_at.as_millis() - now.as_millis()).max(0) / 1000;
             format!(
-                "{action} is being retried: {} failed so far, the next in {wait} s. Last error: {error}.",
-                tries(job.attempts)
+                "{action} is being retried: {} failed so far, the next in {wait} s. Last error: {}.",
+                tries(job.attempts),
+                reason(error)
             )
         }
     }
@@ -470,4 +482,80 @@ pub async fn delete_agent(
     service::delete_agent(&state, &agent).await?;
     let target = board.map_or_else(|| "/".to_owned(), |id| format!("/boards/{id}"));
     Ok(Redirect::to(&target).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use mc_domain::ids::GatewayId;
+    use mc_store::ProvisionAction;
+
+    use super::*;
+
+    fn job(id: i64, action: ProvisionAction, state: ProvisionJobState) -> ProvisionJob {
+        let at = Timestamp::from_millis(1_000_000_000);
+        ProvisionJob {
+            id,
+            agent_id: AgentId::new(),
+            gateway_id: GatewayId::new(),
+            action,
+            gateway_agent_id: None,
+            session_key: None,
+            state,
+            attempts: 0,
+            last_error: None,
+            next_attempt_at: at,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+
+    #[test]
+    fn agents_mission_control_does_not_provision_say_why() {
+        let now = Timestamp::from_millis(1_000_000_000);
+        assert!(job_words(Provisioning::UnmanagedGateway, &[], now).contains("unmanaged"));
+        assert!(
+            job_words(Provisioning::NotCreatedByMissionControl, &[], now)
+                .contains("not created by Mission Control")
+        );
+        assert_eq!(
+            job_words(Provisioning::Managed, &[], now),
+            "No provisioning job has run for it yet."
+        );
+    }
+
+    #[test]
+    fn the_newest_job_tells_the_state_with_its_attempts_and_error() {
+        let now = Timestamp::from_millis(1_000_005_000);
+        let done = job(1, ProvisionAction::Create, ProvisionJobState::Done);
+        let mut retrying = job(2, ProvisionAction::Update, ProvisionJobState::Pending);
+        retrying.attempts = 2;
+        retrying.last_error = Some("update failed, retrying: connection refused".into());
+        retrying.next_attempt_at = now.plus_seconds(7);
+        assert_eq!(
+            job_words(
+                Provisioning::Managed,
+                &[retrying.clone(), done.clone()],
+                now
+            ),
+            "Updating it on its gateway is being retried: 2 attempts failed so far, the next in 7 s. Last error: connection refused."
+        );
+        let mut failed = job(3, ProvisionAction::Create, ProvisionJobState::Failed);
+        failed.attempts = 1;
+        failed.last_error = Some("create failed: the gateway refused".into());
+        assert_eq!(
+            job_words(Provisioning::Managed, &[done.clone(), failed], now),
+            "Creating it on its gateway failed for good after 1 attempt: the gateway refused. Fix the cause, then re-provision."
+        );
+        let queued = job(4, ProvisionAction::Update, ProvisionJobState::Pending);
+        assert!(
+            job_words(Provisioning::Managed, &[done.clone(), queued], now)
+                .starts_with("Updating it on its gateway is queued")
+        );
+        let mut succeeded = done;
+        succeeded.attempts = 1;
+        assert_eq!(
+            job_words(Provisioning::Managed, &[succeeded], now),
+            "Creating it on its gateway succeeded (5 s ago, after 1 attempt)."
+        );
+    }
 }
