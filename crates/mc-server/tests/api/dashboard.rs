@@ -963,6 +963,13 @@ async fn deleting_a_gateway_asks_first_and_is_refused_while_boards_use_it() {
     let confirm = browser.get(&path).await;
     assert_eq!(confirm.status, StatusCode::OK);
     assert!(confirm.html.contains("cannot be undone"));
+    assert!(
+        confirm.html.contains("These boards use the gateway")
+            && confirm
+                .html
+                .contains(&format!("href=\"/boards/{}\"", fixture.board_id)),
+        "the boards in the way are listed"
+    );
     let refused = browser.post(&path, &path, &[]).await;
     assert_eq!(refused.status, StatusCode::CONFLICT);
     assert!(

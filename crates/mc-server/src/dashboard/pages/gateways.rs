@@ -224,10 +224,21 @@ fn edit_body(
     }
 }
 
-fn confirm_delete_body(gateway: &Gateway, session: &Session, refusal: Option<Notice>) -> Markup {
+fn confirm_delete_body(
+    gateway: &Gateway,
+    boards: &[&mc_domain::board::Board],
+    session: &Session,
+    refusal: Option<Notice>,
+) -> Markup {
     html! {
         @if let Some(refusal) = &refusal { (refusal) }
         h1 { "Delete gateway " (gateway.name) "?" }
+        @if !boards.is_empty() {
+            div class="card" {
+                p { "These boards use the gateway:" }
+                ul { @for board in boards { li { a href={ "/boards/" (board.id) } { (board.name) } } } }
+            }
+        }
         div class="card" {
             p { "The gateway is removed from Mission Control together with its main agents. A gateway that boards still use cannot be deleted: delete those boards or move them to another gateway first. This cannot be undone." }
             form method="post" action={ "/gateways/" (gateway.id) "/delete" } class="actions" {
@@ -239,6 +250,15 @@ fn confirm_delete_body(gateway: &Gateway, session: &Session, refusal: Option<Not
     }
 }
 
+/// The boards whose agents run on gateway `id`.
+fn boards_on(directory: &super::Directory, id: GatewayId) -> Vec<&mc_domain::board::Board> {
+    directory
+        .boards
+        .iter()
+        .filter(|board| board.gateway_id == id)
+        .collect()
+}
+
 /// `GET /gateways/{gateway_id}/delete`: asks for confirmation.
 pub async fn confirm_delete_gateway(
     SignedIn(session): SignedIn,
@@ -247,7 +267,9 @@ pub async fn confirm_delete_gateway(
 ) -> PageResult<Response> {
     let id: GatewayId = path_id(&gateway_id, "gateway_id")?;
     let gateway = crate::api::v1::gateways::load_gateway(&state, id).await?;
-    let body = confirm_delete_body(&gateway, &session, None);
+    let directory = super::Directory::load(&state).await?;
+    let boards = boards_on(&directory, id);
+    let body = confirm_delete_body(&gateway, &boards, &session, None);
     Ok(page("Delete gateway", Section::Gateways, &session, body))
 }
 
@@ -263,7 +285,10 @@ pub async fn delete_gateway(
     match service::delete_gateway(&state, id).await {
         Ok(()) => Ok(Redirect::to("/gateways").into_response()),
         Err(ApiError::Conflict(reason)) => {
-            let body = confirm_delete_body(&gateway, &form.session, Some(Notice::Refused(reason)));
+            let directory = super::Directory::load(&state).await?;
+            let boards = boards_on(&directory, id);
+            let refusal = Some(Notice::Refused(reason));
+            let body = confirm_delete_body(&gateway, &boards, &form.session, refusal);
             let response = page("Delete gateway", Section::Gateways, &form.session, body);
             Ok((StatusCode::CONFLICT, response).into_response())
         }
