@@ -480,6 +480,11 @@ async fn the_agent_page_shows_fields_uptime_timeline_and_provisioning_in_words()
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.html.contains(&agent.name));
     assert!(page.html.contains("Running: it has sent heartbeats"));
+    assert!(
+        page.html
+            .contains("<dt>Main session</dt><dd>not assigned</dd>")
+    );
+    assert!(page.html.contains("<dt>Identity</dt><dd>Defaults.</dd>"));
     assert!(page.html.contains("uptime, last 24 hours"));
     assert!(page.html.contains("<svg class=\"timeline\""));
     assert!(page.html.contains("its agents only send heartbeats"));
@@ -497,6 +502,21 @@ async fn the_agent_page_shows_fields_uptime_timeline_and_provisioning_in_words()
     assert!(
         page.html
             .contains("Re-provisioning is not offered: the gateway is unmanaged")
+    );
+
+    expect_success(
+        app.patch_agent(
+            &agent.id,
+            &json!({"identity_profile": {"role": "Scout"}, "soul_template": "Be brief."}),
+        )
+        .await,
+    )
+    .await;
+    let identity = browser.get(&format!("/agents/{}", agent.id)).await;
+    assert!(
+        identity.html.contains("role: Scout") && identity.html.contains("Own SOUL.md template."),
+        "{}",
+        identity.html
     );
 
     let missing = browser

@@ -283,6 +283,22 @@ fn agent_body(
                         }
                         dt { "Gateway agent id" } dd { (agent.gateway_agent_id.as_deref().unwrap_or("not assigned")) }
                         dt { "Workspace" } dd { (agent.workspace_path.as_deref().unwrap_or("not assigned")) }
+                        dt { "Main session" } dd { (agent.openclaw_session_id.as_deref().unwrap_or("not assigned")) }
+                        dt { "Identity" } dd {
+                            @match &agent.identity_profile {
+                                Some(profile) => {
+                                    @for (key, value) in profile { (key) ": " (value) br; }
+                                }
+                                None => "Defaults.",
+                            }
+                            @if agent.identity_template.is_some() || agent.soul_template.is_some() {
+                                " Own "
+                                @if agent.identity_template.is_some() { "IDENTITY.md" }
+                                @if agent.identity_template.is_some() && agent.soul_template.is_some() { " and " }
+                                @if agent.soul_template.is_some() { "SOUL.md" }
+                                " template."
+                            }
+                        }
                         dt { "Created" } dd { (utc(agent.created_at)) }
                         dt { "Id" } dd { code { (agent.id) } }
                     }
