@@ -913,8 +913,15 @@ async fn re_provisioning_from_the_agent_page_queues_a_job_and_tells_its_state_in
             .contains(&format!("action=\"{path}/provision\""))
     );
 
-    let queued = browser.post(&path, &format!("{path}/provision"), &[]).await;
-    assert_eq!(queued.status, StatusCode::OK, "{}", queued.html);
+    let posted = browser.post(&path, &format!("{path}/provision"), &[]).await;
+    assert_eq!(posted.status, StatusCode::SEE_OTHER, "{}", posted.html);
+    let target = posted.location.expect("back to the agent's page");
+    assert!(
+        target.starts_with(&format!("{path}?reprovisioned=")),
+        "{target}"
+    );
+    let queued = browser.get(&target).await;
+    assert_eq!(queued.status, StatusCode::OK);
     assert!(
         queued
             .html
@@ -925,6 +932,16 @@ async fn re_provisioning_from_the_agent_page_queues_a_job_and_tells_its_state_in
     assert!(queued.html.contains("role=\"status\""));
     let jobs = settled_jobs(&app, &id, 2).await;
     assert_eq!(jobs[1]["action"], "update");
+    assert!(
+        target.ends_with(&format!("={}", jobs[1]["id"])),
+        "the notice names the job queued"
+    );
+    browser.get(&target).await;
+    assert_eq!(
+        provision_jobs(&app, &id).await.len(),
+        2,
+        "reloading the page queues nothing"
+    );
     let after = browser.get(&path).await;
     assert!(
         after.html.contains("Updating it on its gateway succeeded"),

@@ -22,7 +22,7 @@ use crate::dashboard::layout::{
 use crate::dashboard::session::Session;
 use crate::dashboard::{CsrfForm, PageError, PageResult, SignedIn, no_store};
 use crate::error::ApiError;
-use crate::extract::path_id;
+use crate::extract::{QueryParams, path_id};
 use crate::liveness::{AgentView, LiveAgent};
 use crate::provision;
 use crate::services::{agents as service, history};
@@ -194,6 +194,21 @@ struct Extras<'a> {
     new_token: Option<NewToken<'a>>,
     /// The outcome of an action just taken.
     notice: Option<Notice>,
+    /// The provisioning job just queued from this page (by its number).
+    queued_job: Option<i64>,
+}
+
+/// The notice for a re-provisioning job just queued.
+fn queued_notice(job: &ProvisionJob) -> Notice {
+    let what = match job.action {
+        mc_store::ProvisionAction::Create => "a create",
+        mc_store::ProvisionAction::Update => "an update",
+        mc_store::ProvisionAction::Delete => "a delete",
+    };
+    Notice::Done(format!(
+        "Re-provisioning queued: {what} job (number {}) puts the agent on its gateway again. Its state shows under Provisioning below.",
+        job.id
+    ))
 }
 
 #[expect(clippy::too_many_arguments, reason = "one page, its parts named")]
@@ -367,7 +382,7 @@ async fn render(
     state: &SharedState,
     session: &Session,
     agent: &LiveAgent,
-    extras: Extras<'_>,
+    mut extras: Extras<'_>,
 ) -> PageResult<Response> {
     let directory = Directory::load(state).await?;
     let after = last_event_id(state).await?;
@@ -375,6 +390,11 @@ async fn render(
     let changes =
         history::status_changes(state, agent.id(), now.plus_seconds(-7 * DAY_SECONDS)).await?;
     let jobs = state.store.provision_jobs(agent.id()).await?;
+    if let Some(queued) = extras.queued_job {
+        extras.notice = extras
+            .notice
+            .or_else(|| jobs.iter().find(|job| job.id == queued).map(queued_notice));
+    }
     let view = agent.view(Timestamp::now());
     let body = agent_body(
         &view, &directory, &changes, &jobs, session, after, now, extras,
@@ -392,9 +412,14 @@ pub async fn show_agent(
     SignedIn(session): SignedIn,
     State(state): State<SharedState>,
     Path(agent_id): Path<String>,
+    query: QueryParams,
 ) -> PageResult<Response> {
     let agent = load(&state, &agent_id)?;
-    render(&state, &session, &agent, Extras::default()).await
+    let extras = Extras {
+        queued_job: query.int("reprovisioned").ok().flatten(),
+        ..Extras::default()
+    };
+    render(&state, &session, &agent, extras).await
 }
 
 /// `POST /agents/{agent_id}/token`: a new token, shown once on the agent's page.
@@ -407,7 +432,7 @@ pub async fn rotate_agent_token(
     let token = service::rotate_and_deliver_token(&state, &agent).await?;
     let extras = Extras {
         new_token: Some(NewToken::Rotated(token.expose())),
-        notice: None,
+        ..Extras::default()
     };
     let response = render(&state, &form.session, &agent, extras).await?;
     Ok(no_store(response))
@@ -424,44 +449,34 @@ pub async fn show_created(
     let extras = Extras {
         new_token: Some(NewToken::Created(token.expose())),
         notice: Some(notice),
+        queued_job: None,
     };
     render(state, session, agent, extras).await
 }
 
-/// `POST /agents/{agent_id}/provision`: queues a re-provisioning job and shows the agent
-/// page with the outcome; a refusal (unmanaged gateway, agent not created by Mission
-/// Control) is shown there too, with 409.
+/// `POST /agents/{agent_id}/provision`: queues a re-provisioning job and goes back to the
+/// agent's page, which says so (a reload does not queue another); a refusal (unmanaged
+/// gateway, agent not created by Mission Control) is shown on the page, with 409.
 pub async fn reprovision_agent(
     State(state): State<SharedState>,
     Path(agent_id): Path<String>,
     form: CsrfForm,
 ) -> PageResult<Response> {
     let agent = load(&state, &agent_id)?;
-    let (status, notice) = match provision::reprovision(&state, &agent.profile()).await {
-        Ok(job) => (
-            StatusCode::OK,
-            Notice::Done(format!(
-                "Re-provisioning queued: {} job (number {}) puts the agent on its gateway again. Its state shows under Provisioning below.",
-                match job.action {
-                    mc_store::ProvisionAction::Create => "a create",
-                    mc_store::ProvisionAction::Update => "an update",
-                    mc_store::ProvisionAction::Delete => "a delete",
-                },
-                job.id
-            )),
-        ),
-        Err(ApiError::Conflict(reason)) => (
-            StatusCode::CONFLICT,
-            Notice::Refused(format!("Not re-provisioned: {reason}.")),
-        ),
+    let reason = match provision::reprovision(&state, &agent.profile()).await {
+        Ok(job) => {
+            let target = format!("/agents/{}?reprovisioned={}", agent.id(), job.id);
+            return Ok(Redirect::to(&target).into_response());
+        }
+        Err(ApiError::Conflict(reason)) => reason,
         Err(other) => return Err(PageError::Api(other)),
     };
     let extras = Extras {
-        new_token: None,
-        notice: Some(notice),
+        notice: Some(Notice::Refused(format!("Not re-provisioned: {reason}."))),
+        ..Extras::default()
     };
     let response = render(&state, &form.session, &agent, extras).await?;
-    Ok((status, response).into_response())
+    Ok((StatusCode::CONFLICT, response).into_response())
 }
 
 /// `GET /agents/{agent_id}/delete`: asks for confirmation.
