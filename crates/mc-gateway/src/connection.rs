@@ -185,6 +185,8 @@ impl GatewayStatus {
 struct Shared {
     status: RwLock<GatewayStatus>,
     last_error: RwLock<Option<GatewayError>>,
+    /// The last frame no request could be matched to because it was unreadable, and when.
+    unreadable: RwLock<Option<(Instant, String)>>,
     events: broadcast::Sender<EventFrame>,
 }
 
@@ -197,6 +199,21 @@ impl Shared {
             status.paired = false;
         }
         *self.last_error.write() = Some(error.clone());
+    }
+
+    /// Keeps a description of an unreadable frame for the status and for timeouts.
+    fn record_unreadable(&self, description: String) {
+        self.status.write().last_error = Some(description.clone());
+        *self.unreadable.write() = Some((Instant::now(), description));
+    }
+
+    /// The unreadable frame received since `since`, if any.
+    fn unreadable_since(&self, since: Instant) -> Option<String> {
+        self.unreadable
+            .read()
+            .as_ref()
+            .filter(|(at, _)| *at >= since)
+            .map(|(_, description)| description.clone())
     }
 
     fn touch(&self) {
@@ -243,6 +260,7 @@ impl GatewayHandle {
         let shared = Arc::new(Shared {
             status: RwLock::new(GatewayStatus::initial()),
             last_error: RwLock::new(None),
+            unreadable: RwLock::new(None),
             events,
         });
         let handle = Self {
@@ -327,6 +345,7 @@ impl GatewayHandle {
                 ),
             });
         }
+        let sent_at = Instant::now();
         match timeout(limit, result).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(GatewayError::Transient {
@@ -337,16 +356,23 @@ impl GatewayHandle {
             }),
             Err(_) => {
                 let connected = self.shared.status.read().connected;
-                match self.shared.last_error.read().clone() {
-                    Some(error) if !connected => Err(error),
-                    _ => Err(GatewayError::Transient {
-                        message: format!(
-                            "{method} timed out after {} ms waiting for {}",
-                            limit.as_millis(),
-                            self.display_url
-                        ),
-                    }),
+                if let Some(error) = self.shared.last_error.read().clone()
+                    && !connected
+                {
+                    return Err(error);
                 }
+                let meanwhile = self
+                    .shared
+                    .unreadable_since(sent_at)
+                    .map(|garbage| format!("; meanwhile {garbage}"))
+                    .unwrap_or_default();
+                Err(GatewayError::Transient {
+                    message: format!(
+                        "{method} timed out after {} ms waiting for {}{meanwhile}",
+                        limit.as_millis(),
+                        self.display_url
+                    ),
+                })
             }
         }
     }
@@ -583,9 +609,38 @@ impl ConnectionTask {
             }
             Err(error) => {
                 tracing::warn!(gateway.url = %self.display_url, error = %error, "unreadable frame from the gateway");
+                let answering = serde_json::from_str::<Value>(text)
+                    .ok()
+                    .and_then(|value| value.get("id")?.as_str().map(str::to_owned))
+                    .and_then(|id| in_flight.remove(&id));
+                match answering {
+                    Some((method, reply)) => {
+                        let _ = reply.send(Err(GatewayError::Transient {
+                            message: format!(
+                                "{method}: {} answered with a malformed response frame ({error})",
+                                self.display_url
+                            ),
+                        }));
+                    }
+                    None => self.shared.record_unreadable(format!(
+                        "{} sent an unreadable frame ({error}): {}",
+                        self.display_url,
+                        excerpt(text)
+                    )),
+                }
             }
         }
     }
+}
+
+/// The start of a frame, for error messages.
+fn excerpt(text: &str) -> String {
+    const LIMIT: usize = 80;
+    let mut short: String = text.chars().take(LIMIT).collect();
+    if text.chars().count() > LIMIT {
+        short.push('…');
+    }
+    format!("{short:?}")
 }
 
 async fn send_command<S>(

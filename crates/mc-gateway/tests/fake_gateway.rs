@@ -9,7 +9,7 @@ use futures::{SinkExt, StreamExt};
 use mc_domain::ids::GatewayId;
 use mc_domain::token::Secret;
 use mc_gateway::rpc::{ChatSend, CreateAgent, SessionDeletion, UpdateAgent, until_agent_visible};
-use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions, Garbage};
 use mc_gateway::{
     AgentConfigEntry, AuthRejection, BackoffPolicy, DeviceIdentity, GatewayConfig, GatewayError,
     GatewayGeneration, GatewayHandle, GatewayPool, GatewayStatus, HeartbeatSettings,
@@ -664,4 +664,50 @@ async fn an_agent_that_never_appears_is_still_reported_missing() {
         .unwrap_err();
     assert!(error.is_missing_agent(), "{error:?}");
     assert!(started.elapsed() >= mc_gateway::rpc::NEW_AGENT_SETTLE);
+}
+
+#[tokio::test]
+async fn a_malformed_answer_fails_its_request_at_once_and_the_connection_stays_usable() {
+    let fake = start(GatewayGeneration::V4).await;
+    let handle = connected(&fake).await;
+    fake.garble("config.get", Garbage::MalformedResponse);
+
+    let started = std::time::Instant::now();
+    let error = handle.config_get().await.unwrap_err();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "no timeout wait"
+    );
+    assert!(!error.is_permanent(), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains("config.get") && message.contains("malformed response frame"),
+        "{message}"
+    );
+    handle.health().await.expect("other calls still answered");
+}
+
+#[tokio::test]
+async fn an_answer_that_is_not_json_is_named_when_the_request_times_out_and_in_the_status() {
+    let fake = start(GatewayGeneration::V3).await;
+    let handle = connected(&fake).await;
+    fake.garble("agents.files.list", Garbage::NotJson);
+
+    let error = handle.agents_files_list("mc-any").await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        message.contains("agents.files.list timed out")
+            && message.contains("unreadable frame")
+            && message.contains("502 Bad Gateway"),
+        "{message}"
+    );
+    let status = handle.status();
+    assert!(status.connected, "{status:?}");
+    assert!(
+        status
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("unreadable frame")),
+        "{status:?}"
+    );
 }

@@ -139,6 +139,7 @@ struct State {
     sessions: BTreeMap<String, Value>,
     pairing_request_id: String,
     hung: HashSet<String>,
+    garbled: HashMap<String, Garbage>,
     delayed: HashMap<String, Duration>,
     handshakes: usize,
     last_query: Option<String>,
@@ -184,6 +185,26 @@ enum Kill {
     Restart,
     /// Drop the TCP connection without a close frame.
     Abort,
+}
+
+/// What a garbling fake sends instead of a response frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Garbage {
+    /// Text that is not JSON at all (an HTML error page).
+    NotJson,
+    /// JSON naming the request's id, but not a valid response frame.
+    MalformedResponse,
+}
+
+impl Garbage {
+    fn text(self, request_id: &str) -> String {
+        match self {
+            Self::NotJson => "<html><body>502 Bad Gateway</body></html>".to_owned(),
+            Self::MalformedResponse => {
+                json!({"type": "res", "id": request_id, "ok": "perhaps"}).to_string()
+            }
+        }
+    }
 }
 
 /// A running fake gateway; stops when dropped.
@@ -237,6 +258,7 @@ impl FakeGateway {
                 sessions: BTreeMap::new(),
                 pairing_request_id: uuid::Uuid::new_v4().to_string(),
                 hung: HashSet::new(),
+                garbled: HashMap::new(),
                 delayed: HashMap::new(),
                 handshakes: 0,
                 last_query: None,
@@ -340,6 +362,20 @@ impl FakeGateway {
     /// Never answers `method` from now on.
     pub fn hang(&self, method: &str) {
         self.inner.state.lock().hung.insert(method.to_owned());
+    }
+
+    /// Answers `method` with `garbage` instead of a response frame from now on.
+    pub fn garble(&self, method: &str, garbage: Garbage) {
+        self.inner
+            .state
+            .lock()
+            .garbled
+            .insert(method.to_owned(), garbage);
+    }
+
+    /// Answers every method properly again.
+    pub fn stop_garbling(&self) {
+        self.inner.state.lock().garbled.clear();
     }
 
     /// Answers `method` only after `delay` (other requests are answered meanwhile).
@@ -535,6 +571,10 @@ impl Inner {
                     params: request.params.clone(),
                 });
                 if state.hung.contains(&request.method) {
+                    continue;
+                }
+                if let Some(garbage) = state.garbled.get(&request.method) {
+                    let _ = out.send(Message::text(garbage.text(&request.id)));
                     continue;
                 }
                 let outcome = handle_method(&mut state, &request.method, &request.params);

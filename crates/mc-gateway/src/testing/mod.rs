@@ -4,5 +4,5 @@
 pub mod fake;
 pub mod real;
 
-pub use fake::{FakeGateway, FakeGatewayOptions, RecordedCall};
+pub use fake::{FakeGateway, FakeGatewayOptions, Garbage, RecordedCall};
 pub use real::{RealGateway, RealGatewayError};

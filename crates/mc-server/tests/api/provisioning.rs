@@ -3,7 +3,7 @@
 //! the per-generation plan and where the agent finds its credentials.
 
 use mc_gateway::GatewayGeneration;
-use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions, Garbage};
 use reqwest::StatusCode;
 use serde_json::json;
 
@@ -325,6 +325,44 @@ async fn scrape(app: &TestApp) -> String {
         .text()
         .await
         .expect("a text body")
+}
+
+#[tokio::test]
+async fn a_gateway_answering_garbage_is_retried_with_the_garbage_named_and_recovers() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    eventually("the gateway to connect", || async {
+        gateway_status(&app, &gateway_id).await["connected"] == true
+    })
+    .await;
+    gw.garble("agents.files.set", Garbage::MalformedResponse);
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+
+    eventually("the malformed answer to be recorded on the job", || async {
+        provision_jobs(&app, &id).await.first().is_some_and(|job| {
+            job["state"] == "pending"
+                && job["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("agents.files.set") && e.contains("malformed"))
+        })
+    })
+    .await;
+    gw.garble("agents.files.list", Garbage::NotJson);
+    eventually(
+        "the unreadable frame to show on the gateway status",
+        || async {
+            gateway_status(&app, &gateway_id).await["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("unreadable frame"))
+        },
+    )
+    .await;
+
+    gw.stop_garbling();
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
 }
 
 #[tokio::test]
