@@ -234,6 +234,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
     );
     let warning = plan::upsert(
         &handle,
+        &state.provisioner.templates,
         &agent,
         &placement,
         &context,

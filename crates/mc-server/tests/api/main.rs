@@ -16,5 +16,6 @@ mod provisioning;
 mod real_gateway_provisioning;
 mod sse;
 mod streams;
+mod templates_sync;
 mod webhooks;
 mod wire;

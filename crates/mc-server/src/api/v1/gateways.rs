@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::GatewayId;
+use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -14,6 +15,8 @@ use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
 use crate::services::agents::deleted_event;
+use crate::provision::plan;
+use crate::provision::sync::{self as templates_sync, AgentSyncResult};
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
 use mc_gateway::GatewayPool;
@@ -251,19 +254,44 @@ pub async fn update_gateway(
     Ok(Json(GatewayRead::new(gateway, &state.gateways)))
 }
 
-/// Deletes a gateway (409 while boards use it) with its main agents.
+/// How long deleting a managed gateway may spend removing its main agent from it.
+const MAIN_AGENT_REMOVAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Deletes a gateway (409 while boards use it) with its main agent. On a managed gateway
+/// the main agent is removed from the gateway first; when that fails (the gateway is
+/// unreachable) the answer is 409 and nothing is deleted: retry later, or clear the
+/// gateway's url to delete it without contacting it.
 #[utoipa::path(delete, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
-    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404), (status = 409)))]
+    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404),
+        (status = 409, description = "Boards still use the gateway, or its main agent could not be removed from it")))]
 pub async fn delete_gateway(
     _: Admin,
     State(state): State<SharedState>,
     Path(gateway_id): Path<String>,
 ) -> ApiResult<Json<OkResponse>> {
     let id = path_id(&gateway_id, "gateway_id")?;
-    load_gateway(&state, id).await?;
-    let events: Vec<_> = state
+    let gateway = load_gateway(&state, id).await?;
+    let main_agents = state
         .registry
-        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main())
+        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main());
+    if gateway.url.is_managed() && !main_agents.is_empty() {
+        let boards = state
+            .store
+            .list_boards(
+                state.organization_id,
+                Some(id),
+                PageRequest {
+                    limit: 1,
+                    offset: 0,
+                },
+            )
+            .await?;
+        if boards.total > 0 {
+            return Err(mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into());
+        }
+        remove_main_agents(&state, &gateway, &main_agents).await?;
+    }
+    let events: Vec<_> = main_agents
         .iter()
         .map(|agent| deleted_event(agent, " with its gateway"))
         .collect();
@@ -277,4 +305,85 @@ pub async fn delete_gateway(
     }
     state.gateways.remove(id);
     Ok(Json(OkResponse::ok()))
+}
+
+/// Removes a managed gateway's main agents from it, within [`MAIN_AGENT_REMOVAL_LIMIT`].
+async fn remove_main_agents(
+    state: &SharedState,
+    gateway: &Gateway,
+    agents: &[std::sync::Arc<mc_domain::agent::Agent>],
+) -> ApiResult<()> {
+    let refused = |why: String| {
+        ApiError::Conflict(format!(
+            "the gateway's main agent could not be removed from the gateway ({why}); nothing was deleted. Retry when the gateway is reachable, or clear the gateway's url to delete it without contacting it."
+        ))
+    };
+    crate::provision::connect_gateway(&state.gateways, gateway);
+    let handle = state
+        .gateways
+        .get(gateway.id)
+        .ok_or_else(|| refused("no connection".to_owned()))?;
+    for agent in agents {
+        let placement = plan::placement_of(agent, gateway);
+        let removal = plan::remove(
+            &handle,
+            &placement.gateway_agent_id,
+            &placement.session_key,
+        );
+        match tokio::time::timeout(MAIN_AGENT_REMOVAL_LIMIT, removal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(refused(error.to_string())),
+            Err(_) => {
+                return Err(refused(format!(
+                    "no answer within {} s",
+                    MAIN_AGENT_REMOVAL_LIMIT.as_secs()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Body of a template sync; every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct TemplateSyncRequest {
+    /// Mint a new token for every agent instead of reusing the one in its workspace.
+    rotate_tokens: Option<bool>,
+}
+
+/// What a template sync did, per agent (the main agent first when it had to be created).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateSyncRead {
+    /// The gateway synced.
+    gateway_id: Uuid,
+    /// Whether every token was rotated on request.
+    rotate_tokens: bool,
+    /// One result per agent on the gateway.
+    agents: Vec<AgentSyncResult>,
+}
+
+/// Re-renders every agent's workspace files on a managed gateway and writes them again,
+/// reusing each agent's current token unless `rotate_tokens` (or unless its workspace no
+/// longer holds it); gives the gateway its main agent when missing. Bounded in time.
+#[utoipa::path(post, path = "/api/v1/gateways/{gateway_id}/templates/sync", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), request_body(content = Option<TemplateSyncRequest>,
+        description = "Empty, `{}`, or `{\"rotate_tokens\": true}`"),
+    responses((status = 200, body = TemplateSyncRead), (status = 404),
+        (status = 409, description = "Unmanaged gateway, or a sync of it is already running"),
+        (status = 422), (status = 502, description = "The gateway did not answer; nothing changed")))]
+pub async fn sync_gateway_templates(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+    ApiJson(body): ApiJson<TemplateSyncRequest>,
+) -> ApiResult<Json<TemplateSyncRead>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    let gateway = load_gateway(&state, id).await?;
+    let rotate_tokens = body.rotate_tokens.unwrap_or(false);
+    let agents = templates_sync::sync_gateway(&state, &gateway, rotate_tokens).await?;
+    Ok(Json(TemplateSyncRead {
+        gateway_id: gateway.id.as_uuid(),
+        rotate_tokens,
+        agents,
+    }))
 }
