@@ -6,7 +6,8 @@
 //! (else 502 and nothing changes), at most [`CONCURRENCY`] agents are synced at once,
 //! each within [`AGENT_LIMIT`], and the whole sync within [`SYNC_LIMIT`] (agents not
 //! reached by then are reported as failed). Every gateway call has its own request
-//! timeout on top.
+//! timeout on top; a step failing transiently (a protocol 3 gateway restarts for a few
+//! seconds after each config change) is retried a few times within the agent's limit.
 //!
 //! The token: plaintext tokens are never stored, so without `rotate_tokens` the sync
 //! reads the agent's credentials file back from the gateway (`agents.files.get`), parses
@@ -187,6 +188,8 @@ struct TokenChoice {
 enum Blocked {
     /// The agent is not on the gateway.
     MissingOnGateway,
+    /// A failure worth another try (the gateway restarting, a timeout), in words.
+    Transient(String),
     /// Anything else, in words.
     Failed(String),
 }
@@ -195,8 +198,48 @@ impl From<GatewayError> for Blocked {
     fn from(error: GatewayError) -> Self {
         if error.is_missing_agent() {
             Self::MissingOnGateway
-        } else {
+        } else if error.is_permanent() {
             Self::Failed(error.to_string())
+        } else {
+            Self::Transient(error.to_string())
+        }
+    }
+}
+
+/// Further tries of a step that failed transiently (a protocol 3 gateway restarts about
+/// two seconds after each config change, for a few seconds).
+const RETRIES: u32 = 3;
+
+/// The pause before the n-th retry is n times this.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+
+/// Runs `step` until it succeeds, fails for good, has been retried [`RETRIES`] times, or
+/// `limit` passes (then the error says what timed out: `what`).
+async fn with_retries<T, F, Fut>(limit: Instant, what: &str, mut step: F) -> Result<T, Blocked>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Blocked>>,
+{
+    let mut retries = 0;
+    loop {
+        match tokio::time::timeout_at(limit, step()).await {
+            Ok(Err(Blocked::Transient(error))) if retries < RETRIES => {
+                retries += 1;
+                tracing::debug!(%error, retries, "template sync: retrying {what}");
+                let pause = Instant::now() + RETRY_PAUSE * retries;
+                if pause >= limit {
+                    return Err(Blocked::Failed(error));
+                }
+                tokio::time::sleep_until(pause).await;
+            }
+            Ok(Err(Blocked::Transient(error))) => return Err(Blocked::Failed(error)),
+            Ok(outcome) => return outcome,
+            Err(_) => {
+                return Err(Blocked::Failed(format!(
+                    "timed out {what} (limit {} s)",
+                    AGENT_LIMIT.as_secs()
+                )));
+            }
         }
     }
 }
@@ -227,34 +270,30 @@ impl SyncContext<'_> {
         }
         let limit = (now + AGENT_LIMIT).min(self.deadline);
         let placement = plan::placement_of(&agent, self.gateway);
-        let choice = match tokio::time::timeout_at(limit, self.choose_token(&agent, &placement))
-            .await
+        let choice = match with_retries(limit, "reading the agent's credentials", || {
+            self.choose_token(&agent, &placement)
+        })
+        .await
         {
-            Ok(Ok(choice)) => choice,
-            Ok(Err(Blocked::MissingOnGateway)) => return self.queue_repair(&agent, result).await,
-            Ok(Err(Blocked::Failed(error))) => return result.failed(error),
-            Err(_) => return result.failed("timed out reading the agent's credentials"),
+            Ok(choice) => choice,
+            Err(Blocked::MissingOnGateway) => return self.queue_repair(&agent, result).await,
+            Err(Blocked::Failed(error) | Blocked::Transient(error)) => return result.failed(error),
         };
         let mut result = AgentSyncResult {
             token_rotated: choice.rotated,
             note: choice.note.clone(),
             ..result
         };
-        let written =
-            tokio::time::timeout_at(limit, self.write_files(&agent, &placement, &choice.token))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Blocked::Failed(format!(
-                        "timed out writing the files (limit {} s)",
-                        AGENT_LIMIT.as_secs()
-                    )))
-                });
+        let written = with_retries(limit, "writing the files", || {
+            self.write_files(&agent, &placement, &choice.token)
+        })
+        .await;
         let error = match written {
             Ok(()) if self.is_current(&agent, &choice.token) => return result,
             // A job rotated the token while the sync wrote the old one: let a job fix it.
             Ok(()) => "the agent's token changed while its files were written".to_owned(),
             Err(Blocked::MissingOnGateway) => "the agent vanished from the gateway".to_owned(),
-            Err(Blocked::Failed(error)) => error,
+            Err(Blocked::Failed(error) | Blocked::Transient(error)) => error,
         };
         if choice.rotated {
             // The new token is the only valid one: it must reach the workspace.
