@@ -94,8 +94,9 @@ impl Server {
             Arc::new(identity),
             config.gateway_connection.clone(),
         ));
-        let templates = crate::provision::templates::Templates::load(config.templates_dir.as_deref())
-            .context("loading the workspace templates")?;
+        let templates =
+            crate::provision::templates::Templates::load(config.templates_dir.as_deref())
+                .context("loading the workspace templates")?;
         if !templates.overridden().is_empty() {
             tracing::info!(overridden = ?templates.overridden(), "workspace templates overridden");
         }

@@ -304,7 +304,11 @@ impl SyncContext<'_> {
         let queued = super::request(self.state, &agent, ProvisionAction::Update, None).await;
         result = result.failed(error);
         if queued.is_ok() {
-            let note = result.note.take().map(|n| format!("{n}; ")).unwrap_or_default();
+            let note = result
+                .note
+                .take()
+                .map(|n| format!("{n}; "))
+                .unwrap_or_default();
             result.note = Some(format!(
                 "{note}an update job was queued to write the files again"
             ));

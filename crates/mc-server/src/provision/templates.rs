@@ -23,14 +23,46 @@ use super::plan::credentials_file;
 
 /// The embedded templates: (workspace file, template name, template text).
 const TEMPLATES: [(&str, &str, &str); 8] = [
-    ("AGENTS.md", "AGENTS.md.j2", include_str!("templates/AGENTS.md.j2")),
-    ("SOUL.md", "SOUL.md.j2", include_str!("templates/SOUL.md.j2")),
-    ("IDENTITY.md", "IDENTITY.md.j2", include_str!("templates/IDENTITY.md.j2")),
-    ("USER.md", "USER.md.j2", include_str!("templates/USER.md.j2")),
-    ("MEMORY.md", "MEMORY.md.j2", include_str!("templates/MEMORY.md.j2")),
-    ("TOOLS.md", "TOOLS.md.j2", include_str!("templates/TOOLS.md.j2")),
-    ("HEARTBEAT.md", "HEARTBEAT.md.j2", include_str!("templates/HEARTBEAT.md.j2")),
-    ("BOOTSTRAP.md", "BOOTSTRAP.md.j2", include_str!("templates/BOOTSTRAP.md.j2")),
+    (
+        "AGENTS.md",
+        "AGENTS.md.j2",
+        include_str!("templates/AGENTS.md.j2"),
+    ),
+    (
+        "SOUL.md",
+        "SOUL.md.j2",
+        include_str!("templates/SOUL.md.j2"),
+    ),
+    (
+        "IDENTITY.md",
+        "IDENTITY.md.j2",
+        include_str!("templates/IDENTITY.md.j2"),
+    ),
+    (
+        "USER.md",
+        "USER.md.j2",
+        include_str!("templates/USER.md.j2"),
+    ),
+    (
+        "MEMORY.md",
+        "MEMORY.md.j2",
+        include_str!("templates/MEMORY.md.j2"),
+    ),
+    (
+        "TOOLS.md",
+        "TOOLS.md.j2",
+        include_str!("templates/TOOLS.md.j2"),
+    ),
+    (
+        "HEARTBEAT.md",
+        "HEARTBEAT.md.j2",
+        include_str!("templates/HEARTBEAT.md.j2"),
+    ),
+    (
+        "BOOTSTRAP.md",
+        "BOOTSTRAP.md.j2",
+        include_str!("templates/BOOTSTRAP.md.j2"),
+    ),
 ];
 
 /// The credentials block's template name; the workspace files include it.
@@ -399,10 +431,7 @@ impl Templates {
         }
         for (kind, context) in &samples {
             for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
-                let kind = format!(
-                    "{kind} on a protocol {} gateway",
-                    generation.protocol()
-                );
+                let kind = format!("{kind} on a protocol {} gateway", generation.protocol());
                 let files = self
                     .render_with(generation, context, None, None)
                     .map_err(|e| TemplateError::Render {
@@ -685,7 +714,10 @@ mod tests {
                     &format!("`{tag}`"),
                     credentials_file(generation),
                 ] {
-                    assert!(guide.contains(expected), "{tag}: no {expected:?} in\n{guide}");
+                    assert!(
+                        guide.contains(expected),
+                        "{tag}: no {expected:?} in\n{guide}"
+                    );
                 }
             }
         }
@@ -725,7 +757,10 @@ mod tests {
     #[test]
     fn a_templates_directory_overrides_by_name_and_ignores_other_files() {
         let dir = templates_dir(&[
-            ("SOUL.md.j2", "You are {{ agent_name }}, and you are careful."),
+            (
+                "SOUL.md.j2",
+                "You are {{ agent_name }}, and you are careful.",
+            ),
             ("README.txt", "notes for the operator"),
         ]);
         let templates = Templates::load(Some(dir.path())).unwrap();
@@ -734,7 +769,10 @@ mod tests {
         let files = templates
             .render_files(&worker, GatewayGeneration::V4, &context(&worker))
             .unwrap();
-        assert_eq!(file(&files, "SOUL.md"), "You are Ada, and you are careful.\n");
+        assert_eq!(
+            file(&files, "SOUL.md"),
+            "You are Ada, and you are careful.\n"
+        );
         assert!(file(&files, "AGENTS.md").contains("agent-worker"));
     }
 
@@ -774,9 +812,15 @@ mod tests {
     fn an_override_that_drops_the_credentials_is_refused() {
         let (error, dir) = load_error(&[("TOOLS.md.j2", "# TOOLS\nAsk the operator.")]);
         assert!(error.contains(&format!("{dir}/TOOLS.md.j2")), "{error}");
-        assert!(error.contains("AUTH_TOKEN") || error.contains("BASE_URL"), "{error}");
+        assert!(
+            error.contains("AUTH_TOKEN") || error.contains("BASE_URL"),
+            "{error}"
+        );
         let (error, dir) = load_error(&[("credentials.md.j2", "- token: {{ auth_token }}")]);
-        assert!(error.contains(&format!("{dir}/credentials.md.j2")), "{error}");
+        assert!(
+            error.contains(&format!("{dir}/credentials.md.j2")),
+            "{error}"
+        );
         assert!(error.contains("include"), "{error}");
     }
 }

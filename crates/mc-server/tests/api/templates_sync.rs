@@ -171,7 +171,10 @@ async fn sync_requests_are_checked_before_anything_happens() {
         StatusCode::UNPROCESSABLE_ENTITY,
     )
     .await;
-    assert_eq!(wrong_type["detail"][0]["loc"], json!(["body", "rotate_tokens"]));
+    assert_eq!(
+        wrong_type["detail"][0]["loc"],
+        json!(["body", "rotate_tokens"])
+    );
     let anonymous = app
         .send(
             Method::POST,
@@ -182,7 +185,11 @@ async fn sync_requests_are_checked_before_anything_happens() {
         .await;
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let main = settled_main_agent(&app, &gateway_id).await;
-    let token = token_on(&gw, main["gateway_agent_id"].as_str().unwrap(), GatewayGeneration::V4);
+    let token = token_on(
+        &gw,
+        main["gateway_agent_id"].as_str().unwrap(),
+        GatewayGeneration::V4,
+    );
     let as_agent = app
         .send(
             Method::POST,
@@ -204,8 +211,10 @@ async fn a_sync_rewrites_every_agents_files_and_keeps_their_tokens() {
         let worker = create_agent_named(&app, &board_id, &unique("Worker")).await;
         let lead = id_of(
             &expect_success(
-                app.create_agent(&json!({"name": unique("Lead"), "board_id": board_id, "is_board_lead": true}))
-                    .await,
+                app.create_agent(
+                    &json!({"name": unique("Lead"), "board_id": board_id, "is_board_lead": true}),
+                )
+                .await,
             )
             .await,
         );
@@ -229,7 +238,11 @@ async fn a_sync_rewrites_every_agents_files_and_keeps_their_tokens() {
             .map(|(_, key)| token_on(&gw, key, generation))
             .collect();
         // The agent's own notes must survive a sync.
-        gw.set_file(&keys[1].1, "MEMORY.md", Some("# MEMORY.md\nMy own notes.\n"));
+        gw.set_file(
+            &keys[1].1,
+            "MEMORY.md",
+            Some("# MEMORY.md\nMy own notes.\n"),
+        );
         let written_before: Vec<usize> = keys
             .iter()
             .map(|(_, key)| files_written_for(&gw, key).len())
@@ -261,7 +274,10 @@ async fn a_sync_rewrites_every_agents_files_and_keeps_their_tokens() {
         );
         if generation == GatewayGeneration::V4 {
             let sent = files_set(&gw);
-            assert!(!sent.iter().any(|f| f == "TOOLS.md" || f == "HEARTBEAT.md"), "{sent:?}");
+            assert!(
+                !sent.iter().any(|f| f == "TOOLS.md" || f == "HEARTBEAT.md"),
+                "{sent:?}"
+            );
         }
     }
 }
@@ -525,7 +541,8 @@ async fn an_unreachable_managed_gateway_is_not_deleted_until_its_url_is_cleared(
     let refused = expect_json(app.delete_gateway(&gateway_id).await, StatusCode::CONFLICT).await;
     let detail = refused["detail"].as_str().expect("a message");
     assert!(
-        detail.contains("main agent could not be removed") && detail.contains("clear the gateway's url"),
+        detail.contains("main agent could not be removed")
+            && detail.contains("clear the gateway's url"),
         "{detail}"
     );
     expect_success(app.get_agent(&id_of(&main)).await).await;

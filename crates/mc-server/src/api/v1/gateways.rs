@@ -14,9 +14,9 @@ use super::{OkResponse, PageOf, present};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
-use crate::services::agents::deleted_event;
 use crate::provision::plan;
 use crate::provision::sync::{self as templates_sync, AgentSyncResult};
+use crate::services::agents::deleted_event;
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
 use mc_gateway::GatewayPool;
@@ -287,7 +287,9 @@ pub async fn delete_gateway(
             )
             .await?;
         if boards.total > 0 {
-            return Err(mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into());
+            return Err(
+                mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into(),
+            );
         }
         remove_main_agents(&state, &gateway, &main_agents).await?;
     }
@@ -325,11 +327,7 @@ async fn remove_main_agents(
         .ok_or_else(|| refused("no connection".to_owned()))?;
     for agent in agents {
         let placement = plan::placement_of(agent, gateway);
-        let removal = plan::remove(
-            &handle,
-            &placement.gateway_agent_id,
-            &placement.session_key,
-        );
+        let removal = plan::remove(&handle, &placement.gateway_agent_id, &placement.session_key);
         match tokio::time::timeout(MAIN_AGENT_REMOVAL_LIMIT, removal).await {
             Ok(Ok(())) => {}
             Ok(Err(error)) => return Err(refused(error.to_string())),
