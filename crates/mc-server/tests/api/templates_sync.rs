@@ -551,3 +551,80 @@ async fn an_unreachable_managed_gateway_is_not_deleted_until_its_url_is_cleared(
     expect_success(app.delete_gateway(&gateway_id).await).await;
     expect_json(app.get_agent(&id_of(&main)).await, StatusCode::NOT_FOUND).await;
 }
+
+#[tokio::test]
+async fn making_an_unmanaged_gateway_managed_gives_it_its_main_agent() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let board = app.unmanaged_board().await;
+    assert!(agents_on(&app, &board.gateway_id).await.is_empty());
+    expect_success(
+        app.patch_gateway(
+            &board.gateway_id,
+            &json!({"url": gw.url(), "token": gw.token(), "workspace_root": WORKSPACE_ROOT}),
+        )
+        .await,
+    )
+    .await;
+    let main = settled_main_agent(&app, &board.gateway_id).await;
+    assert!(main["board_id"].is_null(), "{main}");
+    // Changing it again does not add a second one.
+    expect_success(
+        app.patch_gateway(&board.gateway_id, &json!({"name": unique("renamed")}))
+            .await,
+    )
+    .await;
+    assert_eq!(agents_on(&app, &board.gateway_id).await.len(), 1);
+}
+
+/// The templates directory of [`a_templates_directory_override_reaches_the_workspace`].
+static OVERRIDE_DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+
+fn with_override_dir(config: &mut mc_server::config::ServerConfig) {
+    config.templates_dir = OVERRIDE_DIR.get().map(|d| d.path().to_owned());
+}
+
+#[tokio::test]
+async fn a_templates_directory_override_reaches_the_workspace() {
+    let dir = OVERRIDE_DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        std::fs::write(
+            dir.path().join("SOUL.md.j2"),
+            "# SOUL.md\n\n{{ agent_name }} answers in haiku ({{ role_tag }}).\n",
+        )
+        .expect("writing the override");
+        dir
+    });
+    assert!(dir.path().join("SOUL.md.j2").exists());
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = TestApp::spawn_with(with_override_dir).await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let name = unique("Poet");
+    let id = create_agent_named(&app, &board_id, &name).await;
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert_eq!(
+        gw.file(&format!("mc-{id}"), "SOUL.md").as_deref(),
+        Some(format!("# SOUL.md\n\n{name} answers in haiku (agent-worker).\n").as_str())
+    );
+}
+
+#[tokio::test]
+async fn a_broken_templates_directory_stops_the_server_naming_the_file() {
+    let data = tempfile::tempdir().expect("a data directory");
+    let templates = tempfile::tempdir().expect("a templates directory");
+    std::fs::write(
+        templates.path().join("AGENTS.md.j2"),
+        "# AGENTS.md\n{{ agent_name }} heartbeats every {{ heartbeat_every }}\n",
+    )
+    .expect("writing the template");
+    let mut config = mc_server::config::ServerConfig::for_data_dir(data.path());
+    config.templates_dir = Some(templates.path().to_owned());
+    let error = match mc_server::startup::Server::build(config).await {
+        Ok(_) => panic!("a broken template must stop the server"),
+        Err(error) => format!("{error:#}"),
+    };
+    let file = templates.path().join("AGENTS.md.j2");
+    assert!(error.contains(&file.display().to_string()), "{error}");
+    assert!(error.contains("heartbeat_every"), "{error}");
+}
