@@ -2,8 +2,8 @@
 //! again, answering with one result per agent.
 //!
 //! It runs inside the request, not through the job queue, because its answer is the
-//! per-agent outcome; it is bounded instead: the gateway must answer `health` first
-//! (else 502 and nothing changes), at most [`CONCURRENCY`] agents are synced at once,
+//! per-agent outcome; it is bounded instead: the gateway must answer `health` first,
+//! within [`HEALTH_LIMIT`] (else 502 and nothing changes), at most [`CONCURRENCY`] agents are synced at once,
 //! each within [`AGENT_LIMIT`], and the whole sync within [`SYNC_LIMIT`] (agents not
 //! reached by then are reported as failed). Every gateway call has its own request
 //! timeout on top; a step failing transiently (a protocol 3 gateway restarts for a few
@@ -127,7 +127,7 @@ pub async fn sync_gateway(
     let handle = state.gateways.get(gateway.id).ok_or_else(|| {
         ApiError::BadGateway("the gateway has no connection; nothing was changed".to_owned())
     })?;
-    if let Err(error) = handle.health().await {
+    if let Err(error) = answers_health(&handle).await {
         return Err(ApiError::BadGateway(format!(
             "the gateway did not answer, so nothing was changed: {error}"
         )));
@@ -165,6 +165,33 @@ pub async fn sync_gateway(
         .await;
     results.extend(synced);
     Ok(results)
+}
+
+/// How long the sync waits for the gateway to answer `health` before giving up (a
+/// protocol 3 gateway is down for a few seconds after each config change).
+pub const HEALTH_LIMIT: Duration = Duration::from_secs(8);
+
+/// Asks `health` until it answers, fails for good, or [`HEALTH_LIMIT`] passes.
+async fn answers_health(handle: &GatewayHandle) -> Result<(), GatewayError> {
+    let limit = Instant::now() + HEALTH_LIMIT;
+    loop {
+        let error = match tokio::time::timeout_at(limit, handle.health()).await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(error)) => error,
+            Err(_) => GatewayError::Transient {
+                message: format!(
+                    "health: no answer within {} s from {}",
+                    HEALTH_LIMIT.as_secs(),
+                    handle.url()
+                ),
+            },
+        };
+        let pause = Instant::now() + Duration::from_millis(500);
+        if error.is_permanent() || pause >= limit {
+            return Err(error);
+        }
+        tokio::time::sleep_until(pause).await;
+    }
 }
 
 /// What every agent's sync shares.

@@ -437,7 +437,8 @@ async fn an_unreachable_gateway_is_502_and_no_token_changes() {
         StatusCode::BAD_GATEWAY,
     )
     .await;
-    assert!(started.elapsed() < Duration::from_secs(10));
+    // Bounded: the sync gives a restarting gateway 8 s to answer, then says so.
+    assert!(started.elapsed() < Duration::from_secs(15));
     let detail = answer["detail"].as_str().expect("a message");
     assert!(detail.contains("nothing was changed"), "{detail}");
     expect_success(app.agent_heartbeat(&token, None).await).await;
