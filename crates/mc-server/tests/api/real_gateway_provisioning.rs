@@ -10,9 +10,15 @@ use mc_gateway::testing::RealGateway;
 use reqwest::{Method, StatusCode};
 
 use crate::gateway_fixtures::{
-    create_agent_named, credential, managed_board_at, provision_jobs, spawn_provisioning_app,
+    create_agent_named, credential, managed_board_at, provision_jobs, quick_gateway_settings,
 };
-use crate::helpers::{Auth, expect_json, expect_success, unique};
+use crate::helpers::{Auth, TestApp, expect_json, expect_success, unique};
+
+/// Quick retries, but a real gateway on a busy machine may take over a second per call.
+fn real_gateway_settings(config: &mut mc_server::config::ServerConfig) {
+    quick_gateway_settings(config);
+    config.gateway_connection.request_timeout = Duration::from_secs(10);
+}
 
 fn enabled(test: &str) -> bool {
     let on = std::env::var("MC_TEST_OPENCLAW").is_ok_and(|v| v == "1");
@@ -44,7 +50,7 @@ async fn an_agent_created_on_openclaw_2026_4_2_gets_its_files_and_credentials_in
 async fn provision_on(version: &str, credentials_file: &str) {
     let _turn = ONE_GATEWAY_AT_A_TIME.lock().await;
     let gateway = RealGateway::start(version).unwrap_or_else(|e| panic!("{e}"));
-    let app = spawn_provisioning_app().await;
+    let app = TestApp::spawn_with(real_gateway_settings).await;
     let root = gateway.workspace_root();
     let (gateway_id, board_id) = managed_board_at(
         &app,
