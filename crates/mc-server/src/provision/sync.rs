@@ -101,6 +101,14 @@ impl AgentSyncResult {
         self
     }
 
+    fn with_note_skipped(self, note: &str) -> Self {
+        Self {
+            outcome: SyncOutcome::Skipped,
+            ..self
+        }
+        .with_note(note)
+    }
+
     fn failed(mut self, error: impl Into<String>) -> Self {
         self.outcome = SyncOutcome::Failed;
         self.error = Some(error.into());
@@ -453,15 +461,5 @@ impl SyncContext<'_> {
                 "the agent is not on the gateway, and queuing its update failed: {error}"
             )),
         }
-    }
-}
-
-impl AgentSyncResult {
-    fn with_note_skipped(self, note: &str) -> Self {
-        Self {
-            outcome: SyncOutcome::Skipped,
-            ..self
-        }
-        .with_note(note)
     }
 }
