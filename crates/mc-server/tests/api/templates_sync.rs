@@ -67,7 +67,7 @@ async fn agents_on(app: &TestApp, gateway_id: &str) -> Vec<Value> {
 }
 
 /// The gateway's main agent, once it exists and its provisioning settled.
-async fn settled_main_agent(app: &TestApp, gateway_id: &str) -> Value {
+pub async fn settled_main_agent(app: &TestApp, gateway_id: &str) -> Value {
     eventually("the gateway's main agent", || async {
         agents_on(app, gateway_id)
             .await
