@@ -5,6 +5,7 @@
 pub mod activity;
 pub mod agent;
 pub mod board;
+pub mod credentials;
 pub mod enrollment;
 pub mod error;
 pub mod gateway;

@@ -37,6 +37,8 @@ pub struct ServerConfig {
     pub gateway_connection: GatewayConfig,
     /// Backoff between attempts of a provisioning job that failed transiently.
     pub provision_backoff: BackoffPolicy,
+    /// Directory whose `*.j2` files override the compiled-in workspace templates by name.
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl ServerConfig {
@@ -58,6 +60,7 @@ impl ServerConfig {
                 max: Duration::from_secs(300),
                 jitter: 0.2,
             },
+            templates_dir: None,
         }
     }
 

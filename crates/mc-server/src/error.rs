@@ -38,6 +38,10 @@ pub enum ApiError {
     /// 422: invalid input, by field.
     #[error("validation: {0}")]
     Validation(ValidationErrors),
+    /// 502: an OpenClaw gateway Mission Control had to contact failed; the message says
+    /// how (it never holds a secret).
+    #[error("bad gateway: {0}")]
+    BadGateway(String),
     /// 503: a dependency (the database) is unavailable.
     #[error("unavailable: {0}")]
     Unavailable(String),
@@ -75,6 +79,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Conflict(_) => StatusCode::CONFLICT,
+            Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -85,7 +90,9 @@ impl ApiError {
     fn detail(&self) -> Value {
         match self {
             Self::Unauthorized(message) => json!(message),
-            Self::Forbidden(message) | Self::Conflict(message) => json!(message),
+            Self::Forbidden(message) | Self::Conflict(message) | Self::BadGateway(message) => {
+                json!(message)
+            }
             Self::NotFound(message) => json!(message),
             Self::MethodNotAllowed => json!("Method Not Allowed"),
             Self::PayloadTooLarge => {

@@ -94,6 +94,12 @@ impl Server {
             Arc::new(identity),
             config.gateway_connection.clone(),
         ));
+        let templates =
+            crate::provision::templates::Templates::load(config.templates_dir.as_deref())
+                .context("loading the workspace templates")?;
+        if !templates.overridden().is_empty() {
+            tracing::info!(overridden = ?templates.overridden(), "workspace templates overridden");
+        }
         let engine = Engine::new(Arc::clone(&registry), Arc::clone(&store));
         let state = Arc::new(AppState {
             store,
@@ -106,7 +112,7 @@ impl Server {
             stream_keep_alive: config.stream_keep_alive,
             metrics: Arc::default(),
             gateways,
-            provisioner: Arc::default(),
+            provisioner: Arc::new(crate::provision::Provisioner::new(templates)),
         });
         Ok(Self { state, config })
     }

@@ -80,6 +80,9 @@ struct ServeArgs {
     /// Longest delay, in milliseconds, before a heartbeat's last_seen_at is on disk.
     #[arg(long, env = "MC_WRITE_BEHIND_MS")]
     write_behind_ms: Option<u64>,
+    /// Directory of workspace templates (AGENTS.md.j2, ..., credentials.md.j2) that replace the compiled-in ones by name; checked at start.
+    #[arg(long, env = "MC_TEMPLATES_DIR")]
+    templates_dir: Option<PathBuf>,
 }
 
 /// The TOML file's keys.
@@ -93,6 +96,7 @@ struct FileConfig {
     base_url: Option<String>,
     max_body_bytes: Option<usize>,
     write_behind_ms: Option<u64>,
+    templates_dir: Option<PathBuf>,
 }
 
 const DEFAULT_BIND: &str = "127.0.0.1:8000";
@@ -122,6 +126,12 @@ max_body_bytes = 1048576
 
 # Longest delay, in milliseconds, before a heartbeat's last_seen_at reaches the database.
 write_behind_ms = 500
+
+# Directory of workspace templates replacing the compiled-in ones by file name
+# (AGENTS.md.j2, SOUL.md.j2, IDENTITY.md.j2, USER.md.j2, MEMORY.md.j2, TOOLS.md.j2,
+# HEARTBEAT.md.j2, BOOTSTRAP.md.j2, credentials.md.j2). Checked at start: a template that
+# does not parse or names an unknown variable stops the server with its file name.
+# templates_dir = "/etc/mission-control/templates"
 "#;
 
 /// The resolved settings of `serve`.
@@ -167,6 +177,7 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         );
         config.write_behind_interval = Duration::from_millis(ms);
     }
+    config.templates_dir = args.templates_dir.or(file.templates_dir);
     if config.base_url.is_none() {
         config.base_url = Some(format!("http://{bind}"));
     }

@@ -59,8 +59,18 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let mut outcomes = Vec::new();
     for version in &args.versions {
-        eprintln!("provision-bench: openclaw@{version}, {} agents", args.agents);
-        outcomes.push(run_one(version, args.agents, Duration::from_secs(args.timeout_seconds)).await?);
+        eprintln!(
+            "provision-bench: openclaw@{version}, {} agents",
+            args.agents
+        );
+        outcomes.push(
+            run_one(
+                version,
+                args.agents,
+                Duration::from_secs(args.timeout_seconds),
+            )
+            .await?,
+        );
     }
     print_report(&outcomes);
     Ok(())
@@ -74,7 +84,12 @@ struct Api {
 }
 
 impl Api {
-    async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Result<Value> {
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value> {
         let mut request = self
             .http
             .request(method.clone(), format!("{}{path}", self.base))
@@ -82,9 +97,15 @@ impl Api {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.with_context(|| format!("{method} {path}"))?;
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("{method} {path}"))?;
         let status = response.status();
-        let body: Value = response.json().await.with_context(|| format!("{method} {path}: body"))?;
+        let body: Value = response
+            .json()
+            .await
+            .with_context(|| format!("{method} {path}: body"))?;
         ensure!(status.is_success(), "{method} {path}: {status} {body}");
         Ok(body)
     }
@@ -124,7 +145,10 @@ async fn run_one(version: &str, agents: usize, limit: Duration) -> Result<Outcom
             })),
         )
         .await?;
-    let gateway_id = gateway_read["id"].as_str().context("gateway id")?.to_owned();
+    let gateway_id = gateway_read["id"]
+        .as_str()
+        .context("gateway id")?
+        .to_owned();
     let protocol = wait_connected(&api, &gateway_id, Duration::from_secs(120)).await?;
     let board = api
         .send(
@@ -139,7 +163,10 @@ async fn run_one(version: &str, agents: usize, limit: Duration) -> Result<Outcom
     let creates = (0..agents).map(|n| {
         let body = json!({"name": format!("bench-agent-{n:04}"), "board_id": board_id});
         let api = &api;
-        async move { api.send(reqwest::Method::POST, "/api/v1/agents", Some(body)).await }
+        async move {
+            api.send(reqwest::Method::POST, "/api/v1/agents", Some(body))
+                .await
+        }
     });
     let created = futures::future::try_join_all(creates).await?;
     let create_requests = started.elapsed();
@@ -185,7 +212,11 @@ async fn wait_connected(api: &Api, gateway_id: &str, limit: Duration) -> Result<
     let started = Instant::now();
     loop {
         let status = api
-            .send(reqwest::Method::GET, &format!("/api/v1/gateways/{gateway_id}/status"), None)
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/v1/gateways/{gateway_id}/status"),
+                None,
+            )
             .await?;
         if status["connected"] == true {
             return Ok(status["protocol"].as_u64());
@@ -198,7 +229,12 @@ async fn wait_connected(api: &Api, gateway_id: &str, limit: Duration) -> Result<
 }
 
 /// Polls every agent's newest provisioning job until none is pending; returns them.
-async fn wait_settled(api: &Api, ids: &[String], started: Instant, limit: Duration) -> Result<Vec<Value>> {
+async fn wait_settled(
+    api: &Api,
+    ids: &[String],
+    started: Instant,
+    limit: Duration,
+) -> Result<Vec<Value>> {
     let mut settled: Vec<Option<Value>> = vec![None; ids.len()];
     let mut last_report = Instant::now();
     loop {
@@ -207,13 +243,19 @@ async fn wait_settled(api: &Api, ids: &[String], started: Instant, limit: Durati
                 continue;
             }
             let jobs = api
-                .send(reqwest::Method::GET, &format!("/api/v1/agents/{id}/provision-jobs"), None)
+                .send(
+                    reqwest::Method::GET,
+                    &format!("/api/v1/agents/{id}/provision-jobs"),
+                    None,
+                )
                 .await?;
             let newest = jobs
                 .as_array()
                 .and_then(|items| items.iter().max_by_key(|job| job["id"].as_u64()))
                 .cloned();
-            if let Some(job) = newest.filter(|job| job["state"] != "pending" && job["state"] != "running") {
+            if let Some(job) =
+                newest.filter(|job| job["state"] != "pending" && job["state"] != "running")
+            {
                 *slot = Some(job);
             }
         }
@@ -230,7 +272,10 @@ async fn wait_settled(api: &Api, ids: &[String], started: Instant, limit: Durati
             last_report = Instant::now();
         }
         if started.elapsed() > limit {
-            bail!("{remaining} agents still provisioning after {} s", limit.as_secs());
+            bail!(
+                "{remaining} agents still provisioning after {} s",
+                limit.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -239,7 +284,9 @@ async fn wait_settled(api: &Api, ids: &[String], started: Instant, limit: Durati
 /// From the job's creation to its last update.
 fn job_duration(job: &Value) -> Result<Duration> {
     let at = |field: &str| -> Result<Timestamp> {
-        let text = job[field].as_str().with_context(|| format!("job {field}"))?;
+        let text = job[field]
+            .as_str()
+            .with_context(|| format!("job {field}"))?;
         Timestamp::parse_rfc3339(text).with_context(|| format!("job {field}: {text}"))
     };
     let millis = at("updated_at")?.as_millis() - at("created_at")?.as_millis();

@@ -20,6 +20,9 @@ use std::path::{Path, PathBuf};
 use mc_domain::token::{Secret, is_enrollment_token};
 use uuid::Uuid;
 
+/// Reads one `KEY=value` line (shared with the server, which writes them).
+pub use mc_domain::credentials::credential_line;
+
 /// The workspace files that may carry `KEY=value` credentials, tried in this order.
 /// Newer gateways refuse `TOOLS.md`; when another file takes over, add it here.
 pub const CREDENTIAL_FILES: &[&str] = &["TOOLS.md", "AGENTS.md"];
@@ -278,30 +281,6 @@ impl WorkspaceValues {
     }
 }
 
-/// Reads one `KEY=value` line: bare, or as a Markdown list item and/or code span
-/// (``- `KEY=value` ``). Keys are upper-case letters, digits and `_`; empty values are
-/// no values.
-pub fn credential_line(line: &str) -> Option<(&str, &str)> {
-    let mut text = line.trim();
-    for bullet in ["- ", "* ", "+ "] {
-        if let Some(rest) = text.strip_prefix(bullet) {
-            text = rest.trim_start();
-            break;
-        }
-    }
-    if let Some(inner) = text.strip_prefix('`') {
-        text = inner.strip_suffix('`')?;
-    }
-    let (key, value) = text.split_once('=')?;
-    let key = key.trim();
-    let value = value.trim();
-    let key_ok = !key.is_empty()
-        && key
-            .chars()
-            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
-    (key_ok && !value.is_empty()).then_some((key, value))
-}
-
 /// The token kept in `path`; `None` when the file does not exist or is empty.
 pub fn read_token_file(path: &Path) -> Result<Option<Secret>, CredentialsError> {
     match std::fs::read_to_string(path) {
@@ -365,38 +344,6 @@ mod tests {
         CredentialOptions {
             workspace: Some(dir.to_owned()),
             ..CredentialOptions::default()
-        }
-    }
-
-    #[test]
-    fn credential_lines_are_read_bare_and_as_backticked_list_items() {
-        assert_eq!(
-            credential_line("BASE_URL=http://h:8000"),
-            Some(("BASE_URL", "http://h:8000"))
-        );
-        assert_eq!(
-            credential_line("- `AUTH_TOKEN=abc=def`"),
-            Some(("AUTH_TOKEN", "abc=def"))
-        );
-        assert_eq!(
-            credential_line("  * `AGENT_ID=42`  "),
-            Some(("AGENT_ID", "42"))
-        );
-        assert_eq!(credential_line("`BOARD_ID=x`"), Some(("BOARD_ID", "x")));
-    }
-
-    #[test]
-    fn prose_and_empty_values_are_not_credential_lines() {
-        for line in [
-            "# Tools",
-            "Use the token below.",
-            "- `AUTH_TOKEN=`",
-            "- `AUTH_TOKEN=abc",
-            "lower=case",
-            "- the URL is http://x?a=b",
-            "",
-        ] {
-            assert_eq!(credential_line(line), None, "{line:?}");
         }
     }
 

@@ -328,6 +328,26 @@ impl FakeGateway {
         state.agents.get(agent_id)?.files.get(name).cloned()
     }
 
+    /// Replaces a workspace file's content (or, with `None`, deletes it) as the agent or
+    /// someone on the gateway host would; false when the agent does not exist.
+    pub fn set_file(&self, agent_id: &str, name: &str, content: Option<&str>) -> bool {
+        let mut state = self.inner.state.lock();
+        let Some(agent) = state.agents.get_mut(agent_id) else {
+            return false;
+        };
+        match content {
+            Some(text) => agent.files.insert(name.to_owned(), text.to_owned()),
+            None => agent.files.remove(name),
+        };
+        true
+    }
+
+    /// Removes an agent with its files, as someone on the gateway host could; false when
+    /// it did not exist.
+    pub fn remove_agent(&self, agent_id: &str) -> bool {
+        self.inner.state.lock().agents.remove(agent_id).is_some()
+    }
+
     /// The pending pairing request id (what `openclaw devices list` would show).
     pub fn pairing_request_id(&self) -> String {
         self.inner.state.lock().pairing_request_id.clone()

@@ -7,6 +7,7 @@
 //!   permanent ones are recorded at once in the agent's `last_provision_error`.
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
 //! - [`templates`] renders the workspace files.
+//! - [`sync`] rewrites every agent's files on one gateway (a template sync).
 //!
 //! The agent token: provisioning writes the plaintext token into the workspace, and only
 //! its digest is stored. A token minted when the agent is created is handed to the runner
@@ -16,13 +17,15 @@
 
 pub mod plan;
 pub mod runner;
+pub mod sync;
 pub mod templates;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
-use mc_domain::ids::AgentId;
+use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayPool};
@@ -30,17 +33,33 @@ use mc_store::{NewProvisionJob, ProvisionAction, ProvisionJob};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
+use self::templates::Templates;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// In-memory parts of provisioning: tokens waiting for their job and the runner's wake-up.
+/// In-memory parts of provisioning: tokens waiting for their job, the runner's wake-up
+/// and the workspace templates in effect.
 #[derive(Debug, Default)]
 pub struct Provisioner {
     tokens: Mutex<HashMap<AgentId, Secret>>,
     queued: Notify,
+    /// The workspace templates (compiled in, perhaps overridden from a directory).
+    pub templates: Templates,
+    /// Held while checking for and creating a gateway's main agent.
+    pub main_agent_lock: tokio::sync::Mutex<()>,
+    /// Gateways with a template sync running.
+    syncing: Mutex<HashSet<GatewayId>>,
 }
 
 impl Provisioner {
+    /// A provisioner rendering workspace files with `templates`.
+    pub fn new(templates: Templates) -> Self {
+        Self {
+            templates,
+            ..Self::default()
+        }
+    }
+
     /// Keeps `token` (just minted for `agent`) for the agent's next job.
     pub fn hand_token(&self, agent: AgentId, token: Secret) {
         self.tokens.lock().insert(agent, token);
@@ -56,9 +75,31 @@ impl Provisioner {
         self.tokens.lock().remove(&agent);
     }
 
+    /// Marks a template sync of `gateway` as running until the guard drops; `None` when
+    /// one already runs.
+    pub fn begin_sync(self: &Arc<Self>, gateway: GatewayId) -> Option<SyncGuard> {
+        self.syncing.lock().insert(gateway).then(|| SyncGuard {
+            provisioner: Arc::clone(self),
+            gateway,
+        })
+    }
+
     /// Wakes the runner to look at the queue.
     pub fn notify(&self) {
         self.queued.notify_one();
+    }
+}
+
+/// A running template sync of one gateway; dropping it ends the sync.
+#[derive(Debug)]
+pub struct SyncGuard {
+    provisioner: Arc<Provisioner>,
+    gateway: GatewayId,
+}
+
+impl Drop for SyncGuard {
+    fn drop(&mut self) {
+        self.provisioner.syncing.lock().remove(&self.gateway);
     }
 }
 

@@ -17,7 +17,7 @@ use mc_gateway::{
 };
 use mc_store::AgentPlacement;
 
-use super::templates::{FileContext, RenderError, WorkspaceFile, render_files};
+use super::templates::{FileContext, RenderError, Templates, WorkspaceFile};
 
 /// Workspace files an update leaves alone when they already exist (the agent's own notes).
 pub const PRESERVED_ON_UPDATE: [&str; 2] = ["USER.md", "MEMORY.md"];
@@ -164,6 +164,7 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
 /// Returns a warning when the agent is in place but could not start when woken.
 pub async fn upsert(
     handle: &GatewayHandle,
+    templates: &Templates,
     agent: &Agent,
     placement: &AgentPlacement,
     context: &FileContext,
@@ -193,7 +194,7 @@ pub async fn upsert(
     };
     until_agent_visible(|| handle.agents_update(&update)).await?;
     let existing = handle.agents_files_list(id).await?.files;
-    let rendered = render_files(agent, generation, context)?;
+    let rendered = templates.render_files(agent, generation, context)?;
     for file in files_to_write(generation, rendered, &existing, is_update) {
         handle
             .agents_files_set(id, file.name, &file.content)

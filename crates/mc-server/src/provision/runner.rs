@@ -38,7 +38,7 @@ pub fn start(
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         loop {
-            let pause = match run_due(&state, backoff).await {
+            let pause = match run_due(&state, backoff, &stop).await {
                 Ok(pause) => pause,
                 Err(error) => {
                     tracing::warn!(%error, "provisioning: the database failed; retrying");
@@ -58,9 +58,17 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs every job due now; returns how long to wait for the next one.
-async fn run_due(state: &SharedState, backoff: BackoffPolicy) -> Result<Duration, StoreError> {
+/// Runs every job due now; returns how long to wait for the next one. Stops between
+/// rounds once the server stops (with retries due back to back it would never return).
+async fn run_due(
+    state: &SharedState,
+    backoff: BackoffPolicy,
+    stop: &watch::Receiver<bool>,
+) -> Result<Duration, StoreError> {
     loop {
+        if *stop.borrow() || stop.has_changed().is_err() {
+            return Ok(Duration::ZERO);
+        }
         let now = Timestamp::now();
         match state.store.next_provision_job_due().await? {
             None => return Ok(MAX_IDLE),
@@ -234,6 +242,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
     );
     let warning = plan::upsert(
         &handle,
+        &state.provisioner.templates,
         &agent,
         &placement,
         &context,

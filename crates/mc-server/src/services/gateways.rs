@@ -1,15 +1,23 @@
 //! Registering and changing gateways: the validation rules shared by the REST API and the
 //! dashboard. The gateway token is write-only everywhere.
 
+use std::sync::Arc;
+
+use mc_domain::activity::EventType;
+use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, MAX_AGENT_NAME_CHARS};
 use mc_domain::board::required_text;
 use mc_domain::gateway::{Gateway, GatewayUrl};
-use mc_domain::ids::GatewayId;
+use mc_domain::ids::{AgentId, GatewayId};
+use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
-use mc_domain::token::Secret;
+use mc_domain::token::{Secret, generate_agent_token};
 use mc_domain::{FieldError, ValidationErrors};
+use mc_store::ProvisionAction;
 
 use crate::error::{ApiError, ApiResult};
-use crate::services::agents::deleted_event;
+use crate::liveness::LiveAgent;
+use crate::provision::plan;
+use crate::services::agents::{agent_event, deleted_event};
 use crate::state::AppState;
 
 /// Fields of a gateway to create or change; `None` leaves a field as it is (on create:
@@ -107,6 +115,7 @@ pub async fn create_gateway(state: &AppState, mut fields: GatewayFields) -> ApiR
     apply(&mut gateway, fields)?;
     state.store.insert_gateway(&gateway).await?;
     crate::provision::connect_gateway(&state.gateways, &gateway);
+    ensure_main_agent(state, &gateway).await?;
     Ok(gateway)
 }
 
@@ -120,14 +129,46 @@ pub async fn update_gateway(
     gateway.updated_at = Timestamp::now();
     state.store.update_gateway(&gateway).await?;
     crate::provision::connect_gateway(&state.gateways, &gateway);
+    ensure_main_agent(state, &gateway).await?;
     Ok(gateway)
 }
 
+/// How long deleting a managed gateway may spend removing its main agent from it.
+const MAIN_AGENT_REMOVAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Deletes a gateway with its main agents; 409 while boards use it, 404 when it is gone.
+/// A managed gateway's main agents are removed from the gateway first; when that fails the
+/// answer is 409 and nothing is deleted.
 pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
-    let events: Vec<_> = state
+    let gateway = state
+        .store
+        .gateway(id)
+        .await?
+        .filter(|g| g.organization_id == state.organization_id)
+        .ok_or(ApiError::NotFound("Gateway not found"))?;
+    let main_agents = state
         .registry
-        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main())
+        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main());
+    if gateway.url.is_managed() && !main_agents.is_empty() {
+        let boards = state
+            .store
+            .list_boards(
+                state.organization_id,
+                Some(id),
+                PageRequest {
+                    limit: 1,
+                    offset: 0,
+                },
+            )
+            .await?;
+        if boards.total > 0 {
+            return Err(
+                mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into(),
+            );
+        }
+        remove_main_agents(state, &gateway, &main_agents).await?;
+    }
+    let events: Vec<_> = main_agents
         .iter()
         .map(|agent| deleted_event(agent, " with its gateway"))
         .collect();
@@ -141,4 +182,107 @@ pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
     }
     state.gateways.remove(id);
     Ok(())
+}
+
+/// Removes a managed gateway's main agents from it, within [`MAIN_AGENT_REMOVAL_LIMIT`].
+async fn remove_main_agents(
+    state: &AppState,
+    gateway: &Gateway,
+    agents: &[Arc<Agent>],
+) -> ApiResult<()> {
+    let refused = |why: String| {
+        ApiError::Conflict(format!(
+            "the gateway's main agent could not be removed from the gateway ({why}); nothing was deleted. Retry when the gateway is reachable, or clear the gateway's url to delete it without contacting it."
+        ))
+    };
+    crate::provision::connect_gateway(&state.gateways, gateway);
+    let handle = state
+        .gateways
+        .get(gateway.id)
+        .ok_or_else(|| refused("no connection".to_owned()))?;
+    for agent in agents {
+        let placement = plan::placement_of(agent, gateway);
+        let removal = plan::remove(&handle, &placement.gateway_agent_id, &placement.session_key);
+        match tokio::time::timeout(MAIN_AGENT_REMOVAL_LIMIT, removal).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => return Err(refused(error.to_string())),
+            Err(_) => {
+                return Err(refused(format!(
+                    "no answer within {} s",
+                    MAIN_AGENT_REMOVAL_LIMIT.as_secs()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The main agent's name: the gateway's name and " main agent", within the name limit.
+fn main_agent_name(gateway: &Gateway) -> AgentName {
+    const SUFFIX: &str = " main agent";
+    let room = MAX_AGENT_NAME_CHARS - SUFFIX.chars().count();
+    let base: String = gateway.name.chars().take(room).collect();
+    AgentName::parse(&format!("{}{SUFFIX}", base.trim()), "name")
+        .unwrap_or_else(|_| AgentName::from_stored("Gateway main agent".to_owned()))
+}
+
+/// Gives a managed gateway its main agent (no board) when it has none: created with a
+/// fresh token, durable, and queued for provisioning. Returns the agent when one was
+/// created. Unmanaged gateways get none (nothing would provision it).
+pub async fn ensure_main_agent(
+    state: &AppState,
+    gateway: &Gateway,
+) -> ApiResult<Option<Arc<LiveAgent>>> {
+    if !gateway.url.is_managed() {
+        return Ok(None);
+    }
+    // One check-then-create at a time, so a gateway never gets two main agents.
+    let _creating = state.provisioner.main_agent_lock.lock().await;
+    let has_main = !state
+        .registry
+        .agents_where(|a| a.gateway_id == gateway.id && a.is_gateway_main())
+        .is_empty();
+    if has_main {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let agent = Agent {
+        id: AgentId::new(),
+        board_id: None,
+        gateway_id: gateway.id,
+        name: main_agent_name(gateway),
+        is_board_lead: false,
+        is_mc_agent: true,
+        gateway_agent_id: None,
+        workspace_path: None,
+        openclaw_session_id: None,
+        heartbeat_config: HeartbeatConfig::default(),
+        identity_profile: None,
+        identity_template: None,
+        soul_template: None,
+        last_provision_error: None,
+        last_seen_at: None,
+        reported_health: None,
+        published_status: AgentStatus::Provisioning,
+        enrolled_via: None,
+        own_token_used: false,
+        created_at: now,
+        updated_at: now,
+    };
+    let token = generate_agent_token();
+    let event = agent_event(
+        &agent,
+        EventType::AgentCreated,
+        format!(
+            "Agent {} was created as the main agent of gateway {}.",
+            agent.name, gateway.name
+        ),
+    );
+    state
+        .store
+        .insert_agent(&agent, Some(token.digest()), None, &event)
+        .await?;
+    let live = state.registry.insert(agent.clone(), Some(token.digest()));
+    crate::provision::request(state, &agent, ProvisionAction::Create, Some(&token)).await?;
+    Ok(Some(live))
 }

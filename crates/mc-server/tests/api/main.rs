@@ -17,5 +17,6 @@ mod real_gateway_provisioning;
 mod reprovision;
 mod sse;
 mod streams;
+mod templates_sync;
 mod webhooks;
 mod wire;

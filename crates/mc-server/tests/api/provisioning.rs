@@ -12,6 +12,7 @@ use crate::gateway_fixtures::{
     managed_board, provision_jobs, settled_jobs, spawn_provisioning_app,
 };
 use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, unique};
+use crate::templates_sync::settled_main_agent;
 
 async fn fake(generation: GatewayGeneration) -> FakeGateway {
     FakeGateway::start(FakeGatewayOptions::new(generation)).await
@@ -145,11 +146,19 @@ async fn creating_an_agent_on_a_v3_gateway_provisions_it_with_tools_md_credentia
     assert_eq!(entry["heartbeat"], json!({"every": "1m", "target": "last"}));
     assert!(gw.config()["channels"]["defaults"]["heartbeat"].is_object());
 
-    assert_eq!(
-        gw.calls_to("sessions.patch")[0]["key"],
-        format!("agent:{gateway_agent_id}:main")
+    // The gateway's main agent is provisioned too; look at this agent's calls.
+    let session_key = format!("agent:{gateway_agent_id}:main");
+    assert!(
+        gw.calls_to("sessions.patch")
+            .iter()
+            .any(|p| p["key"] == session_key.as_str())
     );
-    assert_eq!(gw.calls_to("chat.send").len(), 1);
+    let wakes = gw.calls_to("chat.send");
+    let wakes: Vec<_> = wakes
+        .iter()
+        .filter(|p| p["sessionKey"] == session_key.as_str())
+        .collect();
+    assert_eq!(wakes.len(), 1, "{wakes:?}");
 }
 
 #[tokio::test]
@@ -288,6 +297,7 @@ async fn a_transient_gateway_failure_is_retried_until_it_succeeds() {
         gateway_status(&app, &gateway_id).await["connected"] == true
     })
     .await;
+    settled_main_agent(&app, &gateway_id).await;
     let restart = gw.restart(std::time::Duration::from_millis(2000));
     let create = async {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -308,8 +318,9 @@ async fn a_transient_gateway_failure_is_retried_until_it_succeeds() {
     assert!(read["last_provision_error"].is_null(), "{read}");
     assert_eq!(read["gateway_agent_id"], format!("mc-{id}"));
     let metrics = scrape(&app).await;
+    // This agent's job and, before it, the gateway main agent's.
     assert!(
-        metrics.contains("mc_provision_jobs_total{outcome=\"done\"} 1"),
+        metrics.contains("mc_provision_jobs_total{outcome=\"done\"} 2"),
         "{metrics}"
     );
     assert!(
@@ -387,8 +398,9 @@ async fn a_permanent_gateway_failure_is_recorded_at_once_without_retries() {
     );
     assert!(gw.agent_ids().is_empty());
     let metrics = scrape(&app).await;
+    // Two jobs failed for good: this agent's and the gateway main agent's.
     for line in [
-        "mc_provision_jobs_total{outcome=\"failed\"} 1",
+        "mc_provision_jobs_total{outcome=\"failed\"} 2",
         "mc_provision_jobs_total{outcome=\"retrying\"} 0",
         "mc_job_queue_depth{kind=\"provision\"} 0",
     ] {

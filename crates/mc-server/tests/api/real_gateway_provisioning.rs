@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use mc_gateway::testing::RealGateway;
+use reqwest::{Method, StatusCode};
 
 use crate::gateway_fixtures::{
     create_agent_named, credential, managed_board_at, provision_jobs, spawn_real_gateway_app,
 };
-use crate::helpers::{expect_success, unique};
+use crate::helpers::{Auth, expect_json, expect_success, unique};
 
 fn enabled(test: &str) -> bool {
     let on = std::env::var("MC_TEST_OPENCLAW").is_ok_and(|v| v == "1");
@@ -45,7 +46,7 @@ async fn provision_on(version: &str, credentials_file: &str) {
     let gateway = RealGateway::start(version).unwrap_or_else(|e| panic!("{e}"));
     let app = spawn_real_gateway_app().await;
     let root = gateway.workspace_root();
-    let (_, board_id) = managed_board_at(
+    let (gateway_id, board_id) = managed_board_at(
         &app,
         &gateway.url(),
         Some(gateway.token().expose()),
@@ -100,4 +101,32 @@ async fn provision_on(version: &str, credentials_file: &str) {
     let identity =
         std::fs::read_to_string(format!("{workspace}/IDENTITY.md")).expect("IDENTITY.md written");
     assert!(identity.contains(&id), "{identity}");
+
+    // A template sync rewrites the files and keeps the token it reads back.
+    let synced = expect_json(
+        app.send(
+            Method::POST,
+            &format!("/api/v1/gateways/{gateway_id}/templates/sync"),
+            Auth::Admin,
+            None,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    let result = synced["agents"]
+        .as_array()
+        .and_then(|agents| agents.iter().find(|a| a["agent_id"] == id.as_str()))
+        .unwrap_or_else(|| panic!("no result for the agent: {synced}"));
+    assert_eq!(
+        result["outcome"],
+        "synced",
+        "{synced}\n{}",
+        gateway.log_tail(40)
+    );
+    assert_eq!(result["token_rotated"], false, "{synced}");
+    let credentials = std::fs::read_to_string(format!("{workspace}/{credentials_file}"))
+        .expect("the credentials file after the sync");
+    assert_eq!(credential(&credentials, "AUTH_TOKEN"), Some(token.clone()));
+    expect_success(app.agent_heartbeat(&token, None).await).await;
 }

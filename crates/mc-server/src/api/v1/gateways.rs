@@ -13,6 +13,7 @@ use super::{OkResponse, PageOf, present};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
+use crate::provision::sync::{self as templates_sync, AgentSyncResult};
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
 use mc_gateway::GatewayPool;
@@ -250,9 +251,13 @@ pub async fn update_gateway(
     Ok(Json(GatewayRead::new(gateway, &state.gateways)))
 }
 
-/// Deletes a gateway (409 while boards use it) with its main agents.
+/// Deletes a gateway (409 while boards use it) with its main agent. On a managed gateway
+/// the main agent is removed from the gateway first; when that fails (the gateway is
+/// unreachable) the answer is 409 and nothing is deleted: retry later, or clear the
+/// gateway's url to delete it without contacting it.
 #[utoipa::path(delete, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
-    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404), (status = 409)))]
+    params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404),
+        (status = 409, description = "Boards still use the gateway, or its main agent could not be removed from it")))]
 pub async fn delete_gateway(
     _: Admin,
     State(state): State<SharedState>,
@@ -262,4 +267,48 @@ pub async fn delete_gateway(
     load_gateway(&state, id).await?;
     service::delete_gateway(&state, id).await?;
     Ok(Json(OkResponse::ok()))
+}
+
+/// Body of a template sync; every field is optional.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+pub struct TemplateSyncRequest {
+    /// Mint a new token for every agent instead of reusing the one in its workspace.
+    rotate_tokens: Option<bool>,
+}
+
+/// What a template sync did, per agent (the main agent first when it had to be created).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TemplateSyncRead {
+    /// The gateway synced.
+    gateway_id: Uuid,
+    /// Whether every token was rotated on request.
+    rotate_tokens: bool,
+    /// One result per agent on the gateway.
+    agents: Vec<AgentSyncResult>,
+}
+
+/// Re-renders every agent's workspace files on a managed gateway and writes them again,
+/// reusing each agent's current token unless `rotate_tokens` (or unless its workspace no
+/// longer holds it); gives the gateway its main agent when missing. Bounded in time.
+#[utoipa::path(post, path = "/api/v1/gateways/{gateway_id}/templates/sync", tag = "gateways",
+    params(("gateway_id" = Uuid, Path)), request_body(content = Option<TemplateSyncRequest>,
+        description = "Empty, `{}`, or `{\"rotate_tokens\": true}`"),
+    responses((status = 200, body = TemplateSyncRead), (status = 404),
+        (status = 409, description = "Unmanaged gateway, or a sync of it is already running"),
+        (status = 422), (status = 502, description = "The gateway did not answer; nothing changed")))]
+pub async fn sync_gateway_templates(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+    ApiJson(body): ApiJson<TemplateSyncRequest>,
+) -> ApiResult<Json<TemplateSyncRead>> {
+    let id = path_id(&gateway_id, "gateway_id")?;
+    let gateway = load_gateway(&state, id).await?;
+    let rotate_tokens = body.rotate_tokens.unwrap_or(false);
+    let agents = templates_sync::sync_gateway(&state, &gateway, rotate_tokens).await?;
+    Ok(Json(TemplateSyncRead {
+        gateway_id: gateway.id.as_uuid(),
+        rotate_tokens,
+        agents,
+    }))
 }

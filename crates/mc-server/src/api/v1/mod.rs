@@ -44,6 +44,10 @@ pub fn router() -> Router<SharedState> {
             get(gateways::gateway_status),
         )
         .route(
+            "/gateways/{gateway_id}/templates/sync",
+            post(gateways::sync_gateway_templates),
+        )
+        .route(
             "/boards",
             get(boards::list_boards).post(boards::create_board),
         )
