@@ -7,6 +7,7 @@ use std::time::Duration;
 use mc_domain::token::Secret;
 use mc_gateway::{BackoffPolicy, GatewayConfig};
 
+use crate::provision::LifecycleBounds;
 use crate::webhooks::DeliverySettings;
 
 /// Default request body limit: 1 MiB.
@@ -37,6 +38,8 @@ pub struct ServerConfig {
     pub gateway_connection: GatewayConfig,
     /// Backoff between attempts of a provisioning job that failed transiently.
     pub provision_backoff: BackoffPolicy,
+    /// The check-in timeout after each wake and how long a provisioning job may retry.
+    pub lifecycle: LifecycleBounds,
 }
 
 impl ServerConfig {
@@ -58,6 +61,7 @@ impl ServerConfig {
                 max: Duration::from_secs(300),
                 jitter: 0.2,
             },
+            lifecycle: LifecycleBounds::default(),
         }
     }
 

@@ -136,12 +136,7 @@ impl Drop for StreamClientGuard {
     }
 }
 
-const STATUSES: [AgentStatus; 4] = [
-    AgentStatus::Provisioning,
-    AgentStatus::Healthy,
-    AgentStatus::Degraded,
-    AgentStatus::Offline,
-];
+const STATUSES: [AgentStatus; 6] = AgentStatus::ALL;
 
 impl Metrics {
     /// Records one answered request of `route` (the matched path pattern).

@@ -18,6 +18,7 @@ on_every_backend!(
     jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait,
     a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again,
     recording_an_outcome_stores_the_agents_error_and_placement,
+    unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -183,5 +184,42 @@ async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<d
     assert_eq!(
         states,
         vec![(ProvisionJobState::Failed, 1), (ProvisionJobState::Done, 1)]
+    );
+}
+
+async fn unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order(store: Arc<dyn Store>) {
+    let (a, b) = (AgentId::new(), AgentId::new());
+    let create_a = store
+        .enqueue_provision_job(&job(a, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let delete_b = store
+        .enqueue_provision_job(&job(b, ProvisionAction::Delete))
+        .await
+        .unwrap();
+    let update_a = store
+        .enqueue_provision_job(&job(a, ProvisionAction::Update))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    let first = claimed.iter().find(|j| j.id == create_a).unwrap();
+    store
+        .record_provision_attempt(&outcome(first, ProvisionJobState::Done))
+        .await
+        .unwrap();
+    // b's delete is claimed (running) but not finished: still unfinished.
+    let unfinished: Vec<(i64, ProvisionAction)> = store
+        .unfinished_provision_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| (j.id, j.action))
+        .collect();
+    assert_eq!(
+        unfinished,
+        [
+            (delete_b, ProvisionAction::Delete),
+            (update_a, ProvisionAction::Update)
+        ]
     );
 }

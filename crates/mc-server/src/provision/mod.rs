@@ -7,6 +7,16 @@
 //!   permanent ones are recorded at once in the agent's `last_provision_error`.
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
 //! - [`templates`] renders the workspace files.
+//! - [`checkin`] bounds the wait after a wake: an agent that does not heartbeat within
+//!   the check-in timeout is woken again, up to [`MAX_WAKES`] wakes in all, then it is
+//!   offline with `last_provision_error` saying why.
+//!
+//! Every lifecycle state is bounded. A job shows as `provisioning` (a never-seen agent),
+//! `updating` or `deleting` while it is queued or running, and a job gives up once its
+//! bound ([`LifecycleBounds::job_timeout`]) has passed since it was requested; a create or
+//! update that woke the agent is followed by the check-in deadline. A delete that gives up
+//! still removes the agent from Mission Control, recording in the `agent.deleted` event
+//! (and the job) that the gateway may still have it.
 //!
 //! The agent token: provisioning writes the plaintext token into the workspace, and only
 //! its digest is stored. A token minted when the agent is created is handed to the runner
@@ -14,15 +24,19 @@
 //! after a restart) mints a fresh one through the rotate path, which records
 //! `agent.token_rotated`. Plaintext tokens never reach the database.
 
+pub mod checkin;
 pub mod plan;
 pub mod runner;
 pub mod templates;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::AgentId;
+pub use mc_domain::liveness::MAX_WAKES;
+use mc_domain::liveness::{DEFAULT_CHECKIN_TIMEOUT_SECONDS, JobInProgress};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayPool};
@@ -33,14 +47,43 @@ use tokio::sync::Notify;
 use crate::error::ApiResult;
 use crate::state::AppState;
 
-/// In-memory parts of provisioning: tokens waiting for their job and the runner's wake-up.
+/// How long each lifecycle state may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleBounds {
+    /// How long an agent has after each wake to check in (heartbeat).
+    pub checkin_timeout: Duration,
+    /// How long a provisioning job may keep retrying, from its request.
+    pub job_timeout: Duration,
+}
+
+impl Default for LifecycleBounds {
+    fn default() -> Self {
+        Self {
+            checkin_timeout: Duration::from_secs(u64::from(DEFAULT_CHECKIN_TIMEOUT_SECONDS)),
+            job_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// In-memory parts of provisioning: tokens waiting for their job, the runner's wake-up
+/// and the lifecycle bounds.
 #[derive(Debug, Default)]
 pub struct Provisioner {
     tokens: Mutex<HashMap<AgentId, Secret>>,
     queued: Notify,
+    /// How long each lifecycle state may last.
+    pub bounds: LifecycleBounds,
 }
 
 impl Provisioner {
+    /// Provisioning with `bounds`.
+    pub fn new(bounds: LifecycleBounds) -> Self {
+        Self {
+            bounds,
+            ..Self::default()
+        }
+    }
+
     /// Keeps `token` (just minted for `agent`) for the agent's next job.
     pub fn hand_token(&self, agent: AgentId, token: Secret) {
         self.tokens.lock().insert(agent, token);
@@ -83,26 +126,47 @@ pub fn default_gateway_connection() -> GatewayConfig {
     GatewayConfig::new("", None)
 }
 
+/// How a job of `action` shows in the agent's status.
+pub const fn job_kind(action: ProvisionAction) -> JobInProgress {
+    match action {
+        ProvisionAction::Create => JobInProgress::Create,
+        ProvisionAction::Update => JobInProgress::Update,
+        ProvisionAction::Delete => JobInProgress::Delete,
+    }
+}
+
+/// `now` plus `duration`.
+pub fn after(now: Timestamp, duration: Duration) -> Timestamp {
+    now.plus_millis(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Queues `action` for `agent` when its gateway is managed and Mission Control created
-/// the agent; `token` is the plaintext token just minted for it, if any.
+/// the agent; `token` is the plaintext token just minted for it, if any. Returns whether
+/// a job was queued. A new agent that gets no job (its gateway is unmanaged) is given the
+/// check-in timeout for its first heartbeat instead, so that it never reads
+/// `provisioning` without a bound.
 pub async fn request(
     state: &AppState,
     agent: &Agent,
     action: ProvisionAction,
     token: Option<&Secret>,
-) -> ApiResult<()> {
-    if !agent.is_mc_agent {
-        return Ok(());
-    }
-    let Some(gateway) = state.store.gateway(agent.gateway_id).await? else {
-        return Ok(());
+) -> ApiResult<bool> {
+    let gateway = match agent.is_mc_agent {
+        true => state.store.gateway(agent.gateway_id).await?,
+        false => None,
     };
-    if !gateway.url.is_managed() {
-        return Ok(());
-    }
+    let Some(gateway) = gateway.filter(|g| g.url.is_managed()) else {
+        if action == ProvisionAction::Create
+            && let Some(live) = state.registry.get(agent.id)
+        {
+            let deadline = after(Timestamp::now(), state.provisioner.bounds.checkin_timeout);
+            state.registry.await_first_checkin(&live, deadline);
+        }
+        return Ok(false);
+    };
     let placement = plan::placement_of(agent, &gateway);
     let delete = action == ProvisionAction::Delete;
-    state
+    let job = state
         .store
         .enqueue_provision_job(&NewProvisionJob {
             agent_id: agent.id,
@@ -118,6 +182,9 @@ pub async fn request(
         _ if delete => state.provisioner.forget_token(agent.id),
         _ => {}
     }
+    if let Some(live) = state.registry.get(agent.id) {
+        state.registry.job_queued(&live, job, job_kind(action));
+    }
     state.provisioner.notify();
-    Ok(())
+    Ok(true)
 }

@@ -42,14 +42,16 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use self::rows::{
-    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, BOARD_COLUMNS, ENROLLMENT_COLUMNS,
-    GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row, enrollment_from_row,
-    gateway_from_row, to_timestamptz as tz,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, BOARD_COLUMNS, CHECKIN_COLUMNS,
+    ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
+    enrollment_from_row, gateway_from_row, to_timestamptz as tz,
 };
+use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
     LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
 };
+use mc_domain::liveness::Checkin;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -780,7 +782,7 @@ impl Store for PostgresStore {
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest FROM {AGENT_FROM}"
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
         .fetch_all(&self.pool)
         .await
@@ -791,6 +793,7 @@ impl Store for PostgresStore {
                 Ok(StoredAgent {
                     agent: agent_from_row(row)?,
                     token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+                    checkin: rows::checkin_from_row(row)?,
                 })
             })
             .collect()
@@ -889,11 +892,15 @@ impl Store for PostgresStore {
                 "UPDATE agent_liveness AS l SET last_seen_at = v.last_seen_at,
                    reported_health = v.reported_health, published_status = v.published_status,
                    own_token_used = v.own_token_used,
-                   updated_at = GREATEST(l.updated_at, v.updated_at)
+                   updated_at = GREATEST(l.updated_at, v.updated_at),
+                   checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
+                   checkin_gave_up = v.checkin_gave_up
                  FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],
-                             $5::boolean[], $6::timestamptz[])
+                             $5::boolean[], $6::timestamptz[], $7::timestamptz[], $8::bigint[],
+                             $9::boolean[])
                       AS v (agent_id, last_seen_at, reported_health, published_status,
-                            own_token_used, updated_at)
+                            own_token_used, updated_at, checkin_deadline_at, checkin_wakes,
+                            checkin_gave_up)
                  WHERE l.agent_id = v.agent_id",
             )
             .bind(
@@ -922,6 +929,24 @@ impl Store for PostgresStore {
             )
             .bind(sorted.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
             .bind(sorted.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| checkin_deadline(w).map(tz))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| i64::from(checkin_wakes(w)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| w.checkin == Some(Checkin::GaveUp))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -1145,5 +1170,13 @@ impl Store for PostgresStore {
 
     async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<crate::ProvisionJob>> {
         self.provision_jobs_of(agent_id).await
+    }
+
+    async fn unfinished_provision_jobs(&self) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.pending_jobs().await
+    }
+
+    async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
+        self.write_provision_error(id, error).await
     }
 }

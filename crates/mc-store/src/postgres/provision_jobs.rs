@@ -178,4 +178,28 @@ impl PostgresStore {
         .map_err(map_err)?;
         rows.iter().map(job_from_row).collect()
     }
+
+    pub(super) async fn pending_jobs(&self) -> StoreResult<Vec<ProvisionJob>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM provision_jobs WHERE state = 'pending' ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn write_provision_error(
+        &self,
+        agent_id: AgentId,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE agents SET last_provision_error = $1 WHERE id = $2")
+            .bind(error)
+            .bind(agent_id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
 }

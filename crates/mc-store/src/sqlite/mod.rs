@@ -33,13 +33,15 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, broadcast};
 
 use self::rows::{
     ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, BOARD_COLUMNS,
-    ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
-    enrollment_from_row, gateway_from_row,
+    CHECKIN_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row,
+    board_from_row, enrollment_from_row, gateway_from_row,
 };
+use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
     LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
 };
+use mc_domain::liveness::Checkin;
 
 /// Agents updated by one statement of a liveness batch (6 parameters each).
 const LIVENESS_ROWS_PER_STATEMENT: usize = 1000;
@@ -707,7 +709,7 @@ impl Store for SqliteStore {
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest FROM {AGENT_FROM}"
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
         .fetch_all(&self.reader)
         .await
@@ -718,6 +720,7 @@ impl Store for SqliteStore {
                 Ok(StoredAgent {
                     agent: agent_from_row(row)?,
                     token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+                    checkin: rows::checkin_from_row(row)?,
                 })
             })
             .collect()
@@ -809,14 +812,17 @@ impl Store for SqliteStore {
         // Many rows per statement: a statement costs a round trip to SQLite's worker
         // thread, and a batch can hold tens of thousands of agents.
         for chunk in writes.chunks(LIVENESS_ROWS_PER_STATEMENT) {
-            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
                 "WITH v (id, last_seen_at, reported_health, published_status, own_token_used,
-                         updated_at) AS (VALUES {values})
+                         updated_at, checkin_deadline_at, checkin_wakes, checkin_gave_up)
+                   AS (VALUES {values})
                  UPDATE agent_liveness SET last_seen_at = v.last_seen_at,
                    reported_health = v.reported_health, published_status = v.published_status,
                    own_token_used = v.own_token_used,
-                   updated_at = max(agent_liveness.updated_at, v.updated_at)
+                   updated_at = max(agent_liveness.updated_at, v.updated_at),
+                   checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
+                   checkin_gave_up = v.checkin_gave_up
                  FROM v WHERE agent_liveness.agent_id = v.id"
             );
             let mut query = sqlx::query(&sql);
@@ -827,7 +833,10 @@ impl Store for SqliteStore {
                     .bind(w.reported_health.map(|h| h.as_str()))
                     .bind(w.published_status.as_str())
                     .bind(w.own_token_used)
-                    .bind(ms(w.updated_at));
+                    .bind(ms(w.updated_at))
+                    .bind(checkin_deadline(w).map(ms))
+                    .bind(i64::from(checkin_wakes(w)))
+                    .bind(w.checkin == Some(Checkin::GaveUp));
             }
             query.execute(&mut *rtx.tx).await.map_err(map_err)?;
         }
@@ -1007,6 +1016,14 @@ impl Store for SqliteStore {
 
     async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<crate::ProvisionJob>> {
         self.provision_jobs_of(agent_id).await
+    }
+
+    async fn unfinished_provision_jobs(&self) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.pending_jobs().await
+    }
+
+    async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
+        self.write_provision_error(id, error).await
     }
 
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {

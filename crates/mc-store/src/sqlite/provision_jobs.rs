@@ -166,4 +166,28 @@ impl SqliteStore {
         .map_err(map_err)?;
         rows.iter().map(job_from_row).collect()
     }
+
+    pub(super) async fn pending_jobs(&self) -> StoreResult<Vec<ProvisionJob>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM provision_jobs WHERE state = 'pending' ORDER BY id"
+        ))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn write_provision_error(
+        &self,
+        agent_id: AgentId,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE agents SET last_provision_error = ? WHERE id = ?")
+            .bind(error)
+            .bind(agent_id.to_string())
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
+    }
 }
