@@ -16,7 +16,7 @@ use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, id_
 pub const WORKSPACE_ROOT: &str = "/srv/openclaw/workspaces";
 
 /// Short timeouts and retry delays, so failures and retries happen within a test.
-fn quick_gateway_settings(config: &mut ServerConfig) {
+pub fn quick_gateway_settings(config: &mut ServerConfig) {
     config.gateway_connection.request_timeout = Duration::from_millis(700);
     config.gateway_connection.handshake_timeout = Duration::from_millis(700);
     config.gateway_connection.backoff = BackoffPolicy {
