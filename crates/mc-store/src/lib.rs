@@ -369,6 +369,17 @@ pub trait Store: Send + Sync + 'static {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()>;
+    /// Like [`Store::insert_agent`], queueing its first provisioning job in the same
+    /// transaction (an agent is never stored without the job that provisions it); returns
+    /// the job's id.
+    async fn insert_agent_with_job(
+        &self,
+        agent: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &NewProvisionJob,
+    ) -> StoreResult<i64>;
     /// An agent by id.
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>>;
     /// Agents matching `filter`, newest first.

@@ -19,6 +19,7 @@ on_every_backend!(
     a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again,
     recording_an_outcome_stores_the_agents_error_and_placement,
     unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order,
+    an_agent_is_stored_with_its_first_job_or_neither_is,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -118,7 +119,8 @@ async fn a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again(
     assert_eq!(again[0].last_error, retry.error);
 }
 
-async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<dyn Store>) {
+/// A managed gateway to put agents on.
+async fn gateway(store: &Arc<dyn Store>) -> GatewayId {
     let org = store.ensure_default_organization(now()).await.unwrap();
     let gateway = mc_domain::gateway::Gateway {
         id: GatewayId::new(),
@@ -133,7 +135,11 @@ async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<d
         updated_at: now(),
     };
     store.insert_gateway(&gateway).await.unwrap();
-    let agent = common::new_agent(gateway.id, None, "main");
+    gateway.id
+}
+
+async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<dyn Store>) {
+    let agent = common::new_agent(gateway(&store).await, None, "main");
     let created = NewActivity {
         event_type: EventType::AgentCreated,
         message: "Created.".into(),
@@ -222,4 +228,37 @@ async fn unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order(stor
             (update_a, ProvisionAction::Update)
         ]
     );
+}
+
+async fn an_agent_is_stored_with_its_first_job_or_neither_is(store: Arc<dyn Store>) {
+    let agent = common::new_agent(gateway(&store).await, None, "main");
+    let created = NewActivity {
+        event_type: EventType::AgentCreated,
+        message: "Created.".into(),
+        agent_id: Some(agent.id),
+        board_id: None,
+        data: None,
+        created_at: now(),
+    };
+    let first = job(agent.id, ProvisionAction::Create);
+    let id = store
+        .insert_agent_with_job(&agent, None, None, &created, &first)
+        .await
+        .unwrap();
+    assert!(store.agent(agent.id).await.unwrap().is_some());
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].id, jobs[0].action, jobs[0].state),
+        (id, ProvisionAction::Create, ProvisionJobState::Pending)
+    );
+
+    // The same agent again fails as a whole: no second job is left behind.
+    assert!(
+        store
+            .insert_agent_with_job(&agent, None, None, &created, &first)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
 }

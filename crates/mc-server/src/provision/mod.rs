@@ -140,51 +140,80 @@ pub fn after(now: Timestamp, duration: Duration) -> Timestamp {
     now.plus_millis(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Queues `action` for `agent` when its gateway is managed and Mission Control created
-/// the agent; `token` is the plaintext token just minted for it, if any. Returns whether
-/// a job was queued. A new agent that gets no job (its gateway is unmanaged) is given the
-/// check-in timeout for its first heartbeat instead, so that it never reads
-/// `provisioning` without a bound.
-pub async fn request(
+/// The job that `action` needs for `agent`: one when its gateway is managed and Mission
+/// Control created the agent, none otherwise (unmanaged gateways are never contacted).
+pub async fn job_for(
     state: &AppState,
     agent: &Agent,
     action: ProvisionAction,
-    token: Option<&Secret>,
-) -> ApiResult<bool> {
+) -> ApiResult<Option<NewProvisionJob>> {
     let gateway = match agent.is_mc_agent {
         true => state.store.gateway(agent.gateway_id).await?,
         false => None,
     };
     let Some(gateway) = gateway.filter(|g| g.url.is_managed()) else {
-        if action == ProvisionAction::Create
-            && let Some(live) = state.registry.get(agent.id)
-        {
-            let deadline = after(Timestamp::now(), state.provisioner.bounds.checkin_timeout);
-            state.registry.await_first_checkin(&live, deadline);
-        }
-        return Ok(false);
+        return Ok(None);
     };
     let placement = plan::placement_of(agent, &gateway);
     let delete = action == ProvisionAction::Delete;
-    let job = state
-        .store
-        .enqueue_provision_job(&NewProvisionJob {
-            agent_id: agent.id,
-            gateway_id: gateway.id,
-            action,
-            gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
-            session_key: delete.then(|| placement.session_key.clone()),
-            requested_at: Timestamp::now(),
-        })
-        .await?;
+    Ok(Some(NewProvisionJob {
+        agent_id: agent.id,
+        gateway_id: gateway.id,
+        action,
+        gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
+        session_key: delete.then(|| placement.session_key.clone()),
+        requested_at: Timestamp::now(),
+    }))
+}
+
+/// Records that job `job` (of `action`) was stored for `agent`: keeps `token` (the
+/// plaintext token just minted for it, if any) for the job, shows the job in the agent's
+/// status and wakes the runner.
+pub fn queued(
+    state: &AppState,
+    agent: &Agent,
+    job: i64,
+    action: ProvisionAction,
+    token: Option<&Secret>,
+) {
     match token {
-        Some(token) if !delete => state.provisioner.hand_token(agent.id, token.clone()),
-        _ if delete => state.provisioner.forget_token(agent.id),
+        Some(token) if action != ProvisionAction::Delete => {
+            state.provisioner.hand_token(agent.id, token.clone());
+        }
+        _ if action == ProvisionAction::Delete => state.provisioner.forget_token(agent.id),
         _ => {}
     }
     if let Some(live) = state.registry.get(agent.id) {
         state.registry.job_queued(&live, job, job_kind(action));
     }
     state.provisioner.notify();
+}
+
+/// Gives a new agent that no job provisions (its gateway is unmanaged) the check-in
+/// timeout for its first heartbeat, so that it never reads `provisioning` without a bound.
+pub fn await_first_checkin(state: &AppState, agent: &Agent) {
+    if let Some(live) = state.registry.get(agent.id) {
+        let deadline = after(Timestamp::now(), state.provisioner.bounds.checkin_timeout);
+        state.registry.await_first_checkin(&live, deadline);
+    }
+}
+
+/// Queues `action` for `agent` when [`job_for`] says it needs a job; `token` is the
+/// plaintext token just minted for it, if any. Returns whether a job was queued. A new
+/// agent that gets no job [awaits its first check-in](await_first_checkin).
+pub async fn request(
+    state: &AppState,
+    agent: &Agent,
+    action: ProvisionAction,
+    token: Option<&Secret>,
+) -> ApiResult<bool> {
+    let Some(job) = job_for(state, agent, action).await? else {
+        if action == ProvisionAction::Create {
+            await_first_checkin(state, agent);
+        }
+        return Ok(false);
+    };
+    let id = state.store.enqueue_provision_job(&job).await?;
+    queued(state, agent, id, action, token);
     Ok(true)
 }

@@ -115,12 +115,30 @@ pub async fn create_agent(
         EventType::AgentCreated,
         format!("Agent {} was created {how}.", agent.name),
     );
-    state
-        .store
-        .insert_agent(&agent, Some(token.digest()), spend, &event)
-        .await?;
+    // The agent and the job that provisions it are stored in one transaction.
+    let job = crate::provision::job_for(state, &agent, ProvisionAction::Create).await?;
+    let job_id = match &job {
+        Some(job) => Some(
+            state
+                .store
+                .insert_agent_with_job(&agent, Some(token.digest()), spend, &event, job)
+                .await?,
+        ),
+        None => {
+            state
+                .store
+                .insert_agent(&agent, Some(token.digest()), spend, &event)
+                .await?;
+            None
+        }
+    };
     let live = state.registry.insert(agent.clone(), Some(token.digest()));
-    crate::provision::request(state, &agent, ProvisionAction::Create, Some(&token)).await?;
+    match job_id {
+        Some(id) => {
+            crate::provision::queued(state, &agent, id, ProvisionAction::Create, Some(&token));
+        }
+        None => crate::provision::await_first_checkin(state, &agent),
+    }
     Ok((live, token))
 }
 

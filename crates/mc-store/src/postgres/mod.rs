@@ -680,60 +680,23 @@ impl Store for PostgresStore {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        if let Some(spend) = spend {
-            spend_enrollment_use(&mut tx, spend).await?;
-        }
-        sqlx::query(
-            "INSERT INTO agents (id, board_id, gateway_id, name, name_key, is_board_lead,
-               is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id,
-               heartbeat_interval_seconds, heartbeat_missing_tolerance, identity_profile,
-               identity_template, soul_template, last_provision_error, enrolled_via, created_at,
-               updated_at, token_digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15,
-               $16, $17, $18, $19, $20)",
-        )
-        .bind(a.id.as_uuid())
-        .bind(a.board_id.map(|b| b.as_uuid()))
-        .bind(a.gateway_id.as_uuid())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(a.is_mc_agent)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(a.enrolled_via.map(|id| id.as_uuid()))
-        .bind(tz(a.created_at))
-        .bind(tz(a.updated_at))
-        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO agent_liveness
-               (agent_id, last_seen_at, reported_health, published_status, own_token_used,
-                updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(a.id.as_uuid())
-        .bind(a.last_seen_at.map(tz))
-        .bind(a.reported_health.map(|h| h.as_str()))
-        .bind(a.published_status.as_str())
-        .bind(a.own_token_used)
-        .bind(tz(a.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(())
+        self.insert_agent_and_job(a, token_digest, spend, event, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_agent_with_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<i64> {
+        let id = self
+            .insert_agent_and_job(a, token_digest, spend, event, Some(job))
+            .await?;
+        Ok(id.unwrap_or_default())
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
@@ -1178,5 +1141,76 @@ impl Store for PostgresStore {
 
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
         self.write_provision_error(id, error).await
+    }
+}
+
+impl PostgresStore {
+    /// Inserts an agent (and its first provisioning job, when given) in one transaction.
+    async fn insert_agent_and_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: Option<&crate::NewProvisionJob>,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin().await?;
+        if let Some(spend) = spend {
+            spend_enrollment_use(&mut tx, spend).await?;
+        }
+        sqlx::query(
+            "INSERT INTO agents (id, board_id, gateway_id, name, name_key, is_board_lead,
+               is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id,
+               heartbeat_interval_seconds, heartbeat_missing_tolerance, identity_profile,
+               identity_template, soul_template, last_provision_error, enrolled_via, created_at,
+               updated_at, token_digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15,
+               $16, $17, $18, $19, $20)",
+        )
+        .bind(a.id.as_uuid())
+        .bind(a.board_id.map(|b| b.as_uuid()))
+        .bind(a.gateway_id.as_uuid())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(a.is_mc_agent)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(a.enrolled_via.map(|id| id.as_uuid()))
+        .bind(tz(a.created_at))
+        .bind(tz(a.updated_at))
+        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO agent_liveness
+               (agent_id, last_seen_at, reported_health, published_status, own_token_used,
+                updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(a.id.as_uuid())
+        .bind(a.last_seen_at.map(tz))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.own_token_used)
+        .bind(tz(a.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let job_id = match job {
+            Some(job) => Some(provision_jobs::insert_job(&mut *tx, job).await?),
+            None => None,
+        };
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(job_id)
     }
 }

@@ -615,54 +615,23 @@ impl Store for SqliteStore {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()> {
-        let mut rtx = self.begin_recording().await?;
-        if let Some(spend) = spend {
-            spend_enrollment_use(&mut rtx.tx, spend).await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(a.id.to_string())
-        .bind(a.board_id.map(|b| b.to_string()))
-        .bind(a.gateway_id.to_string())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(a.is_mc_agent)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(rows::profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(a.enrolled_via.map(|id| id.to_string()))
-        .bind(ms(a.created_at))
-        .bind(ms(a.updated_at))
-        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
-        .execute(&mut *rtx.tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO agent_liveness
-               (agent_id, last_seen_at, reported_health, published_status, own_token_used, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(a.id.to_string())
-        .bind(a.last_seen_at.map(ms))
-        .bind(a.reported_health.map(|h| h.as_str()))
-        .bind(a.published_status.as_str())
-        .bind(a.own_token_used)
-        .bind(ms(a.updated_at))
-        .execute(&mut *rtx.tx)
-        .await
-        .map_err(map_err)?;
-        rtx.record(std::slice::from_ref(event)).await?;
-        rtx.commit().await?;
-        Ok(())
+        self.insert_agent_and_job(a, token_digest, spend, event, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_agent_with_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<i64> {
+        let id = self
+            .insert_agent_and_job(a, token_digest, spend, event, Some(job))
+            .await?;
+        Ok(id.unwrap_or_default())
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
@@ -1084,4 +1053,69 @@ async fn spend_enrollment_use(
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// Inserts an agent (and its first provisioning job, when given) in one transaction.
+    async fn insert_agent_and_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: Option<&crate::NewProvisionJob>,
+    ) -> StoreResult<Option<i64>> {
+        let mut rtx = self.begin_recording().await?;
+        if let Some(spend) = spend {
+            spend_enrollment_use(&mut rtx.tx, spend).await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(a.id.to_string())
+        .bind(a.board_id.map(|b| b.to_string()))
+        .bind(a.gateway_id.to_string())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(a.is_mc_agent)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(rows::profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(a.enrolled_via.map(|id| id.to_string()))
+        .bind(ms(a.created_at))
+        .bind(ms(a.updated_at))
+        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *rtx.tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO agent_liveness
+               (agent_id, last_seen_at, reported_health, published_status, own_token_used, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(a.id.to_string())
+        .bind(a.last_seen_at.map(ms))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.own_token_used)
+        .bind(ms(a.updated_at))
+        .execute(&mut *rtx.tx)
+        .await
+        .map_err(map_err)?;
+        let job_id = match job {
+            Some(job) => Some(provision_jobs::insert_job(&mut *rtx.tx, job).await?),
+            None => None,
+        };
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
+        Ok(job_id)
+    }
 }
