@@ -795,6 +795,55 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_after_the_wake_ends_the_wait_and_its_deadline_passes_quietly() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Create);
+        assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
+        registry.heartbeat(&live, None, t0.plus_millis(500));
+        assert!(registry.due_checkins(t0.plus_seconds(2)).is_empty());
+        assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Healthy);
+    }
+
+    #[test]
+    fn an_agent_that_heartbeated_during_its_job_awaits_no_check_in() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Update);
+        registry.heartbeat(&live, None, t0.plus_millis(10));
+        assert_eq!(live.view(t0).status, AgentStatus::Updating);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert_eq!(live.live.lock().checkin, None);
+        assert!(registry.due_checkins(t0.plus_seconds(2)).is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_wait_comes_due_once_per_wake_and_giving_up_is_one_offline_event() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Create);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert!(registry.due_checkins(t0.plus_millis(999)).is_empty());
+        let due = registry.due_checkins(t0.plus_seconds(1));
+        assert_eq!(due.iter().map(|d| d.wakes).collect::<Vec<_>>(), [1]);
+        assert!(registry.rewoken(&live, 2, t0.plus_seconds(2)));
+        assert!(registry.due_checkins(t0.plus_millis(1500)).is_empty());
+        assert_eq!(registry.due_checkins(t0.plus_seconds(2))[0].wakes, 2);
+        assert!(registry.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
+        assert!(!registry.give_up_checkin(&live, "twice", t0.plus_seconds(2)));
+        assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Offline);
+        let batch = registry.take_pending();
+        assert_eq!(event_types(&batch), ["agent.offline"]);
+        assert!(batch.events[0].message.contains("never checked in"));
+        assert_eq!(batch.writes[0].checkin, Some(Checkin::GaveUp));
+    }
+
+    #[test]
     fn a_replaced_token_stops_resolving() {
         let registry = Registry::default();
         let old = TokenDigest::of("old");
