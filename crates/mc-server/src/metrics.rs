@@ -273,7 +273,8 @@ pub async fn render(state: &SharedState) -> String {
         "Liveness transitions recorded by this process, by new status.",
     );
     let transitions = state.registry.transitions();
-    for status in STATUSES {
+    // Job states (updating, deleting) are never transitions.
+    for status in STATUSES.into_iter().filter(|s| !s.is_lifecycle_overlay()) {
         let _ = writeln!(
             out,
             "mc_liveness_transitions_total{{to=\"{}\"}} {}",
