@@ -212,6 +212,12 @@ impl QueryParams {
     }
 }
 
+impl FromIterator<(String, String)> for QueryParams {
+    fn from_iter<I: IntoIterator<Item = (String, String)>>(pairs: I) -> Self {
+        Self(pairs.into_iter().collect())
+    }
+}
+
 impl<S: Send + Sync> FromRequestParts<S> for QueryParams {
     type Rejection = ApiError;
 

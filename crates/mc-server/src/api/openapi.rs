@@ -22,6 +22,7 @@ use super::{health, v1};
         health::healthz, health::readyz, crate::metrics::metrics,
         gateways::create_gateway, gateways::list_gateways, gateways::get_gateway,
         gateways::update_gateway, gateways::delete_gateway, gateways::gateway_status, provision_jobs::list_provision_jobs,
+        provision_jobs::provision_agent,
         boards::create_board, boards::list_boards, boards::get_board, boards::update_board,
         boards::delete_board,
         enrollment_tokens::create_enrollment_token, enrollment_tokens::list_enrollment_tokens,

@@ -164,6 +164,28 @@ pub fn utc(at: Timestamp) -> Markup {
     html! { time datetime=(at.to_rfc3339()) { (text) } }
 }
 
+/// The outcome of an action, shown at the top of the page it lands on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    /// It was done; announced politely.
+    Done(String),
+    /// It was refused, with the reason; announced at once.
+    Refused(String),
+}
+
+impl maud::Render for Notice {
+    fn render(&self) -> Markup {
+        match self {
+            Self::Done(text) => {
+                html! { p class="notice" role="status" { strong { "Done. " } (text) } }
+            }
+            Self::Refused(text) => {
+                html! { p class="form-errors" role="alert" { strong { "Refused. " } (text) } }
+            }
+        }
+    }
+}
+
 /// A secret shown exactly once, with a copy button.
 pub fn shown_once(label: &str, secret: &str, advice: &str) -> Markup {
     html! {

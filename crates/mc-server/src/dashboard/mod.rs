@@ -40,6 +40,10 @@ pub fn router() -> Router<SharedState> {
             post(pages::agent::rotate_agent_token),
         )
         .route(
+            "/agents/{agent_id}/provision",
+            post(pages::agent::reprovision_agent),
+        )
+        .route(
             "/agents/{agent_id}/delete",
             get(pages::agent::confirm_delete_agent).post(pages::agent::delete_agent),
         )
@@ -52,10 +56,22 @@ pub fn router() -> Router<SharedState> {
             get(pages::gateways::edit_gateway).post(pages::gateways::update_gateway),
         )
         .route(
+            "/gateways/{gateway_id}/delete",
+            get(pages::gateways::confirm_delete_gateway).post(pages::gateways::delete_gateway),
+        )
+        .route(
             "/boards",
             get(pages::boards::list_boards).post(pages::boards::create_board),
         )
         .route("/boards/{board_id}", get(pages::boards::show_board))
+        .route(
+            "/boards/{board_id}/edit",
+            get(pages::boards::edit_board).post(pages::boards::update_board),
+        )
+        .route(
+            "/boards/{board_id}/agents",
+            post(pages::boards::create_agent),
+        )
         .route(
             "/boards/{board_id}/enrollment-tokens",
             post(pages::boards::issue_enrollment_token),
@@ -131,6 +147,7 @@ impl IntoResponse for PageError {
                         .map(|e| e.message.clone())
                         .collect::<Vec<_>>()
                         .join("; "),
+                    ApiError::Conflict(reason) | ApiError::Forbidden(reason) => reason.clone(),
                     other => other.to_string(),
                 };
                 (error.status(), message)

@@ -40,11 +40,11 @@ use mc_domain::liveness::{DEFAULT_CHECKIN_TIMEOUT_SECONDS, JobInProgress};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayPool};
-use mc_store::{NewProvisionJob, ProvisionAction};
+use mc_store::{NewProvisionJob, ProvisionAction, ProvisionJob};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
 /// How long each lifecycle state may last.
@@ -216,4 +216,47 @@ pub async fn request(
     let id = state.store.enqueue_provision_job(&job).await?;
     queued(state, agent, id, action, token);
     Ok(true)
+}
+
+/// Queues a fresh provisioning job for `agent` at an operator's request: a create when it
+/// was never placed on its gateway (or its create failed), else an update that rewrites
+/// its settings and workspace files. Returns the queued job.
+///
+/// Refused with 409 for an agent Mission Control did not create (found on a gateway:
+/// shown, never adopted) and for an agent on an unmanaged gateway (never contacted).
+pub async fn reprovision(state: &AppState, agent: &Agent) -> ApiResult<ProvisionJob> {
+    if !agent.is_mc_agent {
+        return Err(ApiError::Conflict(format!(
+            "agent {} was found on its gateway, not created by Mission Control; \
+             Mission Control does not provision agents it did not create",
+            agent.name
+        )));
+    }
+    let gateway = state
+        .store
+        .gateway(agent.gateway_id)
+        .await?
+        .ok_or(ApiError::NotFound("Gateway not found"))?;
+    if !gateway.url.is_managed() {
+        return Err(ApiError::Conflict(format!(
+            "agent {} is on the unmanaged gateway {} (it has no url): Mission Control never \
+             contacts it, so it cannot provision its agents; give the agent its token by hand, \
+             or set the gateway's url to manage it",
+            agent.name, gateway.name
+        )));
+    }
+    let action = if agent.gateway_agent_id.is_some() {
+        ProvisionAction::Update
+    } else {
+        ProvisionAction::Create
+    };
+    request(state, agent, action, None).await?;
+    state
+        .store
+        .provision_jobs(agent.id)
+        .await?
+        .into_iter()
+        .filter(|job| job.action == action)
+        .max_by_key(|job| job.id)
+        .ok_or_else(|| ApiError::Internal("a queued provisioning job is not listed".into()))
 }

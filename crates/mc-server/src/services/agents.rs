@@ -212,3 +212,20 @@ pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult
     state.registry.remove(agent.id());
     Ok(deleted)
 }
+
+/// Rotates an agent's token at an operator's request; on a managed gateway an update job
+/// also writes the new token into the agent's workspace.
+pub async fn rotate_and_deliver_token(
+    state: &AppState,
+    agent: &Arc<LiveAgent>,
+) -> ApiResult<Secret> {
+    let token = rotate_token(state, agent).await?;
+    crate::provision::request(
+        state,
+        &agent.profile(),
+        ProvisionAction::Update,
+        Some(&token),
+    )
+    .await?;
+    Ok(token)
+}

@@ -175,6 +175,16 @@ pub async fn check_new_board(state: &AppState, fields: BoardFields) -> ApiResult
     apply(state, &mut blank_board(state), fields, true).await
 }
 
+/// Checks changes to a board without storing them (to report every invalid field at once
+/// when the caller already found some invalid).
+pub async fn check_board_update(
+    state: &AppState,
+    board: Board,
+    fields: BoardFields,
+) -> ApiResult<()> {
+    apply(state, &mut board.clone(), fields, false).await
+}
+
 /// Changes a board and stores it.
 pub async fn update_board(
     state: &AppState,

@@ -8,7 +8,8 @@ use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_domain::{FieldError, ValidationErrors};
 
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
+use crate::services::agents::deleted_event;
 use crate::state::AppState;
 
 /// Fields of a gateway to create or change; `None` leaves a field as it is (on create:
@@ -120,4 +121,24 @@ pub async fn update_gateway(
     state.store.update_gateway(&gateway).await?;
     crate::provision::connect_gateway(&state.gateways, &gateway);
     Ok(gateway)
+}
+
+/// Deletes a gateway with its main agents; 409 while boards use it, 404 when it is gone.
+pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
+    let events: Vec<_> = state
+        .registry
+        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main())
+        .iter()
+        .map(|agent| deleted_event(agent, " with its gateway"))
+        .collect();
+    let deleted = state
+        .store
+        .delete_gateway(id, &events)
+        .await?
+        .ok_or(ApiError::NotFound("Gateway not found"))?;
+    for agent in deleted {
+        state.registry.remove(agent);
+    }
+    state.gateways.remove(id);
+    Ok(())
 }

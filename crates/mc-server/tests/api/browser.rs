@@ -1,7 +1,8 @@
 //! End to end in a real headless Chromium, driven over the W3C WebDriver protocol by
 //! chromedriver: sign in, watch an agent turn offline live when its tolerance passes and
 //! come back on its next heartbeat (no reload), rotate a token, issue and revoke an
-//! enrollment token. Screenshots go to `target/e2e-artifacts/`.
+//! enrollment token, create an agent at phone width. Screenshots go to
+//! `target/e2e-artifacts/`.
 //!
 //! Needs `chromium` and `chromium-driver` (Debian); `scripts/test` and `.ci/run` install
 //! them. `MC_CHROMEDRIVER` and `MC_CHROMIUM` override the binaries' paths.
@@ -395,6 +396,29 @@ async fn an_operator_watches_the_fleet_live_and_manages_tokens_in_a_real_browser
     browser.screenshot("08-enrollment-revoked").await;
     let listed = expect_success(app.list_enrollment_tokens(&fixture.board_id).await).await;
     assert!(listed["items"][0]["revoked_at"].is_string());
+
+    // Create an agent from the board page at phone width: its token is shown once.
+    browser.resize(390, 844).await;
+    browser.type_into("#field-name", "Phone Scout").await;
+    browser
+        .click("form[action$='/agents'] button[type=submit]")
+        .await;
+    browser
+        .wait_until(
+            "the new agent's page with its token",
+            "return !!document.getElementById('secret-value') && document.querySelector('h1').textContent === 'Phone Scout';",
+        )
+        .await;
+    browser.screenshot("09-agent-created-phone-width").await;
+    let created = browser
+        .run("return document.getElementById('secret-value').value;")
+        .await;
+    assert_eq!(
+        app.agent_heartbeat(created.as_str().expect("a token"), None)
+            .await
+            .status(),
+        StatusCode::OK
+    );
 
     browser.close().await;
     driver.stop().await;

@@ -2,11 +2,18 @@
 //! page's rendering, every form's validation and CSRF protection, and the session cookie
 //! as a credential for the JSON API's reads only.
 
-use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, SET_COOKIE};
+use reqwest::header::{CONTENT_SECURITY_POLICY, COOKIE, LOCATION, REFERER, SET_COOKIE};
 use reqwest::{Method, StatusCode};
 use serde_json::json;
 
-use crate::helpers::{Auth, TestApp, expect_success, id_of, unique};
+use mc_gateway::GatewayGeneration;
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+
+use crate::gateway_fixtures::{
+    board_on_fake, create_agent_named, managed_board, provision_jobs, settled_jobs,
+    spawn_provisioning_app,
+};
+use crate::helpers::{Auth, TestApp, eventually, expect_success, id_of, unique};
 
 /// A page as received.
 pub struct Page {
@@ -473,13 +480,43 @@ async fn the_agent_page_shows_fields_uptime_timeline_and_provisioning_in_words()
     assert_eq!(page.status, StatusCode::OK);
     assert!(page.html.contains(&agent.name));
     assert!(page.html.contains("Running: it has sent heartbeats"));
+    assert!(
+        page.html
+            .contains("<dt>Main session</dt><dd>not assigned</dd>")
+    );
+    assert!(page.html.contains("<dt>Identity</dt><dd>Defaults.</dd>"));
     assert!(page.html.contains("uptime, last 24 hours"));
     assert!(page.html.contains("<svg class=\"timeline\""));
     assert!(page.html.contains("its agents only send heartbeats"));
     assert!(page.html.contains("Rotate token"));
     assert!(
-        !page.html.to_lowercase().contains("re-provision"),
-        "no fake re-provision action"
+        page.html
+            .contains("Not provisioned by Mission Control: its gateway is unmanaged")
+    );
+    assert!(
+        !page
+            .html
+            .contains(&format!("/agents/{}/provision\"", agent.id)),
+        "no re-provision button for an agent Mission Control cannot provision"
+    );
+    assert!(
+        page.html
+            .contains("Re-provisioning is not offered: the gateway is unmanaged")
+    );
+
+    expect_success(
+        app.patch_agent(
+            &agent.id,
+            &json!({"identity_profile": {"role": "Scout"}, "soul_template": "Be brief."}),
+        )
+        .await,
+    )
+    .await;
+    let identity = browser.get(&format!("/agents/{}", agent.id)).await;
+    assert!(
+        identity.html.contains("role: Scout") && identity.html.contains("Own SOUL.md template."),
+        "{}",
+        identity.html
     );
 
     let missing = browser
@@ -501,6 +538,7 @@ async fn rotating_a_token_shows_the_new_one_once_and_the_old_one_stops_working()
     assert_eq!(page.status, StatusCode::OK);
     let token = page.shown_secret().expect("the new token is shown");
     assert_ne!(token, agent.token);
+    assert!(page.html.contains("The previous token no longer works."));
     assert_eq!(
         app.agent_heartbeat(&agent.token, None).await.status(),
         StatusCode::UNAUTHORIZED
@@ -526,8 +564,22 @@ async fn a_form_without_the_sessions_csrf_token_changes_nothing() {
     for (path, fields) in [
         (format!("/agents/{}/token", agent.id), vec![]),
         (format!("/agents/{}/delete", agent.id), vec![]),
+        (format!("/agents/{}/provision", agent.id), vec![]),
         ("/gateways".to_owned(), vec![("name", "g")]),
+        (
+            format!("/gateways/{}", fixture.gateway_id),
+            vec![("name", "renamed")],
+        ),
+        (format!("/gateways/{}/delete", fixture.gateway_id), vec![]),
         ("/boards".to_owned(), vec![("name", "b")]),
+        (
+            format!("/boards/{}/edit", fixture.board_id),
+            vec![("name", "renamed")],
+        ),
+        (
+            format!("/boards/{}/agents", fixture.board_id),
+            vec![("name", "sneaky")],
+        ),
         (
             format!("/boards/{}/enrollment-tokens", fixture.board_id),
             vec![],
@@ -547,8 +599,39 @@ async fn a_form_without_the_sessions_csrf_token_changes_nothing() {
     );
     let gateways = expect_success(app.list_gateways("").await).await;
     assert_eq!(gateways["total"], 1);
+    assert_ne!(gateways["items"][0]["name"], "renamed");
+    let board = expect_success(app.get_board(&fixture.board_id).await).await;
+    assert_ne!(board["name"], "renamed");
+    let agents = expect_success(app.list_agents("").await).await;
+    assert_eq!(agents["total"], 1, "no agent was created");
     let tokens = expect_success(app.list_enrollment_tokens(&fixture.board_id).await).await;
     assert_eq!(tokens["total"], 0);
+}
+
+#[tokio::test]
+async fn a_form_posted_after_the_session_expired_goes_to_sign_in_and_back_to_its_page() {
+    let app = TestApp::spawn().await;
+    let fixture = app.unmanaged_board().await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let board = format!("/boards/{}", fixture.board_id);
+    let response = client
+        .post(format!("{}{board}/agents", app.address))
+        .header(REFERER, format!("{}{board}", app.address))
+        .form(&[("csrf_token", "stale"), ("name", "late")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        response.headers()[LOCATION].to_str().unwrap(),
+        format!("/sign-in?next={board}")
+    );
+    let agents = expect_success(app.list_agents("").await).await;
+    assert_eq!(agents["total"], 0, "nothing was saved");
 }
 
 #[tokio::test]
@@ -807,6 +890,361 @@ async fn enrollment_tokens_are_issued_once_listed_and_revoked() {
         .heartbeat_by_name(Auth::Agent(&token), &json!({"name": unique("late")}))
         .await;
     assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn re_provisioning_from_the_agent_page_queues_a_job_and_tells_its_state_in_words() {
+    let gw = FakeGateway::start(FakeGatewayOptions::new(GatewayGeneration::V4)).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let mut browser = Browser::signed_in(&app).await;
+    let path = format!("/agents/{id}");
+    let before = browser.get(&path).await;
+    assert!(
+        before.html.contains("Creating it on its gateway succeeded"),
+        "{}",
+        before.html
+    );
+    assert!(
+        before
+            .html
+            .contains(&format!("action=\"{path}/provision\""))
+    );
+
+    let posted = browser.post(&path, &format!("{path}/provision"), &[]).await;
+    assert_eq!(posted.status, StatusCode::SEE_OTHER, "{}", posted.html);
+    let target = posted.location.expect("back to the agent's page");
+    assert!(
+        target.starts_with(&format!("{path}?reprovisioned=")),
+        "{target}"
+    );
+    let queued = browser.get(&target).await;
+    assert_eq!(queued.status, StatusCode::OK);
+    assert!(
+        queued
+            .html
+            .contains("Re-provisioning queued: an update job"),
+        "{}",
+        queued.html
+    );
+    assert!(queued.html.contains("role=\"status\""));
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["action"], "update");
+    assert!(
+        target.ends_with(&format!("={}", jobs[1]["id"])),
+        "the notice names the job queued"
+    );
+    browser.get(&target).await;
+    assert_eq!(
+        provision_jobs(&app, &id).await.len(),
+        2,
+        "reloading the page queues nothing"
+    );
+    let after = browser.get(&path).await;
+    assert!(
+        after.html.contains("Updating it on its gateway succeeded"),
+        "{}",
+        after.html
+    );
+}
+
+#[tokio::test]
+async fn a_failing_provisioning_job_is_told_in_words_and_re_provisioning_an_unmanaged_agent_is_refused()
+ {
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = managed_board(&app, "ws://127.0.0.1:1", None).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    eventually("the first attempt to fail", || async {
+        provision_jobs(&app, &id).await[0]["attempts"] != 0
+    })
+    .await;
+    let mut browser = Browser::signed_in(&app).await;
+    let page = browser.get(&format!("/agents/{id}")).await;
+    assert!(
+        page.html
+            .contains("Creating it on its gateway is being retried"),
+        "{}",
+        page.html
+    );
+    assert!(page.html.contains("Last error:"));
+
+    let unmanaged = app.unmanaged_board().await;
+    let agent = app.agent_with_token(&unmanaged.board_id).await;
+    let path = format!("/agents/{}", agent.id);
+    let refused = browser.post(&path, &format!("{path}/provision"), &[]).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(refused.html.contains("role=\"alert\""));
+    assert!(
+        refused.html.contains("Not re-provisioned: agent") && refused.html.contains("unmanaged"),
+        "{}",
+        refused.html
+    );
+    assert!(provision_jobs(&app, &agent.id).await.is_empty());
+}
+
+#[tokio::test]
+async fn deleting_a_gateway_asks_first_and_is_refused_while_boards_use_it() {
+    let app = TestApp::spawn().await;
+    let fixture = app.unmanaged_board().await;
+    let mut browser = Browser::signed_in(&app).await;
+    let edit = browser
+        .get(&format!("/gateways/{}", fixture.gateway_id))
+        .await;
+    assert!(
+        edit.html
+            .contains(&format!("/gateways/{}/delete", fixture.gateway_id))
+    );
+    let path = format!("/gateways/{}/delete", fixture.gateway_id);
+    let confirm = browser.get(&path).await;
+    assert_eq!(confirm.status, StatusCode::OK);
+    assert!(confirm.html.contains("cannot be undone"));
+    assert!(
+        confirm.html.contains("These boards use the gateway")
+            && confirm
+                .html
+                .contains(&format!("href=\"/boards/{}\"", fixture.board_id)),
+        "the boards in the way are listed"
+    );
+    let refused = browser.post(&path, &path, &[]).await;
+    assert_eq!(refused.status, StatusCode::CONFLICT);
+    assert!(
+        refused.html.contains("still has boards"),
+        "{}",
+        refused.html
+    );
+    assert_eq!(
+        app.get_gateway(&fixture.gateway_id).await.status(),
+        StatusCode::OK
+    );
+
+    let spare = expect_success(
+        app.create_gateway(&json!({"name": "Spare", "url": ""}))
+            .await,
+    )
+    .await;
+    let spare = id_of(&spare);
+    let path = format!("/gateways/{spare}/delete");
+    let deleted = browser.post(&path, &path, &[]).await;
+    assert_eq!(deleted.status, StatusCode::SEE_OTHER);
+    assert_eq!(deleted.location.as_deref(), Some("/gateways"));
+    assert_eq!(
+        app.get_gateway(&spare).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let missing = browser.get(&path).await;
+    assert_eq!(missing.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn editing_a_board_marks_every_invalid_field_and_saves_nothing() {
+    let app = TestApp::spawn().await;
+    let fixture = app.unmanaged_board().await;
+    let other = app.unmanaged_board().await;
+    let other_slug = expect_success(app.get_board(&other.board_id).await).await["slug"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut browser = Browser::signed_in(&app).await;
+    let board_page = browser.get(&format!("/boards/{}", fixture.board_id)).await;
+    assert!(
+        board_page
+            .html
+            .contains(&format!("/boards/{}/edit", fixture.board_id))
+    );
+    let path = format!("/boards/{}/edit", fixture.board_id);
+    let form = browser.get(&path).await;
+    assert_eq!(form.status, StatusCode::OK);
+    let stored = expect_success(app.get_board(&fixture.board_id).await).await;
+    assert!(
+        form.html
+            .contains(&format!("value=\"{}\"", stored["slug"].as_str().unwrap()))
+    );
+    assert!(
+        form.html.contains("value=\"100\""),
+        "the agent limit is shown"
+    );
+
+    let invalid = browser
+        .post(
+            &path,
+            &path,
+            &[
+                ("name", " "),
+                ("slug", "Not A Slug"),
+                ("description", "changed"),
+                ("gateway_id", &fixture.gateway_id),
+                ("max_agents", "lots"),
+            ],
+        )
+        .await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    for field in ["name", "slug", "max_agents"] {
+        assert!(
+            invalid.field_error(field).is_some(),
+            "{field}: {}",
+            invalid.html
+        );
+    }
+    assert!(
+        invalid.html.contains("value=\"changed\""),
+        "entered values are kept"
+    );
+    let unchanged = expect_success(app.get_board(&fixture.board_id).await).await;
+    assert_eq!(unchanged, stored, "nothing half-saved");
+
+    let taken = browser
+        .post(
+            &path,
+            &path,
+            &[
+                ("name", "Ops"),
+                ("slug", &other_slug),
+                ("description", "d"),
+                ("gateway_id", &fixture.gateway_id),
+            ],
+        )
+        .await;
+    assert_eq!(taken.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        taken
+            .field_error("slug")
+            .unwrap()
+            .contains("already exists")
+    );
+
+    let saved = browser
+        .post(
+            &path,
+            &path,
+            &[
+                ("name", "Ops"),
+                ("slug", "ops-renamed"),
+                ("description", "Operations"),
+                ("gateway_id", &fixture.gateway_id),
+                ("max_agents", ""),
+                ("only_lead_can_change_status", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(saved.status, StatusCode::SEE_OTHER, "{}", saved.html);
+    assert_eq!(saved.location, Some(format!("{path}?saved=1")));
+    let board = expect_success(app.get_board(&fixture.board_id).await).await;
+    assert_eq!(board["name"], "Ops");
+    assert_eq!(board["slug"], "ops-renamed");
+    assert_eq!(board["max_agents"], 0, "blank is no limit");
+    assert_eq!(board["only_lead_can_change_status"], true);
+    let confirmation = browser.get(&format!("{path}?saved=1")).await;
+    assert!(confirmation.html.contains("settings are saved"));
+}
+
+#[tokio::test]
+async fn creating_an_agent_on_the_board_page_marks_invalid_fields_and_shows_its_token_once() {
+    let app = TestApp::spawn().await;
+    let fixture = app.unmanaged_board().await;
+    let mut browser = Browser::signed_in(&app).await;
+    let board = format!("/boards/{}", fixture.board_id);
+    let create = format!("{board}/agents");
+    let page = browser.get(&board).await;
+    assert!(page.html.contains(&format!("action=\"{create}\"")));
+
+    let invalid = browser
+        .post(
+            &board,
+            &create,
+            &[
+                ("name", " "),
+                ("interval_seconds", "often"),
+                ("missing_tolerance", ""),
+            ],
+        )
+        .await;
+    assert_eq!(invalid.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(invalid.field_error("name").is_some(), "{}", invalid.html);
+    assert!(
+        invalid
+            .field_error("interval_seconds")
+            .unwrap()
+            .contains("whole number")
+    );
+    assert!(
+        invalid.html.contains("value=\"often\""),
+        "entered values are kept"
+    );
+    let too_short = browser
+        .post(
+            &board,
+            &create,
+            &[
+                ("name", "Scout"),
+                ("interval_seconds", "60"),
+                ("missing_tolerance", "30"),
+            ],
+        )
+        .await;
+    assert!(
+        too_short
+            .field_error("missing_tolerance")
+            .unwrap()
+            .contains("at least interval_seconds"),
+        "{}",
+        too_short.html
+    );
+    let agents = expect_success(app.list_agents("").await).await;
+    assert_eq!(agents["total"], 0, "nothing was saved");
+
+    let created = browser
+        .post(
+            &board,
+            &create,
+            &[
+                ("name", "Scout"),
+                ("interval_seconds", "30"),
+                ("missing_tolerance", "90"),
+                ("is_board_lead", "on"),
+            ],
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::OK, "{}", created.html);
+    assert!(created.html.contains("Agent Scout was created"));
+    assert!(
+        created
+            .html
+            .contains("Give it to the agent: its heartbeat sends it as X-Agent-Token.")
+            && !created.html.contains("previous token"),
+        "a new agent had no previous token"
+    );
+    let token = created
+        .shown_secret()
+        .expect("the agent's token is shown once");
+    assert_eq!(
+        app.agent_heartbeat(&token, None).await.status(),
+        StatusCode::OK
+    );
+    let agents = expect_success(app.list_agents("").await).await;
+    let agent = &agents["items"][0];
+    assert_eq!(agent["name"], "Scout");
+    assert_eq!(agent["is_board_lead"], true);
+    assert_eq!(agent["heartbeat_config"]["interval_seconds"], 30);
+    assert_eq!(agent["heartbeat_config"]["missing_tolerance"], 90);
+    assert!(
+        browser
+            .get(&format!("/agents/{}", id_of(agent)))
+            .await
+            .shown_secret()
+            .is_none(),
+        "shown only once"
+    );
+
+    let duplicate = browser.post(&board, &create, &[("name", "SCOUT")]).await;
+    assert_eq!(duplicate.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        duplicate
+            .field_error("name")
+            .unwrap()
+            .contains("already exists")
+    );
 }
 
 #[tokio::test]

@@ -36,6 +36,20 @@ pub async fn spawn_provisioning_app() -> TestApp {
     TestApp::spawn_with(quick_gateway_settings).await
 }
 
+/// A server for real OpenClaw gateways: the production request timeouts (a real gateway on a
+/// busy machine takes over a second per file write; a timed-out write still lands and makes
+/// the retry race the gateway's config reload) with quick job retries.
+pub async fn spawn_real_gateway_app() -> TestApp {
+    TestApp::spawn_with(|config| {
+        config.provision_backoff = BackoffPolicy {
+            initial: Duration::from_millis(500),
+            max: Duration::from_secs(3),
+            jitter: 0.1,
+        };
+    })
+    .await
+}
+
 /// A managed gateway pointing at `url` with `token`, and a board on it: `(gateway, board)`.
 pub async fn managed_board(app: &TestApp, url: &str, token: Option<&str>) -> (String, String) {
     managed_board_at(app, url, token, WORKSPACE_ROOT).await

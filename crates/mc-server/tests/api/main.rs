@@ -15,6 +15,7 @@ mod metrics;
 mod outage;
 mod provisioning;
 mod real_gateway_provisioning;
+mod reprovision;
 mod sse;
 mod streams;
 mod webhooks;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use mc_gateway::testing::RealGateway;
 
 use crate::gateway_fixtures::{
-    create_agent_named, credential, managed_board_at, provision_jobs, spawn_provisioning_app,
+    create_agent_named, credential, managed_board_at, provision_jobs, spawn_real_gateway_app,
 };
 use crate::helpers::{expect_success, unique};
 
@@ -43,7 +43,7 @@ async fn an_agent_created_on_openclaw_2026_4_2_gets_its_files_and_credentials_in
 async fn provision_on(version: &str, credentials_file: &str) {
     let _turn = ONE_GATEWAY_AT_A_TIME.lock().await;
     let gateway = RealGateway::start(version).unwrap_or_else(|e| panic!("{e}"));
-    let app = spawn_provisioning_app().await;
+    let app = spawn_real_gateway_app().await;
     let root = gateway.workspace_root();
     let (_, board_id) = managed_board_at(
         &app,
@@ -63,7 +63,7 @@ async fn provision_on(version: &str, credentials_file: &str) {
             break jobs[0].clone();
         }
         assert!(
-            started.elapsed() < Duration::from_secs(150),
+            started.elapsed() < Duration::from_secs(240),
             "not provisioned in time: {jobs:?}\n{}",
             gateway.log_tail(40)
         );

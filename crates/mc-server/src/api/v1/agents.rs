@@ -400,15 +400,7 @@ pub async fn rotate_agent_token(
     Path(agent_id): Path<String>,
 ) -> ApiResult<Json<TokenRead>> {
     let agent = load_agent(&state, path_id(&agent_id, "agent_id")?)?;
-    let token = service::rotate_token(&state, &agent).await?;
-    // On a managed gateway the new token must reach the agent's workspace too.
-    crate::provision::request(
-        &state,
-        &agent.profile(),
-        mc_store::ProvisionAction::Update,
-        Some(&token),
-    )
-    .await?;
+    let token = service::rotate_and_deliver_token(&state, &agent).await?;
     Ok(Json(TokenRead {
         token: token.expose().to_owned(),
     }))

@@ -13,7 +13,6 @@ use super::{OkResponse, PageOf, present};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{ApiJson, QueryParams, path_id};
-use crate::services::agents::deleted_event;
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
 use mc_gateway::GatewayPool;
@@ -261,20 +260,6 @@ pub async fn delete_gateway(
 ) -> ApiResult<Json<OkResponse>> {
     let id = path_id(&gateway_id, "gateway_id")?;
     load_gateway(&state, id).await?;
-    let events: Vec<_> = state
-        .registry
-        .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main())
-        .iter()
-        .map(|agent| deleted_event(agent, " with its gateway"))
-        .collect();
-    let deleted = state
-        .store
-        .delete_gateway(id, &events)
-        .await?
-        .ok_or(ApiError::NotFound("Gateway not found"))?;
-    for agent in deleted {
-        state.registry.remove(agent);
-    }
-    state.gateways.remove(id);
+    service::delete_gateway(&state, id).await?;
     Ok(Json(OkResponse::ok()))
 }

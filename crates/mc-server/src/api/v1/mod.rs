@@ -36,6 +36,10 @@ pub fn router() -> Router<SharedState> {
             get(provision_jobs::list_provision_jobs),
         )
         .route(
+            "/agents/{agent_id}/provision",
+            post(provision_jobs::provision_agent),
+        )
+        .route(
             "/gateways/{gateway_id}/status",
             get(gateways::gateway_status),
         )

@@ -1,9 +1,11 @@
 //! `/api/v1/agents/{agent_id}/provision-jobs`: an agent's provisioning jobs (create,
 //! update, delete on its gateway), oldest first. Kept after the agent is deleted, so the
-//! fate of its delete job stays visible.
+//! fate of its delete job stays visible. `/api/v1/agents/{agent_id}/provision` queues a
+//! fresh one at an operator's request.
 
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use mc_domain::time::Timestamp;
 use mc_store::ProvisionJob;
 use serde::Serialize;
@@ -12,6 +14,7 @@ use utoipa::ToSchema;
 use crate::auth::Admin;
 use crate::error::ApiResult;
 use crate::extract::path_id;
+use crate::provision;
 use crate::state::SharedState;
 
 /// One provisioning job as read.
@@ -61,4 +64,21 @@ pub async fn list_provision_jobs(
     let id = path_id(&agent_id, "agent_id")?;
     let jobs = state.store.provision_jobs(id).await?;
     Ok(Json(jobs.into_iter().map(ProvisionJobRead::from).collect()))
+}
+
+/// Re-provisions an agent on its managed gateway: queues a create job when it was never
+/// placed there (or its create failed), else an update that rewrites its settings and
+/// workspace files. 202 with the queued job; 409 for an agent on an unmanaged gateway or
+/// one Mission Control did not create.
+#[utoipa::path(post, path = "/api/v1/agents/{agent_id}/provision", tag = "agents",
+    params(("agent_id" = Uuid, Path)),
+    responses((status = 202, body = ProvisionJobRead), (status = 404), (status = 409), (status = 422)))]
+pub async fn provision_agent(
+    _: Admin,
+    State(state): State<SharedState>,
+    Path(agent_id): Path<String>,
+) -> ApiResult<(StatusCode, Json<ProvisionJobRead>)> {
+    let agent = super::agents::load_agent(&state, path_id(&agent_id, "agent_id")?)?;
+    let job = provision::reprovision(&state, &agent.profile()).await?;
+    Ok((StatusCode::ACCEPTED, Json(ProvisionJobRead::from(job))))
 }

@@ -1,5 +1,5 @@
-//! Gateways: the list with each one's connection state in words, create and edit. The
-//! gateway token is write-only: the form never shows it, blank keeps it.
+//! Gateways: the list with each one's connection state in words, create, edit and delete
+//! (confirmed). The gateway token is write-only: the form never shows it, blank keeps it.
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -10,9 +10,10 @@ use mc_domain::ids::GatewayId;
 
 use crate::api::v1::gateways::GatewayStatusRead;
 use crate::dashboard::forms::{FormErrors, InputKind, checkbox, csrf_field, input};
-use crate::dashboard::layout::{Section, page};
+use crate::dashboard::layout::{Notice, Section, page};
 use crate::dashboard::session::Session;
-use crate::dashboard::{CsrfForm, PageResult, SignedIn};
+use crate::dashboard::{CsrfForm, PageError, PageResult, SignedIn};
+use crate::error::ApiError;
 use crate::extract::{QueryParams, path_id};
 use crate::services::gateways::{self as service, GatewayFields};
 use crate::state::SharedState;
@@ -219,6 +220,79 @@ fn edit_body(
         p class="card" { strong { (state.label) } ": " (state.words) }
         h2 { "Settings" }
         (gateway_form(&format!("/gateways/{}", gateway.id), "Save changes", values, true, session, errors))
+        p { a class="button danger" href={ "/gateways/" (gateway.id) "/delete" } { "Delete gateway…" } }
+    }
+}
+
+fn confirm_delete_body(
+    gateway: &Gateway,
+    boards: &[&mc_domain::board::Board],
+    session: &Session,
+    refusal: Option<Notice>,
+) -> Markup {
+    html! {
+        @if let Some(refusal) = &refusal { (refusal) }
+        h1 { "Delete gateway " (gateway.name) "?" }
+        @if !boards.is_empty() {
+            div class="card" {
+                p { "These boards use the gateway:" }
+                ul { @for board in boards { li { a href={ "/boards/" (board.id) } { (board.name) } } } }
+            }
+        }
+        div class="card" {
+            p { "The gateway is removed from Mission Control together with its main agents. A gateway that boards still use cannot be deleted: delete those boards or move them to another gateway first. This cannot be undone." }
+            form method="post" action={ "/gateways/" (gateway.id) "/delete" } class="actions" {
+                (csrf_field(session.csrf_token()))
+                button type="submit" class="danger" { "Delete gateway" }
+                a href={ "/gateways/" (gateway.id) } { "Cancel" }
+            }
+        }
+    }
+}
+
+/// The boards whose agents run on gateway `id`.
+fn boards_on(directory: &super::Directory, id: GatewayId) -> Vec<&mc_domain::board::Board> {
+    directory
+        .boards
+        .iter()
+        .filter(|board| board.gateway_id == id)
+        .collect()
+}
+
+/// `GET /gateways/{gateway_id}/delete`: asks for confirmation.
+pub async fn confirm_delete_gateway(
+    SignedIn(session): SignedIn,
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+) -> PageResult<Response> {
+    let id: GatewayId = path_id(&gateway_id, "gateway_id")?;
+    let gateway = crate::api::v1::gateways::load_gateway(&state, id).await?;
+    let directory = super::Directory::load(&state).await?;
+    let boards = boards_on(&directory, id);
+    let body = confirm_delete_body(&gateway, &boards, &session, None);
+    Ok(page("Delete gateway", Section::Gateways, &session, body))
+}
+
+/// `POST /gateways/{gateway_id}/delete`: deletes the gateway and goes back to the list;
+/// while boards use it, the confirmation page says so (409) and nothing is deleted.
+pub async fn delete_gateway(
+    State(state): State<SharedState>,
+    Path(gateway_id): Path<String>,
+    form: CsrfForm,
+) -> PageResult<Response> {
+    let id: GatewayId = path_id(&gateway_id, "gateway_id")?;
+    let gateway = crate::api::v1::gateways::load_gateway(&state, id).await?;
+    match service::delete_gateway(&state, id).await {
+        Ok(()) => Ok(Redirect::to("/gateways").into_response()),
+        Err(ApiError::Conflict(reason)) => {
+            let directory = super::Directory::load(&state).await?;
+            let boards = boards_on(&directory, id);
+            let refusal = Some(Notice::Refused(reason));
+            let body = confirm_delete_body(&gateway, &boards, &form.session, refusal);
+            let response = page("Delete gateway", Section::Gateways, &form.session, body);
+            Ok((StatusCode::CONFLICT, response).into_response())
+        }
+        Err(other) => Err(PageError::Api(other)),
     }
 }
 
