@@ -4,6 +4,7 @@
 //! error in `last_provision_error`. A create or update that woke the agent starts its
 //! check-in deadline; a delete that ended (done or given up) removes the agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mc_domain::time::Timestamp;
@@ -11,7 +12,6 @@ use mc_gateway::BackoffPolicy;
 use mc_store::{
     AgentPlacement, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState, StoreError,
 };
-use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
