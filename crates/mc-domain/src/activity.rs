@@ -51,6 +51,10 @@ impl EventType {
             Self::AgentStatusChanged(AgentStatus::Healthy) => "agent.healthy",
             Self::AgentStatusChanged(AgentStatus::Degraded) => "agent.degraded",
             Self::AgentStatusChanged(AgentStatus::Offline) => "agent.offline",
+            // Job overlays are never published as transitions (see `AgentStatus`); the
+            // names exist only so that the mapping is total.
+            Self::AgentStatusChanged(AgentStatus::Updating) => "agent.updating",
+            Self::AgentStatusChanged(AgentStatus::Deleting) => "agent.deleting",
         }
     }
 }

@@ -197,8 +197,12 @@ pub enum AgentStatus {
     Healthy,
     /// Heartbeating and reporting degraded.
     Degraded,
-    /// Silent past its tolerance, or reported offline.
+    /// Silent past its tolerance, reported offline, or never checked in after its wakes.
     Offline,
+    /// An update job is queued or running (upstream's wire value).
+    Updating,
+    /// A delete job is queued or running (upstream's wire value).
+    Deleting,
 }
 
 impl AgentStatus {
@@ -209,27 +213,32 @@ impl AgentStatus {
             Self::Healthy => "healthy",
             Self::Degraded => "degraded",
             Self::Offline => "offline",
+            Self::Updating => "updating",
+            Self::Deleting => "deleting",
         }
     }
 
     /// Parses the stored form.
     pub fn from_stored(text: &str) -> Option<Self> {
-        match text {
-            "provisioning" => Some(Self::Provisioning),
-            "healthy" => Some(Self::Healthy),
-            "degraded" => Some(Self::Degraded),
-            "offline" => Some(Self::Offline),
-            _ => None,
-        }
+        Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
 
     /// Every value, for filters and documentation.
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 6] = [
         Self::Provisioning,
         Self::Healthy,
         Self::Degraded,
         Self::Offline,
+        Self::Updating,
+        Self::Deleting,
     ];
+
+    /// Whether the status comes from a provisioning job in progress (`updating`,
+    /// `deleting`) rather than from heartbeats; such statuses are never published as
+    /// liveness transitions.
+    pub const fn is_lifecycle_overlay(self) -> bool {
+        matches!(self, Self::Updating | Self::Deleting)
+    }
 }
 
 impl fmt::Display for AgentStatus {

@@ -7,6 +7,7 @@ use std::time::Duration;
 use mc_domain::token::Secret;
 use mc_gateway::{BackoffPolicy, GatewayConfig};
 
+use crate::provision::LifecycleBounds;
 use crate::webhooks::DeliverySettings;
 
 /// Default request body limit: 1 MiB.
@@ -39,6 +40,8 @@ pub struct ServerConfig {
     pub provision_backoff: BackoffPolicy,
     /// Directory whose `*.j2` files override the compiled-in workspace templates by name.
     pub templates_dir: Option<PathBuf>,
+    /// The check-in timeout after each wake and how long a provisioning job may retry.
+    pub lifecycle: LifecycleBounds,
 }
 
 impl ServerConfig {
@@ -61,6 +64,7 @@ impl ServerConfig {
                 jitter: 0.2,
             },
             templates_dir: None,
+            lifecycle: LifecycleBounds::default(),
         }
     }
 

@@ -136,12 +136,7 @@ impl Drop for StreamClientGuard {
     }
 }
 
-const STATUSES: [AgentStatus; 4] = [
-    AgentStatus::Provisioning,
-    AgentStatus::Healthy,
-    AgentStatus::Degraded,
-    AgentStatus::Offline,
-];
+const STATUSES: [AgentStatus; 6] = AgentStatus::ALL;
 
 impl Metrics {
     /// Records one answered request of `route` (the matched path pattern).
@@ -278,7 +273,8 @@ pub async fn render(state: &SharedState) -> String {
         "Liveness transitions recorded by this process, by new status.",
     );
     let transitions = state.registry.transitions();
-    for status in STATUSES {
+    // Job states (updating, deleting) are never transitions.
+    for status in STATUSES.into_iter().filter(|s| !s.is_lifecycle_overlay()) {
         let _ = writeln!(
             out,
             "mc_liveness_transitions_total{{to=\"{}\"}} {}",

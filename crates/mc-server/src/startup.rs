@@ -86,7 +86,14 @@ impl Server {
             .await
             .context("creating the default organisation")?;
         let agents = store.all_agents().await.context("loading agents")?;
-        let registry = Arc::new(Registry::load(agents, Timestamp::now()));
+        let jobs = store
+            .unfinished_provision_jobs()
+            .await
+            .context("loading provisioning jobs")?
+            .into_iter()
+            .map(|job| (job.agent_id, job.id, crate::provision::job_kind(job.action)))
+            .collect();
+        let registry = Arc::new(Registry::load(agents, jobs, Timestamp::now()));
         tracing::info!(agents = registry.len(), "agents loaded");
         let identity = mc_gateway::DeviceIdentity::load_or_create(&config.data_dir)
             .context("loading the gateway device identity")?;
@@ -112,7 +119,10 @@ impl Server {
             stream_keep_alive: config.stream_keep_alive,
             metrics: Arc::default(),
             gateways,
-            provisioner: Arc::new(crate::provision::Provisioner::new(templates)),
+            provisioner: Arc::new(crate::provision::Provisioner::new(
+                templates,
+                config.lifecycle,
+            )),
         });
         Ok(Self { state, config })
     }
@@ -153,6 +163,11 @@ impl Server {
             self.config.provision_backoff,
             state.shutdown.subscribe(),
         );
+        let checkins = crate::provision::checkin::start(
+            Arc::clone(&state),
+            self.config.liveness_tick,
+            state.shutdown.subscribe(),
+        );
         let app = crate::api::router(Arc::clone(&state), self.config.max_body_bytes);
         tracing::info!("listening on http://{address}");
         // Event streams never end by themselves: tell them to, so the drain can finish.
@@ -167,6 +182,7 @@ impl Server {
         tasks.stop().await;
         let _ = deliveries.await;
         let _ = provisioning.await;
+        let _ = checkins.await;
         let flushed = state.engine.flush().await;
         served.context("serving HTTP")?;
         flushed.context("flushing pending heartbeat writes at shutdown")?;

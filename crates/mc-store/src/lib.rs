@@ -20,6 +20,7 @@ use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
+use mc_domain::liveness::Checkin;
 use mc_domain::page::{Page, PageRequest};
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
@@ -105,6 +106,8 @@ pub struct LivenessWrite {
     pub own_token_used: bool,
     /// Its `updated_at`.
     pub updated_at: Timestamp,
+    /// The check-in awaited after a wake (or given up on); `None` once it checked in.
+    pub checkin: Option<Checkin>,
 }
 
 /// An agent together with its token digest, as loaded into the in-memory index.
@@ -114,6 +117,8 @@ pub struct StoredAgent {
     pub agent: Agent,
     /// Its token digest, if a token was minted.
     pub token_digest: Option<TokenDigest>,
+    /// The check-in awaited after a wake (or given up on).
+    pub checkin: Option<Checkin>,
 }
 
 /// The spending of one enrollment-token use, done in the same transaction as a create.
@@ -364,6 +369,17 @@ pub trait Store: Send + Sync + 'static {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()>;
+    /// Like [`Store::insert_agent`], queueing its first provisioning job in the same
+    /// transaction (an agent is never stored without the job that provisions it); returns
+    /// the job's id.
+    async fn insert_agent_with_job(
+        &self,
+        agent: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &NewProvisionJob,
+    ) -> StoreResult<i64>;
     /// An agent by id.
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>>;
     /// Agents matching `filter`, newest first.
@@ -491,10 +507,40 @@ pub trait Store: Send + Sync + 'static {
     async fn next_provision_job_due(&self) -> StoreResult<Option<Timestamp>>;
     /// An agent's provisioning jobs, oldest first.
     async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<ProvisionJob>>;
+    /// Every pending provisioning job (claimed ones included), in queue order: what each
+    /// agent has in progress, to rebuild the in-memory index at start.
+    async fn unfinished_provision_jobs(&self) -> StoreResult<Vec<ProvisionJob>>;
+    /// Sets an agent's `last_provision_error` (`None` clears it); false when the agent
+    /// does not exist.
+    async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool>;
 
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).
     fn subscribe_activity(&self) -> tokio::sync::broadcast::Receiver<ActivityEvent>;
+}
+
+/// How a [`LivenessWrite`]'s check-in maps onto the stored columns, for both backends.
+mod liveness_columns {
+    use mc_domain::liveness::Checkin;
+    use mc_domain::time::Timestamp;
+
+    use crate::LivenessWrite;
+
+    /// The stored `checkin_deadline_at`.
+    pub(crate) fn checkin_deadline(write: &LivenessWrite) -> Option<Timestamp> {
+        match write.checkin {
+            Some(Checkin::Awaiting { deadline, .. }) => Some(deadline),
+            _ => None,
+        }
+    }
+
+    /// The stored `checkin_wakes`.
+    pub(crate) fn checkin_wakes(write: &LivenessWrite) -> u32 {
+        match write.checkin {
+            Some(Checkin::Awaiting { wakes, .. }) => wakes,
+            _ => 0,
+        }
+    }
 }
 
 /// The database a URL names, by its scheme.

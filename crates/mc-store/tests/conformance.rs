@@ -14,6 +14,7 @@ use mc_domain::board::{Board, BoardRules, Slug};
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::{Gateway, GatewayUrl};
 use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
+use mc_domain::liveness::Checkin;
 use mc_domain::page::PageRequest;
 use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
@@ -36,6 +37,8 @@ on_every_backend!(
     a_liveness_batch_larger_than_one_statement_updates_every_agent,
     committed_events_are_published_in_id_order_and_readable_since_an_id,
     recorded_events_queue_deliveries_claimed_under_a_lease,
+    check_in_deadlines_are_written_behind_and_read_back_at_start,
+    the_provision_error_is_set_and_cleared_on_its_own,
 );
 
 fn event(agent: Option<AgentId>) -> NewActivity {
@@ -240,6 +243,7 @@ async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>
         published_status: AgentStatus::Degraded,
         own_token_used: true,
         updated_at: seen,
+        checkin: None,
     };
     let mut transition = event(Some(a.id));
     transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
@@ -343,6 +347,7 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
             published_status: AgentStatus::Healthy,
             own_token_used: false,
             updated_at: now().plus_millis(i),
+            checkin: None,
         });
     }
     store.apply_liveness(&writes, &[]).await.unwrap();
@@ -550,4 +555,87 @@ async fn recorded_events_queue_deliveries_claimed_under_a_lease(store: Arc<dyn S
             .is_empty()
     );
     assert!(!store.delete_webhook(wanted.id).await.unwrap());
+}
+
+async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (awaited, gave_up) = (agent(gw, board, "awaited"), agent(gw, board, "gave-up"));
+    for a in [&awaited, &gave_up] {
+        store
+            .insert_agent(a, None, None, &event(Some(a.id)))
+            .await
+            .unwrap();
+    }
+    let checkin_of = |stored: &[mc_store::StoredAgent], id: AgentId| {
+        stored.iter().find(|s| s.agent.id == id).unwrap().checkin
+    };
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(
+        checkin_of(&stored, awaited.id),
+        None,
+        "none until one is set"
+    );
+
+    let deadline = now().plus_seconds(30);
+    let write = |agent: &Agent, checkin| LivenessWrite {
+        agent_id: agent.id,
+        last_seen_at: None,
+        reported_health: None,
+        published_status: AgentStatus::Provisioning,
+        own_token_used: false,
+        updated_at: now(),
+        checkin,
+    };
+    let awaiting = Some(Checkin::Awaiting { deadline, wakes: 2 });
+    store
+        .apply_liveness(
+            &[
+                write(&awaited, awaiting),
+                write(&gave_up, Some(Checkin::GaveUp)),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(checkin_of(&stored, awaited.id), awaiting);
+    assert_eq!(checkin_of(&stored, gave_up.id), Some(Checkin::GaveUp));
+
+    // A heartbeat clears the wait.
+    store
+        .apply_liveness(&[write(&awaited, None)], &[])
+        .await
+        .unwrap();
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(checkin_of(&stored, awaited.id), None);
+}
+
+async fn the_provision_error_is_set_and_cleared_on_its_own(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let reason = "never checked in: woken 3 times, no heartbeat within 30 s of each wake";
+    assert!(store.set_provision_error(a.id, Some(reason)).await.unwrap());
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_provision_error.as_deref(), Some(reason));
+    assert_eq!(stored.name, a.name, "nothing else changes");
+    assert!(store.set_provision_error(a.id, None).await.unwrap());
+    assert_eq!(
+        store
+            .agent(a.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .last_provision_error,
+        None
+    );
+    assert!(
+        !store
+            .set_provision_error(AgentId::new(), None)
+            .await
+            .unwrap()
+    );
 }

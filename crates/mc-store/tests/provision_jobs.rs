@@ -18,6 +18,8 @@ on_every_backend!(
     jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait,
     a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again,
     recording_an_outcome_stores_the_agents_error_and_placement,
+    unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order,
+    an_agent_is_stored_with_its_first_job_or_neither_is,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -117,7 +119,8 @@ async fn a_retry_waits_for_its_time_and_a_lease_that_ran_out_is_claimed_again(
     assert_eq!(again[0].last_error, retry.error);
 }
 
-async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<dyn Store>) {
+/// A managed gateway to put agents on.
+async fn gateway(store: &Arc<dyn Store>) -> GatewayId {
     let org = store.ensure_default_organization(now()).await.unwrap();
     let gateway = mc_domain::gateway::Gateway {
         id: GatewayId::new(),
@@ -132,7 +135,11 @@ async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<d
         updated_at: now(),
     };
     store.insert_gateway(&gateway).await.unwrap();
-    let agent = common::new_agent(gateway.id, None, "main");
+    gateway.id
+}
+
+async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<dyn Store>) {
+    let agent = common::new_agent(gateway(&store).await, None, "main");
     let created = NewActivity {
         event_type: EventType::AgentCreated,
         message: "Created.".into(),
@@ -184,4 +191,74 @@ async fn recording_an_outcome_stores_the_agents_error_and_placement(store: Arc<d
         states,
         vec![(ProvisionJobState::Failed, 1), (ProvisionJobState::Done, 1)]
     );
+}
+
+async fn unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order(store: Arc<dyn Store>) {
+    let (a, b) = (AgentId::new(), AgentId::new());
+    let create_a = store
+        .enqueue_provision_job(&job(a, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let delete_b = store
+        .enqueue_provision_job(&job(b, ProvisionAction::Delete))
+        .await
+        .unwrap();
+    let update_a = store
+        .enqueue_provision_job(&job(a, ProvisionAction::Update))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    let first = claimed.iter().find(|j| j.id == create_a).unwrap();
+    store
+        .record_provision_attempt(&outcome(first, ProvisionJobState::Done))
+        .await
+        .unwrap();
+    // b's delete is claimed (running) but not finished: still unfinished.
+    let unfinished: Vec<(i64, ProvisionAction)> = store
+        .unfinished_provision_jobs()
+        .await
+        .unwrap()
+        .iter()
+        .map(|j| (j.id, j.action))
+        .collect();
+    assert_eq!(
+        unfinished,
+        [
+            (delete_b, ProvisionAction::Delete),
+            (update_a, ProvisionAction::Update)
+        ]
+    );
+}
+
+async fn an_agent_is_stored_with_its_first_job_or_neither_is(store: Arc<dyn Store>) {
+    let agent = common::new_agent(gateway(&store).await, None, "main");
+    let created = NewActivity {
+        event_type: EventType::AgentCreated,
+        message: "Created.".into(),
+        agent_id: Some(agent.id),
+        board_id: None,
+        data: None,
+        created_at: now(),
+    };
+    let first = job(agent.id, ProvisionAction::Create);
+    let id = store
+        .insert_agent_with_job(&agent, None, None, &created, &first)
+        .await
+        .unwrap();
+    assert!(store.agent(agent.id).await.unwrap().is_some());
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].id, jobs[0].action, jobs[0].state),
+        (id, ProvisionAction::Create, ProvisionJobState::Pending)
+    );
+
+    // The same agent again fails as a whole: no second job is left behind.
+    assert!(
+        store
+            .insert_agent_with_job(&agent, None, None, &created, &first)
+            .await
+            .is_err()
+    );
+    assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
 }

@@ -83,6 +83,12 @@ struct ServeArgs {
     /// Directory of workspace templates (AGENTS.md.j2, ..., credentials.md.j2) that replace the compiled-in ones by name; checked at start.
     #[arg(long, env = "MC_TEMPLATES_DIR")]
     templates_dir: Option<PathBuf>,
+    /// Seconds an agent has after each wake to check in (heartbeat) before it is woken again; after 3 wakes it is offline.
+    #[arg(long, env = "MC_CHECKIN_TIMEOUT_SECONDS")]
+    checkin_timeout_seconds: Option<u64>,
+    /// Seconds a provisioning job (create, update, delete) may keep retrying before it gives up.
+    #[arg(long, env = "MC_PROVISION_TIMEOUT_SECONDS")]
+    provision_timeout_seconds: Option<u64>,
 }
 
 /// The TOML file's keys.
@@ -97,6 +103,8 @@ struct FileConfig {
     max_body_bytes: Option<usize>,
     write_behind_ms: Option<u64>,
     templates_dir: Option<PathBuf>,
+    checkin_timeout_seconds: Option<u64>,
+    provision_timeout_seconds: Option<u64>,
 }
 
 const DEFAULT_BIND: &str = "127.0.0.1:8000";
@@ -132,6 +140,13 @@ write_behind_ms = 500
 # HEARTBEAT.md.j2, BOOTSTRAP.md.j2, credentials.md.j2). Checked at start: a template that
 # does not parse or names an unknown variable stops the server with its file name.
 # templates_dir = "/etc/mission-control/templates"
+# Seconds an agent has after each wake to check in (heartbeat). Unanswered, it is
+# woken again, 3 wakes in all; then it is offline with last_provision_error saying why.
+checkin_timeout_seconds = 30
+
+# Seconds a provisioning job (create, update, delete) may keep retrying a gateway that
+# fails before it gives up and records why.
+provision_timeout_seconds = 300
 "#;
 
 /// The resolved settings of `serve`.
@@ -178,6 +193,26 @@ fn resolve(args: ServeArgs) -> anyhow::Result<Resolved> {
         config.write_behind_interval = Duration::from_millis(ms);
     }
     config.templates_dir = args.templates_dir.or(file.templates_dir);
+    if let Some(seconds) = args
+        .checkin_timeout_seconds
+        .or(file.checkin_timeout_seconds)
+    {
+        anyhow::ensure!(
+            (1..=86_400).contains(&seconds),
+            "checkin_timeout_seconds must be between 1 and 86400"
+        );
+        config.lifecycle.checkin_timeout = Duration::from_secs(seconds);
+    }
+    if let Some(seconds) = args
+        .provision_timeout_seconds
+        .or(file.provision_timeout_seconds)
+    {
+        anyhow::ensure!(
+            (1..=604_800).contains(&seconds),
+            "provision_timeout_seconds must be between 1 and 604800"
+        );
+        config.lifecycle.job_timeout = Duration::from_secs(seconds);
+    }
     if config.base_url.is_none() {
         config.base_url = Some(format!("http://{bind}"));
     }

@@ -102,6 +102,8 @@ pub const fn status_icon(status: AgentStatus) -> &'static str {
         AgentStatus::Degraded => "▲",
         AgentStatus::Offline => "✕",
         AgentStatus::Provisioning => "◌",
+        AgentStatus::Updating => "↻",
+        AgentStatus::Deleting => "⌫",
     }
 }
 
@@ -112,6 +114,8 @@ pub const fn status_label(status: AgentStatus) -> &'static str {
         AgentStatus::Degraded => "Degraded",
         AgentStatus::Offline => "Offline",
         AgentStatus::Provisioning => "Provisioning",
+        AgentStatus::Updating => "Updating",
+        AgentStatus::Deleting => "Deleting",
     }
 }
 

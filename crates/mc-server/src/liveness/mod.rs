@@ -14,7 +14,7 @@
 
 mod registry;
 
-pub use registry::{AgentView, LiveAgent, Registry, STATUS_COUNT, status_index};
+pub use registry::{AgentView, DueCheckin, LiveAgent, Registry, STATUS_COUNT, status_index};
 
 use std::sync::Arc;
 use std::time::Duration;

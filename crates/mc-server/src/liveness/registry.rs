@@ -8,7 +8,7 @@ use dashmap::DashMap;
 use mc_domain::activity::{EventType, NewActivity, status_transition};
 use mc_domain::agent::{Agent, AgentStatus, ReportedHealth};
 use mc_domain::ids::AgentId;
-use mc_domain::liveness::LivenessFacts;
+use mc_domain::liveness::{Checkin, JobInProgress, LivenessFacts};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
 use mc_store::{LivenessWrite, StoredAgent};
@@ -38,6 +38,11 @@ struct LiveState {
     /// The deadline under which the agent sits in the deadline index.
     scheduled: Option<Timestamp>,
     removed: bool,
+    /// Provisioning jobs queued or running, by queue id.
+    jobs: Vec<(i64, JobInProgress)>,
+    /// The check-in awaited after a wake (in the check-in index under its deadline), or
+    /// given up on.
+    checkin: Option<Checkin>,
 }
 
 impl LiveState {
@@ -47,6 +52,8 @@ impl LiveState {
             reported: self.reported,
             missing_tolerance_seconds: tolerance_seconds,
             grace_until: self.grace_until,
+            job: self.jobs.iter().map(|(_, kind)| *kind).max(),
+            checkin: self.checkin,
         }
     }
 }
@@ -65,6 +72,11 @@ impl LiveAgent {
     /// Whether the agent has authenticated with its current token yet.
     pub fn own_token_used(&self) -> bool {
         self.live.lock().own_token_used
+    }
+
+    /// The provisioning job queued or running that shows in its status, if any.
+    pub fn job_in_progress(&self) -> Option<JobInProgress> {
+        self.live.lock().jobs.iter().map(|(_, kind)| *kind).max()
     }
 
     /// The agent as a reader sees it at `now`.
@@ -126,12 +138,15 @@ pub struct Registry {
     events: Mutex<Vec<NewActivity>>,
     events_notify: Notify,
     deadlines: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
+    /// Check-in deadlines after a wake, in due order (entries whose agent checked in since
+    /// are dropped when they come due).
+    checkins: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
     heartbeats: AtomicU64,
     transitions: [AtomicU64; STATUS_COUNT],
 }
 
 /// How many statuses there are (the length of per-status arrays).
-pub const STATUS_COUNT: usize = 4;
+pub const STATUS_COUNT: usize = AgentStatus::ALL.len();
 
 /// The index of `status` in per-status arrays.
 pub const fn status_index(status: AgentStatus) -> usize {
@@ -140,25 +155,50 @@ pub const fn status_index(status: AgentStatus) -> usize {
         AgentStatus::Healthy => 1,
         AgentStatus::Degraded => 2,
         AgentStatus::Offline => 3,
+        AgentStatus::Updating => 4,
+        AgentStatus::Deleting => 5,
     }
 }
 
+/// A check-in deadline that passed without a heartbeat.
+#[derive(Debug, Clone)]
+pub struct DueCheckin {
+    /// The agent.
+    pub agent: Arc<LiveAgent>,
+    /// Wakes sent so far.
+    pub wakes: u32,
+}
+
 impl Registry {
-    /// Builds the index from stored agents. Restart grace: an agent that was not offline
-    /// when the server stopped gets a full tolerance from `started_at` before it can go
-    /// offline by silence.
-    pub fn load(stored: Vec<StoredAgent>, started_at: Timestamp) -> Self {
+    /// Builds the index from stored agents and the provisioning jobs in progress
+    /// (`(agent, job id, kind)`). Restart grace: an agent that was not offline when the
+    /// server stopped gets a full tolerance from `started_at` before it can go offline by
+    /// silence. Stored check-in deadlines are kept as they are: one that passed while the
+    /// server was down comes due at once.
+    pub fn load(
+        stored: Vec<StoredAgent>,
+        jobs: Vec<(AgentId, i64, JobInProgress)>,
+        started_at: Timestamp,
+    ) -> Self {
         let registry = Self::default();
         for StoredAgent {
             agent,
             token_digest,
+            checkin,
         } in stored
         {
             let grace = (agent.published_status != AgentStatus::Offline
                 && agent.last_seen_at.is_some())
             .then(|| started_at.plus_seconds(i64::from(agent.heartbeat_config.missing_tolerance)));
             let live = registry.add(agent, token_digest, grace);
+            live.live.lock().checkin = checkin;
+            registry.index_checkin(&live, checkin);
             registry.schedule(&live);
+        }
+        for (agent, job, kind) in jobs {
+            if let Some(live) = registry.get(agent) {
+                live.live.lock().jobs.push((job, kind));
+            }
         }
         registry
     }
@@ -182,6 +222,8 @@ impl Registry {
                 dirty: false,
                 scheduled: None,
                 removed: false,
+                jobs: Vec::new(),
+                checkin: None,
             }),
             profile: RwLock::new(Arc::new(agent)),
         });
@@ -266,7 +308,10 @@ impl Registry {
         live.reported = reported.or(live.reported).or(Some(ReportedHealth::Healthy));
         live.updated_at = now;
         live.grace_until = None;
-        let status = live.facts(tolerance).status(now);
+        // Checked in: the wait after a wake (or the verdict that it never came) ends. Its
+        // entry in the check-in index is dropped when it comes due.
+        live.checkin = None;
+        let status = live.facts(tolerance).liveness_status(now);
         if status != live.published {
             let (event_type, message) =
                 status_transition(profile.name.as_str(), live.published, status, None);
@@ -289,6 +334,7 @@ impl Registry {
             _ => None,
         };
         let (last_seen_at, updated_at) = (live.last_seen_at, live.updated_at);
+        let shown = live.facts(tolerance).status(now);
         drop(live);
         if let Some(deadline) = to_schedule {
             self.deadlines
@@ -299,8 +345,161 @@ impl Registry {
             profile,
             last_seen_at,
             updated_at,
-            status,
+            status: shown,
         }
+    }
+
+    /// Publishes a change of the agent's liveness status (one event, `reason` in its
+    /// sentence) and queues its fields for the next write-behind batch.
+    fn publish_change(
+        &self,
+        agent: &Arc<LiveAgent>,
+        profile: &Agent,
+        live: &mut LiveState,
+        now: Timestamp,
+        reason: Option<&str>,
+    ) {
+        let status = live
+            .facts(profile.heartbeat_config.missing_tolerance)
+            .liveness_status(now);
+        if status != live.published {
+            let (event_type, default_message) =
+                status_transition(profile.name.as_str(), live.published, status, None);
+            let message = match reason {
+                Some(reason) => format!("{} is {}: {reason}.", profile.name, status.as_str()),
+                None => default_message,
+            };
+            self.push_event(NewActivity {
+                event_type,
+                message,
+                agent_id: Some(agent.id),
+                board_id: profile.board_id,
+                data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
+                created_at: now,
+            });
+            live.published = status;
+        }
+        self.mark_dirty(agent, live);
+    }
+
+    /// Records that provisioning job `job` of kind `kind` was queued for the agent.
+    pub fn job_queued(&self, agent: &Arc<LiveAgent>, job: i64, kind: JobInProgress) {
+        let profile = agent.profile();
+        let mut live = agent.live.lock();
+        if live.removed {
+            return;
+        }
+        live.jobs.push((job, kind));
+        self.publish_change(agent, &profile, &mut live, Timestamp::now(), None);
+    }
+
+    /// Records that job `job` ended. With `woken` (the job woke the agent at `woken_at`),
+    /// the agent has until `deadline` to check in, unless it heartbeated since the wake;
+    /// without, `reason` says why the job ended without one (shown when that makes the
+    /// agent offline).
+    pub fn job_finished(
+        &self,
+        agent: &Arc<LiveAgent>,
+        job: i64,
+        woken: Option<(Timestamp, Timestamp)>,
+        reason: Option<&str>,
+        now: Timestamp,
+    ) {
+        let profile = agent.profile();
+        let mut live = agent.live.lock();
+        if live.removed {
+            return;
+        }
+        live.jobs.retain(|(id, _)| *id != job);
+        if let Some((woken_at, deadline)) = woken {
+            let checked_in = live.last_seen_at.is_some_and(|seen| seen >= woken_at);
+            live.checkin = (!checked_in).then_some(Checkin::Awaiting { deadline, wakes: 1 });
+        }
+        let checkin = live.checkin;
+        self.publish_change(agent, &profile, &mut live, now, reason);
+        drop(live);
+        self.index_checkin(agent, checkin);
+    }
+
+    /// Starts waiting for the first heartbeat of an agent that no job wakes (its gateway is
+    /// unmanaged): it has until `deadline`, and no wake counted.
+    pub fn await_first_checkin(&self, agent: &Arc<LiveAgent>, deadline: Timestamp) {
+        let profile = agent.profile();
+        let mut live = agent.live.lock();
+        if live.removed || live.last_seen_at.is_some() {
+            return;
+        }
+        let checkin = Checkin::Awaiting { deadline, wakes: 0 };
+        live.checkin = Some(checkin);
+        self.publish_change(agent, &profile, &mut live, Timestamp::now(), None);
+        drop(live);
+        self.index_checkin(agent, Some(checkin));
+    }
+
+    fn index_checkin(&self, agent: &Arc<LiveAgent>, checkin: Option<Checkin>) {
+        if let Some(Checkin::Awaiting { deadline, .. }) = checkin {
+            self.checkins
+                .lock()
+                .insert((deadline, agent.id), Arc::clone(agent));
+        }
+    }
+
+    /// Pops every check-in deadline passed at `now` whose agent is still awaited (no
+    /// heartbeat since, no newer wait). A scan of the due entries only.
+    pub fn due_checkins(&self, now: Timestamp) -> Vec<DueCheckin> {
+        let due: Vec<((Timestamp, AgentId), Arc<LiveAgent>)> = {
+            let mut checkins = self.checkins.lock();
+            let mut due = Vec::new();
+            while let Some(entry) = checkins.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                due.push(entry.remove_entry());
+            }
+            due
+        };
+        due.into_iter()
+            .filter_map(|((key, _), agent)| {
+                let live = agent.live.lock();
+                match live.checkin {
+                    Some(Checkin::Awaiting { deadline, wakes })
+                        if deadline == key && !live.removed =>
+                    {
+                        drop(live);
+                        Some(DueCheckin { agent, wakes })
+                    }
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    /// Records another wake: the agent has until `deadline` to check in. False when the
+    /// agent checked in (or was removed) meanwhile.
+    pub fn rewoken(&self, agent: &Arc<LiveAgent>, wakes: u32, deadline: Timestamp) -> bool {
+        let mut live = agent.live.lock();
+        if live.removed || !matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
+            return false;
+        }
+        let checkin = Checkin::Awaiting { deadline, wakes };
+        live.checkin = Some(checkin);
+        self.mark_dirty(agent, &mut live);
+        drop(live);
+        self.index_checkin(agent, Some(checkin));
+        true
+    }
+
+    /// Gives up waiting for the agent's check-in: it is offline (one transition event
+    /// saying `reason`) until it heartbeats. False when it checked in meanwhile.
+    pub fn give_up_checkin(&self, agent: &Arc<LiveAgent>, reason: &str, now: Timestamp) -> bool {
+        let profile = agent.profile();
+        let mut live = agent.live.lock();
+        if live.removed || !matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
+            return false;
+        }
+        live.checkin = Some(Checkin::GaveUp);
+        self.publish_change(agent, &profile, &mut live, now, Some(reason));
+        true
     }
 
     /// Puts the agent in the deadline index at its current deadline (if it has one and is
@@ -478,6 +677,7 @@ impl Registry {
                     published_status: live.published,
                     own_token_used: live.own_token_used,
                     updated_at: live.updated_at,
+                    checkin: live.checkin,
                 }
             })
             .collect();
@@ -585,11 +785,62 @@ mod tests {
             vec![StoredAgent {
                 agent: stored,
                 token_digest: None,
+                checkin: None,
             }],
+            Vec::new(),
             start,
         );
         assert_eq!(registry.expire_deadlines(start.plus_seconds(9)), 0);
         assert_eq!(registry.expire_deadlines(start.plus_millis(10_001)), 1);
+    }
+
+    #[test]
+    fn a_heartbeat_after_the_wake_ends_the_wait_and_its_deadline_passes_quietly() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Create);
+        assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
+        registry.heartbeat(&live, None, t0.plus_millis(500));
+        assert!(registry.due_checkins(t0.plus_seconds(2)).is_empty());
+        assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Healthy);
+    }
+
+    #[test]
+    fn an_agent_that_heartbeated_during_its_job_awaits_no_check_in() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Update);
+        registry.heartbeat(&live, None, t0.plus_millis(10));
+        assert_eq!(live.view(t0).status, AgentStatus::Updating);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert_eq!(live.live.lock().checkin, None);
+        assert!(registry.due_checkins(t0.plus_seconds(2)).is_empty());
+    }
+
+    #[test]
+    fn an_unanswered_wait_comes_due_once_per_wake_and_giving_up_is_one_offline_event() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Create);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert!(registry.due_checkins(t0.plus_millis(999)).is_empty());
+        let due = registry.due_checkins(t0.plus_seconds(1));
+        assert_eq!(due.iter().map(|d| d.wakes).collect::<Vec<_>>(), [1]);
+        assert!(registry.rewoken(&live, 2, t0.plus_seconds(2)));
+        assert!(registry.due_checkins(t0.plus_millis(1500)).is_empty());
+        assert_eq!(registry.due_checkins(t0.plus_seconds(2))[0].wakes, 2);
+        assert!(registry.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
+        assert!(!registry.give_up_checkin(&live, "twice", t0.plus_seconds(2)));
+        assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Offline);
+        let batch = registry.take_pending();
+        assert_eq!(event_types(&batch), ["agent.offline"]);
+        assert!(batch.events[0].message.contains("never checked in"));
+        assert_eq!(batch.writes[0].checkin, Some(Checkin::GaveUp));
     }
 
     #[test]

@@ -8,6 +8,16 @@
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
 //! - [`templates`] renders the workspace files.
 //! - [`sync`] rewrites every agent's files on one gateway (a template sync).
+//! - [`checkin`] bounds the wait after a wake: an agent that does not heartbeat within
+//!   the check-in timeout is woken again, up to [`MAX_WAKES`] wakes in all, then it is
+//!   offline with `last_provision_error` saying why.
+//!
+//! Every lifecycle state is bounded. A job shows as `provisioning` (a never-seen agent),
+//! `updating` or `deleting` while it is queued or running, and a job gives up once its
+//! bound ([`LifecycleBounds::job_timeout`]) has passed since it was requested; a create or
+//! update that woke the agent is followed by the check-in deadline. A delete that gives up
+//! still removes the agent from Mission Control, recording in the `agent.deleted` event
+//! (and the job) that the gateway may still have it.
 //!
 //! The agent token: provisioning writes the plaintext token into the workspace, and only
 //! its digest is stored. A token minted when the agent is created is handed to the runner
@@ -15,6 +25,7 @@
 //! after a restart) mints a fresh one through the rotate path, which records
 //! `agent.token_rotated`. Plaintext tokens never reach the database.
 
+pub mod checkin;
 pub mod plan;
 pub mod runner;
 pub mod sync;
@@ -22,10 +33,13 @@ pub mod templates;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::{AgentId, GatewayId};
+pub use mc_domain::liveness::MAX_WAKES;
+use mc_domain::liveness::{DEFAULT_CHECKIN_TIMEOUT_SECONDS, JobInProgress};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayPool};
@@ -37,8 +51,26 @@ use self::templates::Templates;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
 
-/// In-memory parts of provisioning: tokens waiting for their job, the runner's wake-up
-/// and the workspace templates in effect.
+/// How long each lifecycle state may last.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LifecycleBounds {
+    /// How long an agent has after each wake to check in (heartbeat).
+    pub checkin_timeout: Duration,
+    /// How long a provisioning job may keep retrying, from its request.
+    pub job_timeout: Duration,
+}
+
+impl Default for LifecycleBounds {
+    fn default() -> Self {
+        Self {
+            checkin_timeout: Duration::from_secs(u64::from(DEFAULT_CHECKIN_TIMEOUT_SECONDS)),
+            job_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// In-memory parts of provisioning: tokens waiting for their job, the runner's wake-up,
+/// the workspace templates in effect and the lifecycle bounds.
 #[derive(Debug, Default)]
 pub struct Provisioner {
     tokens: Mutex<HashMap<AgentId, Secret>>,
@@ -49,13 +81,16 @@ pub struct Provisioner {
     pub main_agent_lock: tokio::sync::Mutex<()>,
     /// Gateways with a template sync running.
     syncing: Mutex<HashSet<GatewayId>>,
+    /// How long each lifecycle state may last.
+    pub bounds: LifecycleBounds,
 }
 
 impl Provisioner {
-    /// A provisioner rendering workspace files with `templates`.
-    pub fn new(templates: Templates) -> Self {
+    /// A provisioner rendering workspace files with `templates`, within `bounds`.
+    pub fn new(templates: Templates, bounds: LifecycleBounds) -> Self {
         Self {
             templates,
+            bounds,
             ..Self::default()
         }
     }
@@ -124,43 +159,96 @@ pub fn default_gateway_connection() -> GatewayConfig {
     GatewayConfig::new("", None)
 }
 
-/// Queues `action` for `agent` when its gateway is managed and Mission Control created
-/// the agent; `token` is the plaintext token just minted for it, if any.
+/// How a job of `action` shows in the agent's status.
+pub const fn job_kind(action: ProvisionAction) -> JobInProgress {
+    match action {
+        ProvisionAction::Create => JobInProgress::Create,
+        ProvisionAction::Update => JobInProgress::Update,
+        ProvisionAction::Delete => JobInProgress::Delete,
+    }
+}
+
+/// `now` plus `duration`.
+pub fn after(now: Timestamp, duration: Duration) -> Timestamp {
+    now.plus_millis(i64::try_from(duration.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The job that `action` needs for `agent`: one when its gateway is managed and Mission
+/// Control created the agent, none otherwise (unmanaged gateways are never contacted).
+pub async fn job_for(
+    state: &AppState,
+    agent: &Agent,
+    action: ProvisionAction,
+) -> ApiResult<Option<NewProvisionJob>> {
+    let gateway = match agent.is_mc_agent {
+        true => state.store.gateway(agent.gateway_id).await?,
+        false => None,
+    };
+    let Some(gateway) = gateway.filter(|g| g.url.is_managed()) else {
+        return Ok(None);
+    };
+    let placement = plan::placement_of(agent, &gateway);
+    let delete = action == ProvisionAction::Delete;
+    Ok(Some(NewProvisionJob {
+        agent_id: agent.id,
+        gateway_id: gateway.id,
+        action,
+        gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
+        session_key: delete.then(|| placement.session_key.clone()),
+        requested_at: Timestamp::now(),
+    }))
+}
+
+/// Records that job `job` (of `action`) was stored for `agent`: keeps `token` (the
+/// plaintext token just minted for it, if any) for the job, shows the job in the agent's
+/// status and wakes the runner.
+pub fn queued(
+    state: &AppState,
+    agent: &Agent,
+    job: i64,
+    action: ProvisionAction,
+    token: Option<&Secret>,
+) {
+    match token {
+        Some(token) if action != ProvisionAction::Delete => {
+            state.provisioner.hand_token(agent.id, token.clone());
+        }
+        _ if action == ProvisionAction::Delete => state.provisioner.forget_token(agent.id),
+        _ => {}
+    }
+    if let Some(live) = state.registry.get(agent.id) {
+        state.registry.job_queued(&live, job, job_kind(action));
+    }
+    state.provisioner.notify();
+}
+
+/// Gives a new agent that no job provisions (its gateway is unmanaged) the check-in
+/// timeout for its first heartbeat, so that it never reads `provisioning` without a bound.
+pub fn await_first_checkin(state: &AppState, agent: &Agent) {
+    if let Some(live) = state.registry.get(agent.id) {
+        let deadline = after(Timestamp::now(), state.provisioner.bounds.checkin_timeout);
+        state.registry.await_first_checkin(&live, deadline);
+    }
+}
+
+/// Queues `action` for `agent` when [`job_for`] says it needs a job; `token` is the
+/// plaintext token just minted for it, if any. Returns whether a job was queued. A new
+/// agent that gets no job [awaits its first check-in](await_first_checkin).
 pub async fn request(
     state: &AppState,
     agent: &Agent,
     action: ProvisionAction,
     token: Option<&Secret>,
-) -> ApiResult<()> {
-    if !agent.is_mc_agent {
-        return Ok(());
-    }
-    let Some(gateway) = state.store.gateway(agent.gateway_id).await? else {
-        return Ok(());
+) -> ApiResult<bool> {
+    let Some(job) = job_for(state, agent, action).await? else {
+        if action == ProvisionAction::Create {
+            await_first_checkin(state, agent);
+        }
+        return Ok(false);
     };
-    if !gateway.url.is_managed() {
-        return Ok(());
-    }
-    let placement = plan::placement_of(agent, &gateway);
-    let delete = action == ProvisionAction::Delete;
-    state
-        .store
-        .enqueue_provision_job(&NewProvisionJob {
-            agent_id: agent.id,
-            gateway_id: gateway.id,
-            action,
-            gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
-            session_key: delete.then(|| placement.session_key.clone()),
-            requested_at: Timestamp::now(),
-        })
-        .await?;
-    match token {
-        Some(token) if !delete => state.provisioner.hand_token(agent.id, token.clone()),
-        _ if delete => state.provisioner.forget_token(agent.id),
-        _ => {}
-    }
-    state.provisioner.notify();
-    Ok(())
+    let id = state.store.enqueue_provision_job(&job).await?;
+    queued(state, agent, id, action, token);
+    Ok(true)
 }
 
 /// Queues a fresh provisioning job for `agent` at an operator's request: a create when it

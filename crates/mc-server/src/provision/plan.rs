@@ -200,10 +200,31 @@ pub async fn upsert(
             .agents_files_set(id, file.name, &file.content)
             .await?;
     }
+    let verb = if is_update { "updated" } else { "provisioned" };
+    let warning = wake(handle, agent, placement, verb, wake_key).await?;
+    handle
+        .apply_agent_config(&[AgentConfigEntry {
+            id: id.clone(),
+            workspace: placement.workspace_path.clone(),
+            heartbeat: heartbeat_of(agent),
+        }])
+        .await?;
+    Ok(warning)
+}
+
+/// Wakes the agent's main session (`sessions.patch` + `chat.send` under `wake_key`),
+/// telling it that its workspace was `verb` and to start heartbeating. Returns a warning
+/// when the wake reached the agent but its run could not start.
+pub async fn wake(
+    handle: &GatewayHandle,
+    agent: &Agent,
+    placement: &AgentPlacement,
+    verb: &str,
+    wake_key: &str,
+) -> Result<Option<String>, ProvisionError> {
     handle
         .sessions_patch(&placement.session_key, Some(agent.name.as_str()))
         .await?;
-    let verb = if is_update { "updated" } else { "provisioned" };
     let woken = handle
         .chat_send(&ChatSend {
             session_key: placement.session_key.clone(),
@@ -216,21 +237,13 @@ pub async fn upsert(
             idempotency_key: wake_key.to_owned(),
         })
         .await;
-    let warning = match woken {
-        Ok(_) => None,
-        Err(error) if agent_could_not_start(&error) => Some(format!(
+    match woken {
+        Ok(_) => Ok(None),
+        Err(error) if agent_could_not_start(&error) => Ok(Some(format!(
             "the agent is on the gateway but could not start when woken: {error}"
-        )),
-        Err(error) => return Err(error.into()),
-    };
-    handle
-        .apply_agent_config(&[AgentConfigEntry {
-            id: id.clone(),
-            workspace: placement.workspace_path.clone(),
-            heartbeat: heartbeat_of(agent),
-        }])
-        .await?;
-    Ok(warning)
+        ))),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Removes an agent (and its main session) from the gateway.

@@ -1,7 +1,10 @@
 //! The provisioning job runner: claims due jobs, runs their plan against the gateway and
 //! records the outcome. Transient failures are retried with capped exponential backoff and
-//! jitter; permanent ones end the job at once with the error in `last_provision_error`.
+//! jitter until the job's bound has passed; permanent ones end the job at once with the
+//! error in `last_provision_error`. A create or update that woke the agent starts its
+//! check-in deadline; a delete that ended (done or given up) removes the agent.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mc_domain::time::Timestamp;
@@ -14,8 +17,9 @@ use tokio::task::JoinHandle;
 
 use super::plan::{self, ProvisionError};
 use super::templates::FileContext;
+use crate::liveness::LiveAgent;
 use crate::metrics::JobOutcome;
-use crate::services::agents::rotate_token;
+use crate::services::agents::{deleted_event, rotate_token};
 use crate::state::SharedState;
 
 /// Jobs claimed (and run concurrently) per round.
@@ -87,21 +91,93 @@ async fn run_due(
             return Ok(Duration::from_millis(200));
         }
         let runs = claimed.into_iter().map(|job| attempt(state, backoff, job));
-        for attempt in futures::future::join_all(runs).await {
-            state.store.record_provision_attempt(&attempt).await?;
-            reflect_in_registry(state, &attempt);
+        for (job, attempt, woken_at) in futures::future::join_all(runs).await {
+            settle(state, &job, &attempt, woken_at).await?;
         }
     }
 }
 
-/// Runs one job and decides what happens next.
+/// Records an attempt and what it means for the agent. When the job ended, the agent's
+/// in-memory state changes first and is flushed, so that its check-in deadline is durable
+/// before the job stops being pending (a crash in between re-runs the job).
+async fn settle(
+    state: &SharedState,
+    job: &ProvisionJob,
+    attempt: &ProvisionAttempt,
+    woken_at: Option<Timestamp>,
+) -> Result<(), StoreError> {
+    let live = state.registry.get(job.agent_id);
+    if attempt.state == ProvisionJobState::Pending {
+        state.store.record_provision_attempt(attempt).await?;
+        if let Some(live) = &live {
+            reflect_in_registry(state, live, attempt);
+        }
+        return Ok(());
+    }
+    if let Some(live) = &live {
+        let woken = woken_at.map(|at| {
+            (
+                at,
+                super::after(
+                    attempt.attempted_at,
+                    state.provisioner.bounds.checkin_timeout,
+                ),
+            )
+        });
+        state.registry.job_finished(
+            live,
+            job.id,
+            woken,
+            attempt.error.as_deref(),
+            attempt.attempted_at,
+        );
+        reflect_in_registry(state, live, attempt);
+        if let Err(error) = state.engine.flush().await {
+            tracing::warn!(%error, "provisioning: the check-in deadline is not yet durable");
+        }
+    }
+    state.store.record_provision_attempt(attempt).await?;
+    if job.action == ProvisionAction::Delete
+        && let Some(live) = live
+    {
+        remove_deleted(state, &live, job, attempt).await?;
+    }
+    Ok(())
+}
+
+/// Removes an agent whose delete job ended: done, or given up (then the event says the
+/// gateway may still have it).
+async fn remove_deleted(
+    state: &SharedState,
+    live: &Arc<LiveAgent>,
+    job: &ProvisionJob,
+    attempt: &ProvisionAttempt,
+) -> Result<(), StoreError> {
+    let profile = live.profile();
+    let reason = match (&attempt.state, &attempt.error) {
+        (ProvisionJobState::Failed, Some(error)) => format!(
+            " from Mission Control; it may remain on its gateway because removing it there \
+             failed: {error}"
+        ),
+        _ => String::new(),
+    };
+    let mut event = deleted_event(&profile, &reason);
+    event.data = Some(serde_json::json!({"provision_job": job.id}));
+    state.store.delete_agent(live.id(), &event).await?;
+    state.registry.remove(live.id());
+    Ok(())
+}
+
+/// Runs one job and decides what happens next; also returns when the job woke the agent.
 async fn attempt(
     state: &SharedState,
     backoff: BackoffPolicy,
     job: ProvisionJob,
-) -> ProvisionAttempt {
+) -> (ProvisionJob, ProvisionAttempt, Option<Timestamp>) {
+    let started_at = Timestamp::now();
     let outcome = run(state, &job).await;
     let attempted_at = Timestamp::now();
+    let mut woken_at = None;
     let mut record = ProvisionAttempt {
         job_id: job.id,
         agent_id: job.agent_id,
@@ -113,6 +189,7 @@ async fn attempt(
     };
     match outcome {
         Ok(done) => {
+            woken_at = done.woke.then_some(started_at);
             record.placement = done.placement;
             record.error = done.warning;
             state.provisioner.forget_token(job.agent_id);
@@ -126,10 +203,24 @@ async fn attempt(
         }
         Err(error) => {
             let delay = backoff.delay(job.attempts + 1);
-            tracing::info!(job = job.id, agent = %job.agent_id, %error, retry_in_ms = delay.as_millis(), "provisioning failed; will retry");
-            record.state = ProvisionJobState::Pending;
-            record.error = Some(format!("{} failed, retrying: {error}", job.action.as_str()));
-            record.next_attempt_at = Some(attempted_at.plus_millis(millis(delay)));
+            let bound = state.provisioner.bounds.job_timeout;
+            let next = attempted_at.plus_millis(millis(delay));
+            if next > super::after(job.created_at, bound) {
+                tracing::warn!(job = job.id, agent = %job.agent_id, %error, "provisioning gave up: its bound has passed");
+                record.state = ProvisionJobState::Failed;
+                record.error = Some(format!(
+                    "{} gave up after {} attempts in {}: {error}",
+                    job.action.as_str(),
+                    job.attempts + 1,
+                    super::checkin::seconds(bound),
+                ));
+                state.provisioner.forget_token(job.agent_id);
+            } else {
+                tracing::info!(job = job.id, agent = %job.agent_id, %error, retry_in_ms = delay.as_millis(), "provisioning failed; will retry");
+                record.state = ProvisionJobState::Pending;
+                record.error = Some(format!("{} failed, retrying: {error}", job.action.as_str()));
+                record.next_attempt_at = Some(next);
+            }
         }
     }
     state.metrics.provision.count(match record.state {
@@ -138,19 +229,16 @@ async fn attempt(
         ProvisionJobState::Failed => JobOutcome::Failed,
     });
     if job.action == ProvisionAction::Delete {
-        // The agent row is gone; there is no error to show on it.
+        // The agent row goes away with the job; there is no error to show on it.
         record.error = record
             .error
             .filter(|_| record.state != ProvisionJobState::Done);
     }
-    record
+    (job, record, woken_at)
 }
 
 /// Copies what was recorded onto the agent's in-memory profile.
-fn reflect_in_registry(state: &SharedState, attempt: &ProvisionAttempt) {
-    let Some(live) = state.registry.get(attempt.agent_id) else {
-        return;
-    };
+fn reflect_in_registry(state: &SharedState, live: &Arc<LiveAgent>, attempt: &ProvisionAttempt) {
     let mut agent = (*live.profile()).clone();
     agent.last_provision_error = attempt.error.clone();
     if let Some(placement) = &attempt.placement {
@@ -158,15 +246,17 @@ fn reflect_in_registry(state: &SharedState, attempt: &ProvisionAttempt) {
         agent.workspace_path = Some(placement.workspace_path.clone());
         agent.openclaw_session_id = Some(placement.session_key.clone());
     }
-    state.registry.update_profile(&live, agent);
+    state.registry.update_profile(live, agent);
 }
 
-/// What a successful job established: the agent's placement (create and update) and a
-/// warning to show in `last_provision_error` (e.g. the agent could not start).
+/// What a successful job established: the agent's placement (create and update), a
+/// warning to show in `last_provision_error` (e.g. the agent could not start) and whether
+/// it woke the agent.
 #[derive(Debug, Default)]
 struct Done {
     placement: Option<AgentPlacement>,
     warning: Option<String>,
+    woke: bool,
 }
 
 /// The job's plan.
@@ -253,5 +343,6 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
     Ok(Done {
         placement: Some(placement),
         warning,
+        woke: true,
     })
 }

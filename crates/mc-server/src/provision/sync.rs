@@ -450,13 +450,18 @@ impl SyncContext<'_> {
     /// Queues an update job to put an agent that is missing on the gateway back.
     async fn queue_repair(&self, agent: &Agent, result: AgentSyncResult) -> AgentSyncResult {
         match super::request(self.state, agent, ProvisionAction::Update, None).await {
-            Ok(()) => AgentSyncResult {
+            Ok(true) => AgentSyncResult {
                 outcome: SyncOutcome::Queued,
                 ..result
             }
             .with_note(
                 "the agent is not on the gateway; an update job was queued to put it back (with a new token)",
             ),
+            Ok(false) => AgentSyncResult {
+                outcome: SyncOutcome::Skipped,
+                ..result
+            }
+            .with_note("the agent is not on the gateway; a job already queued will put it back"),
             Err(error) => result.failed(format!(
                 "the agent is not on the gateway, and queuing its update failed: {error}"
             )),

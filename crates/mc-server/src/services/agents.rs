@@ -6,6 +6,7 @@ use mc_domain::activity::{EventType, NewActivity};
 use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, IdentityProfile};
 use mc_domain::board::Board;
 use mc_domain::ids::{AgentId, EnrollmentTokenId};
+use mc_domain::liveness::JobInProgress;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_agent_token};
 use mc_store::{EnrollmentSpend, ProvisionAction};
@@ -114,12 +115,30 @@ pub async fn create_agent(
         EventType::AgentCreated,
         format!("Agent {} was created {how}.", agent.name),
     );
-    state
-        .store
-        .insert_agent(&agent, Some(token.digest()), spend, &event)
-        .await?;
+    // The agent and the job that provisions it are stored in one transaction.
+    let job = crate::provision::job_for(state, &agent, ProvisionAction::Create).await?;
+    let job_id = match &job {
+        Some(job) => Some(
+            state
+                .store
+                .insert_agent_with_job(&agent, Some(token.digest()), spend, &event, job)
+                .await?,
+        ),
+        None => {
+            state
+                .store
+                .insert_agent(&agent, Some(token.digest()), spend, &event)
+                .await?;
+            None
+        }
+    };
     let live = state.registry.insert(agent.clone(), Some(token.digest()));
-    crate::provision::request(state, &agent, ProvisionAction::Create, Some(&token)).await?;
+    match job_id {
+        Some(id) => {
+            crate::provision::queued(state, &agent, id, ProvisionAction::Create, Some(&token));
+        }
+        None => crate::provision::await_first_checkin(state, &agent),
+    }
     Ok((live, token))
 }
 
@@ -177,15 +196,20 @@ pub fn deleted_event(agent: &Agent, reason: &str) -> NewActivity {
     )
 }
 
-/// Deletes an agent; false when it did not exist.
+/// Deletes an agent; false when it did not exist. An agent on a managed gateway reads
+/// `deleting` until its delete job has removed it from the gateway (or given up); then the
+/// job removes it from Mission Control. Others go at once.
 pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<bool> {
+    if agent.job_in_progress() == Some(JobInProgress::Delete) {
+        return Ok(true);
+    }
     let profile = agent.profile();
+    if crate::provision::request(state, &profile, ProvisionAction::Delete, None).await? {
+        return Ok(true);
+    }
     let event = deleted_event(&profile, "");
     let deleted = state.store.delete_agent(agent.id(), &event).await?;
     state.registry.remove(agent.id());
-    if deleted {
-        crate::provision::request(state, &profile, ProvisionAction::Delete, None).await?;
-    }
     Ok(deleted)
 }
 

@@ -9,6 +9,7 @@ mod enrollment;
 mod gateway_fixtures;
 mod heartbeat;
 mod helpers;
+mod lifecycle;
 mod liveness;
 mod metrics;
 mod outage;

@@ -42,14 +42,16 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use self::rows::{
-    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, BOARD_COLUMNS, ENROLLMENT_COLUMNS,
-    GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row, enrollment_from_row,
-    gateway_from_row, to_timestamptz as tz,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, BOARD_COLUMNS, CHECKIN_COLUMNS,
+    ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
+    enrollment_from_row, gateway_from_row, to_timestamptz as tz,
 };
+use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
     LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
 };
+use mc_domain::liveness::Checkin;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -678,60 +680,23 @@ impl Store for PostgresStore {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        if let Some(spend) = spend {
-            spend_enrollment_use(&mut tx, spend).await?;
-        }
-        sqlx::query(
-            "INSERT INTO agents (id, board_id, gateway_id, name, name_key, is_board_lead,
-               is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id,
-               heartbeat_interval_seconds, heartbeat_missing_tolerance, identity_profile,
-               identity_template, soul_template, last_provision_error, enrolled_via, created_at,
-               updated_at, token_digest)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15,
-               $16, $17, $18, $19, $20)",
-        )
-        .bind(a.id.as_uuid())
-        .bind(a.board_id.map(|b| b.as_uuid()))
-        .bind(a.gateway_id.as_uuid())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(a.is_mc_agent)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(a.enrolled_via.map(|id| id.as_uuid()))
-        .bind(tz(a.created_at))
-        .bind(tz(a.updated_at))
-        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO agent_liveness
-               (agent_id, last_seen_at, reported_health, published_status, own_token_used,
-                updated_at)
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(a.id.as_uuid())
-        .bind(a.last_seen_at.map(tz))
-        .bind(a.reported_health.map(|h| h.as_str()))
-        .bind(a.published_status.as_str())
-        .bind(a.own_token_used)
-        .bind(tz(a.updated_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(())
+        self.insert_agent_and_job(a, token_digest, spend, event, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_agent_with_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<i64> {
+        let id = self
+            .insert_agent_and_job(a, token_digest, spend, event, Some(job))
+            .await?;
+        Ok(id.unwrap_or_default())
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
@@ -780,7 +745,7 @@ impl Store for PostgresStore {
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest FROM {AGENT_FROM}"
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
         .fetch_all(&self.pool)
         .await
@@ -791,6 +756,7 @@ impl Store for PostgresStore {
                 Ok(StoredAgent {
                     agent: agent_from_row(row)?,
                     token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+                    checkin: rows::checkin_from_row(row)?,
                 })
             })
             .collect()
@@ -889,11 +855,15 @@ impl Store for PostgresStore {
                 "UPDATE agent_liveness AS l SET last_seen_at = v.last_seen_at,
                    reported_health = v.reported_health, published_status = v.published_status,
                    own_token_used = v.own_token_used,
-                   updated_at = GREATEST(l.updated_at, v.updated_at)
+                   updated_at = GREATEST(l.updated_at, v.updated_at),
+                   checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
+                   checkin_gave_up = v.checkin_gave_up
                  FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],
-                             $5::boolean[], $6::timestamptz[])
+                             $5::boolean[], $6::timestamptz[], $7::timestamptz[], $8::bigint[],
+                             $9::boolean[])
                       AS v (agent_id, last_seen_at, reported_health, published_status,
-                            own_token_used, updated_at)
+                            own_token_used, updated_at, checkin_deadline_at, checkin_wakes,
+                            checkin_gave_up)
                  WHERE l.agent_id = v.agent_id",
             )
             .bind(
@@ -922,6 +892,24 @@ impl Store for PostgresStore {
             )
             .bind(sorted.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
             .bind(sorted.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| checkin_deadline(w).map(tz))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| i64::from(checkin_wakes(w)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                sorted
+                    .iter()
+                    .map(|w| w.checkin == Some(Checkin::GaveUp))
+                    .collect::<Vec<_>>(),
+            )
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
@@ -1145,5 +1133,84 @@ impl Store for PostgresStore {
 
     async fn provision_jobs(&self, agent_id: AgentId) -> StoreResult<Vec<crate::ProvisionJob>> {
         self.provision_jobs_of(agent_id).await
+    }
+
+    async fn unfinished_provision_jobs(&self) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.pending_jobs().await
+    }
+
+    async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
+        self.write_provision_error(id, error).await
+    }
+}
+
+impl PostgresStore {
+    /// Inserts an agent (and its first provisioning job, when given) in one transaction.
+    async fn insert_agent_and_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: Option<&crate::NewProvisionJob>,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin().await?;
+        if let Some(spend) = spend {
+            spend_enrollment_use(&mut tx, spend).await?;
+        }
+        sqlx::query(
+            "INSERT INTO agents (id, board_id, gateway_id, name, name_key, is_board_lead,
+               is_mc_agent, gateway_agent_id, workspace_path, openclaw_session_id,
+               heartbeat_interval_seconds, heartbeat_missing_tolerance, identity_profile,
+               identity_template, soul_template, last_provision_error, enrolled_via, created_at,
+               updated_at, token_digest)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13::jsonb, $14, $15,
+               $16, $17, $18, $19, $20)",
+        )
+        .bind(a.id.as_uuid())
+        .bind(a.board_id.map(|b| b.as_uuid()))
+        .bind(a.gateway_id.as_uuid())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(a.is_mc_agent)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(a.enrolled_via.map(|id| id.as_uuid()))
+        .bind(tz(a.created_at))
+        .bind(tz(a.updated_at))
+        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO agent_liveness
+               (agent_id, last_seen_at, reported_health, published_status, own_token_used,
+                updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(a.id.as_uuid())
+        .bind(a.last_seen_at.map(tz))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.own_token_used)
+        .bind(tz(a.updated_at))
+        .execute(&mut *tx)
+        .await
+        .map_err(map_err)?;
+        let job_id = match job {
+            Some(job) => Some(provision_jobs::insert_job(&mut *tx, job).await?),
+            None => None,
+        };
+        insert_activity(&mut tx, event).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(job_id)
     }
 }

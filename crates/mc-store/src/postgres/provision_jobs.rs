@@ -52,25 +52,33 @@ fn job_from_row(row: &PgRow) -> StoreResult<ProvisionJob> {
     })
 }
 
+/// Queues a job through `executor` (the pool, or a transaction it is part of).
+pub(super) async fn insert_job<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    job: &NewProvisionJob,
+) -> StoreResult<i64> {
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO provision_jobs
+           (agent_id, gateway_id, action, gateway_agent_id, session_key, state, attempts,
+            next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)
+         RETURNING id",
+    )
+    .bind(job.agent_id.as_uuid())
+    .bind(job.gateway_id.as_uuid())
+    .bind(job.action.as_str())
+    .bind(&job.gateway_agent_id)
+    .bind(&job.session_key)
+    .bind(tz(job.requested_at))
+    .fetch_one(executor)
+    .await
+    .map_err(map_err)?;
+    Ok(id)
+}
+
 impl PostgresStore {
     pub(super) async fn insert_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64> {
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO provision_jobs
-               (agent_id, gateway_id, action, gateway_agent_id, session_key, state, attempts,
-                next_attempt_at, created_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $6, $6)
-             RETURNING id",
-        )
-        .bind(job.agent_id.as_uuid())
-        .bind(job.gateway_id.as_uuid())
-        .bind(job.action.as_str())
-        .bind(&job.gateway_agent_id)
-        .bind(&job.session_key)
-        .bind(tz(job.requested_at))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(map_err)?;
-        Ok(id)
+        insert_job(&self.pool, job).await
     }
 
     pub(super) async fn claim_provision_jobs(
@@ -177,5 +185,29 @@ impl PostgresStore {
         .await
         .map_err(map_err)?;
         rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn pending_jobs(&self) -> StoreResult<Vec<ProvisionJob>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM provision_jobs WHERE state = 'pending' ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    pub(super) async fn write_provision_error(
+        &self,
+        agent_id: AgentId,
+        error: Option<&str>,
+    ) -> StoreResult<bool> {
+        let done = sqlx::query("UPDATE agents SET last_provision_error = $1 WHERE id = $2")
+            .bind(error)
+            .bind(agent_id.as_uuid())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
     }
 }

@@ -33,13 +33,15 @@ use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, broadcast};
 
 use self::rows::{
     ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, BOARD_COLUMNS,
-    ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
-    enrollment_from_row, gateway_from_row,
+    CHECKIN_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row,
+    board_from_row, enrollment_from_row, gateway_from_row,
 };
+use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
     LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
 };
+use mc_domain::liveness::Checkin;
 
 /// Agents updated by one statement of a liveness batch (6 parameters each).
 const LIVENESS_ROWS_PER_STATEMENT: usize = 1000;
@@ -613,54 +615,23 @@ impl Store for SqliteStore {
         spend: Option<EnrollmentSpend>,
         event: &NewActivity,
     ) -> StoreResult<()> {
-        let mut rtx = self.begin_recording().await?;
-        if let Some(spend) = spend {
-            spend_enrollment_use(&mut rtx.tx, spend).await?;
-        }
-        sqlx::query(&format!(
-            "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        ))
-        .bind(a.id.to_string())
-        .bind(a.board_id.map(|b| b.to_string()))
-        .bind(a.gateway_id.to_string())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(a.is_mc_agent)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(rows::profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(a.enrolled_via.map(|id| id.to_string()))
-        .bind(ms(a.created_at))
-        .bind(ms(a.updated_at))
-        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
-        .execute(&mut *rtx.tx)
-        .await
-        .map_err(map_err)?;
-        sqlx::query(
-            "INSERT INTO agent_liveness
-               (agent_id, last_seen_at, reported_health, published_status, own_token_used, updated_at)
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(a.id.to_string())
-        .bind(a.last_seen_at.map(ms))
-        .bind(a.reported_health.map(|h| h.as_str()))
-        .bind(a.published_status.as_str())
-        .bind(a.own_token_used)
-        .bind(ms(a.updated_at))
-        .execute(&mut *rtx.tx)
-        .await
-        .map_err(map_err)?;
-        rtx.record(std::slice::from_ref(event)).await?;
-        rtx.commit().await?;
-        Ok(())
+        self.insert_agent_and_job(a, token_digest, spend, event, None)
+            .await
+            .map(|_| ())
+    }
+
+    async fn insert_agent_with_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<i64> {
+        let id = self
+            .insert_agent_and_job(a, token_digest, spend, event, Some(job))
+            .await?;
+        Ok(id.unwrap_or_default())
     }
 
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>> {
@@ -707,7 +678,7 @@ impl Store for SqliteStore {
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
         let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest FROM {AGENT_FROM}"
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
         .fetch_all(&self.reader)
         .await
@@ -718,6 +689,7 @@ impl Store for SqliteStore {
                 Ok(StoredAgent {
                     agent: agent_from_row(row)?,
                     token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+                    checkin: rows::checkin_from_row(row)?,
                 })
             })
             .collect()
@@ -809,14 +781,17 @@ impl Store for SqliteStore {
         // Many rows per statement: a statement costs a round trip to SQLite's worker
         // thread, and a batch can hold tens of thousands of agents.
         for chunk in writes.chunks(LIVENESS_ROWS_PER_STATEMENT) {
-            let values = vec!["(?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
                 "WITH v (id, last_seen_at, reported_health, published_status, own_token_used,
-                         updated_at) AS (VALUES {values})
+                         updated_at, checkin_deadline_at, checkin_wakes, checkin_gave_up)
+                   AS (VALUES {values})
                  UPDATE agent_liveness SET last_seen_at = v.last_seen_at,
                    reported_health = v.reported_health, published_status = v.published_status,
                    own_token_used = v.own_token_used,
-                   updated_at = max(agent_liveness.updated_at, v.updated_at)
+                   updated_at = max(agent_liveness.updated_at, v.updated_at),
+                   checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
+                   checkin_gave_up = v.checkin_gave_up
                  FROM v WHERE agent_liveness.agent_id = v.id"
             );
             let mut query = sqlx::query(&sql);
@@ -827,7 +802,10 @@ impl Store for SqliteStore {
                     .bind(w.reported_health.map(|h| h.as_str()))
                     .bind(w.published_status.as_str())
                     .bind(w.own_token_used)
-                    .bind(ms(w.updated_at));
+                    .bind(ms(w.updated_at))
+                    .bind(checkin_deadline(w).map(ms))
+                    .bind(i64::from(checkin_wakes(w)))
+                    .bind(w.checkin == Some(Checkin::GaveUp));
             }
             query.execute(&mut *rtx.tx).await.map_err(map_err)?;
         }
@@ -1009,6 +987,14 @@ impl Store for SqliteStore {
         self.provision_jobs_of(agent_id).await
     }
 
+    async fn unfinished_provision_jobs(&self) -> StoreResult<Vec<crate::ProvisionJob>> {
+        self.pending_jobs().await
+    }
+
+    async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
+        self.write_provision_error(id, error).await
+    }
+
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
         self.feed.subscribe()
     }
@@ -1067,4 +1053,69 @@ async fn spend_enrollment_use(
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// Inserts an agent (and its first provisioning job, when given) in one transaction.
+    async fn insert_agent_and_job(
+        &self,
+        a: &Agent,
+        token_digest: Option<TokenDigest>,
+        spend: Option<EnrollmentSpend>,
+        event: &NewActivity,
+        job: Option<&crate::NewProvisionJob>,
+    ) -> StoreResult<Option<i64>> {
+        let mut rtx = self.begin_recording().await?;
+        if let Some(spend) = spend {
+            spend_enrollment_use(&mut rtx.tx, spend).await?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO agents ({AGENT_INSERT_COLUMNS})
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        ))
+        .bind(a.id.to_string())
+        .bind(a.board_id.map(|b| b.to_string()))
+        .bind(a.gateway_id.to_string())
+        .bind(a.name.as_str())
+        .bind(a.name.key())
+        .bind(a.is_board_lead)
+        .bind(a.is_mc_agent)
+        .bind(&a.gateway_agent_id)
+        .bind(&a.workspace_path)
+        .bind(&a.openclaw_session_id)
+        .bind(i64::from(a.heartbeat_config.interval_seconds))
+        .bind(i64::from(a.heartbeat_config.missing_tolerance))
+        .bind(rows::profile_json(a))
+        .bind(&a.identity_template)
+        .bind(&a.soul_template)
+        .bind(&a.last_provision_error)
+        .bind(a.enrolled_via.map(|id| id.to_string()))
+        .bind(ms(a.created_at))
+        .bind(ms(a.updated_at))
+        .bind(token_digest.map(|d| d.as_bytes().to_vec()))
+        .execute(&mut *rtx.tx)
+        .await
+        .map_err(map_err)?;
+        sqlx::query(
+            "INSERT INTO agent_liveness
+               (agent_id, last_seen_at, reported_health, published_status, own_token_used, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(a.id.to_string())
+        .bind(a.last_seen_at.map(ms))
+        .bind(a.reported_health.map(|h| h.as_str()))
+        .bind(a.published_status.as_str())
+        .bind(a.own_token_used)
+        .bind(ms(a.updated_at))
+        .execute(&mut *rtx.tx)
+        .await
+        .map_err(map_err)?;
+        let job_id = match job {
+            Some(job) => Some(provision_jobs::insert_job(&mut *rtx.tx, job).await?),
+            None => None,
+        };
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
+        Ok(job_id)
+    }
 }

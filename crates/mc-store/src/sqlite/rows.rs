@@ -8,6 +8,7 @@ use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, ReportedH
 use mc_domain::board::{Board, BoardRules, Slug};
 use mc_domain::enrollment::EnrollmentToken;
 use mc_domain::gateway::{Gateway, GatewayUrl};
+use mc_domain::liveness::Checkin;
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
 use mc_domain::webhook::{Delivery, DeliveryState, EventSelection, Webhook, WebhookUrl};
@@ -38,6 +39,10 @@ pub(super) const AGENT_COLUMNS: &str = "a.id, a.board_id, a.gateway_id, a.name, 
     a.identity_template, a.soul_template, a.last_provision_error, a.enrolled_via, a.created_at, \
     max(a.updated_at, l.updated_at) AS updated_at, l.last_seen_at, l.reported_health, \
     l.published_status, l.own_token_used";
+
+/// The check-in fields of an agent's liveness row (see [`checkin_from_row`]).
+pub(super) const CHECKIN_COLUMNS: &str =
+    "l.checkin_deadline_at, l.checkin_wakes, l.checkin_gave_up";
 
 /// The join that [`AGENT_COLUMNS`] reads from.
 pub(super) const AGENT_FROM: &str = "agents a JOIN agent_liveness l ON l.agent_id = a.id";
@@ -252,4 +257,19 @@ pub(super) fn delivery_from_row(row: &SqliteRow) -> StoreResult<Delivery> {
         created_at: ts(row, "created_at")?,
         last_attempt_at: opt_ts(row, "last_attempt_at")?,
     })
+}
+
+/// The check-in read with [`CHECKIN_COLUMNS`]: given up on, awaited until a deadline, or
+/// none.
+pub(super) fn checkin_from_row(row: &SqliteRow) -> StoreResult<Option<Checkin>> {
+    if get::<bool>(row, "checkin_gave_up")? {
+        return Ok(Some(Checkin::GaveUp));
+    }
+    let Some(deadline) = opt_ts(row, "checkin_deadline_at")? else {
+        return Ok(None);
+    };
+    Ok(Some(Checkin::Awaiting {
+        deadline,
+        wakes: u32_col(row, "checkin_wakes", "agent_liveness")?,
+    }))
 }

@@ -137,6 +137,8 @@ fn stored_view(agent: Agent, now: Timestamp) -> AgentView {
         reported: agent.reported_health,
         missing_tolerance_seconds: agent.heartbeat_config.missing_tolerance,
         grace_until: None,
+        job: None,
+        checkin: None,
     }
     .status(now);
     AgentView {

@@ -155,8 +155,12 @@ fn render(state: &SharedState, payload: Payload, event: ActivityEvent) -> Event 
     let json = match payload {
         Payload::Activity => serde_json::to_string(&ActivityEventRead::from(event)),
         Payload::AgentWithState => {
+            // The deletion event is on the feed once committed, which can be a moment
+            // before the agent leaves the in-memory index: a deleted agent is null.
+            let deleted = event.event_type == EventType::AgentDeleted.as_str();
             let view = event
                 .agent_id
+                .filter(|_| !deleted)
                 .and_then(|id| state.registry.get(id))
                 .map(|agent| agent.view(Timestamp::now()));
             serde_json::to_string(&AgentStreamMessage {

@@ -41,6 +41,8 @@ pub fn uptime_words(share: Option<f64>) -> String {
 /// What the agent's provisioning state means, in words.
 pub fn provisioning_words(view: &AgentView, managed_gateway: bool) -> String {
     match (view.status, view.last_seen_at, managed_gateway) {
+        (AgentStatus::Updating, _, _) => "Updating: a job is pushing its settings and workspace files to its gateway.".to_owned(),
+        (AgentStatus::Deleting, _, _) => "Deleting: a job is removing it from its gateway; then it leaves Mission Control.".to_owned(),
         (AgentStatus::Provisioning, None, false) => "Created; waiting for its first heartbeat. On an unmanaged gateway the agent is started by hand: give it its token and it appears here with its first heartbeat.".to_owned(),
         (AgentStatus::Provisioning, None, true) => "Created; waiting for its first heartbeat.".to_owned(),
         (_, Some(_), _) => "Running: it has sent heartbeats to Mission Control.".to_owned(),

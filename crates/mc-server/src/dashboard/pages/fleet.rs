@@ -77,7 +77,7 @@ pub fn render_fleet(
     last_event_id: i64,
     now: Timestamp,
 ) -> Markup {
-    let mut counts = [0usize; 4];
+    let mut counts = [0usize; AgentStatus::ALL.len()];
     for view in views {
         counts[status_index(view.status)] += 1;
     }
@@ -163,6 +163,8 @@ const fn status_index(status: AgentStatus) -> usize {
         AgentStatus::Healthy => 1,
         AgentStatus::Degraded => 2,
         AgentStatus::Offline => 3,
+        AgentStatus::Updating => 4,
+        AgentStatus::Deleting => 5,
     }
 }
 

@@ -1,0 +1,302 @@
+//! Lifecycle with deadlines (issue 3 §5): after a wake the agent must check in within the
+//! check-in timeout or be woken again, three wakes in all, then it is offline with the
+//! reason; `updating` and `deleting` last only while their job runs, and a job that cannot
+//! finish within its bound ends with the agent out of that state and the reason recorded.
+//! No agent stays `provisioning`, `updating` or `deleting` without a job or a deadline.
+
+use std::time::Duration;
+
+use mc_gateway::GatewayGeneration;
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+use mc_server::config::ServerConfig;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::gateway_fixtures::{
+    board_on_fake, create_agent_named, credential, provision_jobs, quick_gateway_settings,
+    settled_jobs,
+};
+use crate::helpers::{TestApp, eventually, expect_json, expect_success, unique};
+
+/// The check-in timeout of these tests.
+const CHECKIN: Duration = Duration::from_millis(1000);
+
+/// Gateway-quick settings, a 1 s check-in timeout and a 2 s bound on every job.
+fn short_deadlines(config: &mut ServerConfig) {
+    quick_gateway_settings(config);
+    config.lifecycle.checkin_timeout = CHECKIN;
+    config.lifecycle.job_timeout = Duration::from_secs(2);
+}
+
+async fn spawn_app() -> TestApp {
+    TestApp::spawn_with(short_deadlines).await
+}
+
+async fn fake() -> FakeGateway {
+    FakeGateway::start(FakeGatewayOptions::new(GatewayGeneration::V4)).await
+}
+
+/// The agent's own token, read back from its workspace (AGENTS.md on a v4 gateway).
+fn workspace_token(gw: &FakeGateway, agent_id: &str) -> String {
+    let agents_md = gw
+        .file(&format!("mc-{agent_id}"), "AGENTS.md")
+        .expect("AGENTS.md written");
+    credential(&agents_md, "AUTH_TOKEN").expect("AUTH_TOKEN in AGENTS.md")
+}
+
+/// The events about `agent_id` of `event_type`, oldest first.
+async fn events_of(app: &TestApp, agent_id: &str, event_type: &str) -> Vec<Value> {
+    let mut events: Vec<Value> = app
+        .activity_of(agent_id)
+        .await
+        .into_iter()
+        .filter(|e| e["event_type"] == event_type)
+        .collect();
+    events.reverse();
+    events
+}
+
+const NEVER_CHECKED_IN: &str =
+    "never checked in: woken 3 times, no heartbeat within 1 s of each wake";
+
+/// The `chat.send` wakes the fake received for agent `id`'s main session (the gateway's own
+/// main agent is woken too, and never checks in).
+fn wakes_of(gw: &FakeGateway, id: &str) -> Vec<serde_json::Value> {
+    let session_key = format!("agent:mc-{id}:main");
+    gw.calls_to("chat.send")
+        .into_iter()
+        .filter(|params| params["sessionKey"] == session_key.as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn an_agent_that_checks_in_in_time_becomes_healthy_and_is_never_woken_again() {
+    let gw = fake().await;
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let token = workspace_token(&gw, &id);
+    let read = expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(read["status"], "healthy");
+
+    // Well past three check-in timeouts: no further wake, still healthy, no error.
+    tokio::time::sleep(CHECKIN * 4).await;
+    assert_eq!(wakes_of(&gw, &id).len(), 1, "only the job's own wake");
+    let read = app.agent(&id).await;
+    assert_eq!(read["status"], "healthy", "{read}");
+    assert!(read["last_provision_error"].is_null(), "{read}");
+}
+
+#[tokio::test]
+async fn an_agent_that_never_checks_in_is_woken_three_times_then_offline_with_the_reason() {
+    let gw = fake().await;
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    assert_eq!(
+        app.agent(&id).await["status"],
+        "provisioning",
+        "awaiting its check-in"
+    );
+
+    eventually("the agent to be given up on", || async {
+        app.agent(&id).await["status"] == "offline"
+    })
+    .await;
+    let wakes = wakes_of(&gw, &id);
+    assert_eq!(wakes.len(), 3, "{wakes:?}");
+    let mut keys: Vec<&str> = wakes
+        .iter()
+        .map(|w| w["idempotencyKey"].as_str().expect("a key"))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    assert_eq!(keys.len(), 3, "every wake has a fresh idempotency key");
+    assert!(
+        wakes
+            .iter()
+            .all(|w| w["sessionKey"] == format!("agent:mc-{id}:main"))
+    );
+    let read = app.agent(&id).await;
+    assert_eq!(read["last_provision_error"], NEVER_CHECKED_IN, "{read}");
+    let offline = events_of(&app, &id, "agent.offline").await;
+    assert_eq!(offline.len(), 1, "one transition: {offline:?}");
+    assert!(
+        offline[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(NEVER_CHECKED_IN)),
+        "{offline:?}"
+    );
+
+    // Nothing more happens: no fourth wake.
+    tokio::time::sleep(CHECKIN * 2).await;
+    assert_eq!(wakes_of(&gw, &id).len(), 3);
+
+    // A late heartbeat brings it back like any offline agent.
+    let token = workspace_token(&gw, &id);
+    let read = expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(read["status"], "healthy");
+}
+
+#[tokio::test]
+async fn a_check_in_deadline_survives_a_restart() {
+    let gw = fake().await;
+    let mut app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    app.restart().await;
+    // The wait is still on after the restart (no job runs any more: only its deadline
+    // keeps the agent provisioning) ...
+    assert_eq!(app.agent(&id).await["status"], "provisioning");
+    // ... and comes due: two more wakes, then offline with the reason.
+    eventually("the agent to be given up on", || async {
+        app.agent(&id).await["status"] == "offline"
+    })
+    .await;
+    assert_eq!(wakes_of(&gw, &id).len(), 3);
+    assert_eq!(
+        app.agent(&id).await["last_provision_error"],
+        NEVER_CHECKED_IN
+    );
+    let jobs = provision_jobs(&app, &id).await;
+    assert_eq!(jobs.len(), 1, "the wakes are not jobs: {jobs:?}");
+    assert_eq!(jobs[0]["attempts"], 1, "the create job did not run again");
+}
+
+#[tokio::test]
+async fn an_update_a_gateway_down_for_good_never_takes_ends_out_of_updating_with_the_reason() {
+    let gw = fake().await;
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let token = workspace_token(&gw, &id);
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+
+    gw.stop();
+    let read = expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    assert_eq!(read["status"], "updating", "{read}");
+    assert_eq!(app.agent(&id).await["status"], "updating");
+
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "failed", "{jobs:?}");
+    let read = app.agent(&id).await;
+    assert_eq!(
+        read["status"], "healthy",
+        "back to its liveness status: {read}"
+    );
+    let error = read["last_provision_error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("update gave up after "), "{read}");
+    assert!(error.contains(" in 2 s: "), "{read}");
+}
+
+#[tokio::test]
+async fn a_create_that_never_succeeds_ends_offline_not_provisioning() {
+    let gw = fake().await;
+    gw.stop();
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    assert_eq!(app.agent(&id).await["status"], "provisioning");
+    let jobs = settled_jobs(&app, &id, 1).await;
+    assert_eq!(jobs[0]["state"], "failed", "{jobs:?}");
+    let read = app.agent(&id).await;
+    assert_eq!(read["status"], "offline", "{read}");
+    assert!(
+        read["last_provision_error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with("create gave up after ")),
+        "{read}"
+    );
+    let offline = events_of(&app, &id, "agent.offline").await;
+    assert_eq!(offline.len(), 1, "{offline:?}");
+}
+
+#[tokio::test]
+async fn a_deleted_agent_reads_deleting_until_its_gateway_has_removed_it() {
+    let gw = fake().await;
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    gw.delay("agents.delete", Duration::from_millis(400));
+
+    expect_success(app.delete_agent(&id).await).await;
+    assert_eq!(app.agent(&id).await["status"], "deleting");
+    // Deleting twice is deleting once.
+    expect_success(app.delete_agent(&id).await).await;
+    eventually("the agent to be gone", || async {
+        app.get_agent(&id).await.status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(!gw.agent_ids().contains(&format!("mc-{id}")));
+    let jobs = provision_jobs(&app, &id).await;
+    assert_eq!(jobs.len(), 2, "one delete job: {jobs:?}");
+    let deleted = events_of(&app, &id, "agent.deleted").await;
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    assert!(
+        deleted[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.ends_with("was deleted."))
+    );
+}
+
+#[tokio::test]
+async fn a_delete_a_gateway_down_for_good_never_takes_removes_the_agent_and_says_so() {
+    let gw = fake().await;
+    let app = spawn_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    gw.stop();
+
+    expect_success(app.delete_agent(&id).await).await;
+    assert_eq!(app.agent(&id).await["status"], "deleting");
+    eventually("the agent to be gone", || async {
+        app.get_agent(&id).await.status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    let jobs = provision_jobs(&app, &id).await;
+    assert_eq!(jobs[1]["state"], "failed", "{jobs:?}");
+    let deleted = events_of(&app, &id, "agent.deleted").await;
+    assert_eq!(deleted.len(), 1, "{deleted:?}");
+    let message = deleted[0]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("from Mission Control; it may remain on its gateway")
+            && message.contains("delete gave up after"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_on_an_unmanaged_gateway_that_never_heartbeats_is_offline_after_the_timeout() {
+    let app = spawn_app().await;
+    let board = app.unmanaged_board().await;
+    let agent = app.agent_with_token(&board.board_id).await;
+    assert_eq!(app.agent(&agent.id).await["status"], "provisioning");
+    eventually("the agent to be given up on", || async {
+        app.agent(&agent.id).await["status"] == "offline"
+    })
+    .await;
+    let read = app.agent(&agent.id).await;
+    let error = read["last_provision_error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("never checked in: no heartbeat within 1 s of its creation")
+            && error.contains("unmanaged"),
+        "{read}"
+    );
+    assert!(provision_jobs(&app, &agent.id).await.is_empty());
+    let read = expect_json(
+        app.agent_heartbeat(&agent.token, None).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(read["status"], "healthy");
+}
