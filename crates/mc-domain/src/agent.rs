@@ -352,6 +352,39 @@ pub struct Agent {
 }
 
 impl Agent {
+    /// A new Mission Control agent named `name`, never provisioned nor heard from, with the
+    /// default heartbeat settings; `board_id` is `None` for a gateway's main agent.
+    pub fn new(
+        board_id: Option<BoardId>,
+        gateway_id: GatewayId,
+        name: AgentName,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            id: AgentId::new(),
+            board_id,
+            gateway_id,
+            name,
+            is_board_lead: false,
+            is_mc_agent: true,
+            gateway_agent_id: None,
+            workspace_path: None,
+            openclaw_session_id: None,
+            heartbeat_config: HeartbeatConfig::default(),
+            identity_profile: None,
+            identity_template: None,
+            soul_template: None,
+            last_provision_error: None,
+            last_seen_at: None,
+            reported_health: None,
+            published_status: AgentStatus::Provisioning,
+            enrolled_via: None,
+            own_token_used: false,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
     /// A gateway's main agent has no board.
     pub fn is_gateway_main(&self) -> bool {
         self.board_id.is_none()

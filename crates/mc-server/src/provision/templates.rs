@@ -587,7 +587,7 @@ fn sample_contexts() -> [(&'static str, FileContext); 3] {
 mod tests {
     use std::str::FromStr as _;
 
-    use mc_domain::agent::{AgentName, AgentStatus, HeartbeatConfig};
+    use mc_domain::agent::AgentName;
     use mc_domain::ids::{AgentId, BoardId, GatewayId};
     use mc_domain::time::Timestamp;
 
@@ -599,29 +599,15 @@ mod tests {
 
     /// A worker, a board lead or (without a board) a gateway's main agent, with fixed ids.
     fn agent(board: bool, is_board_lead: bool) -> Agent {
-        let now = Timestamp::now();
         Agent {
             id: AgentId::from_str(AGENT).unwrap(),
-            board_id: board.then(|| BoardId::from_str(BOARD).unwrap()),
-            gateway_id: GatewayId::from_str(GATEWAY).unwrap(),
-            name: AgentName::parse("Ada", "name").unwrap(),
             is_board_lead,
-            is_mc_agent: true,
-            gateway_agent_id: None,
-            workspace_path: None,
-            openclaw_session_id: None,
-            heartbeat_config: HeartbeatConfig::default(),
-            identity_profile: None,
-            identity_template: None,
-            soul_template: None,
-            last_provision_error: None,
-            last_seen_at: None,
-            reported_health: None,
-            published_status: AgentStatus::Provisioning,
-            enrolled_via: None,
-            own_token_used: false,
-            created_at: now,
-            updated_at: now,
+            ..Agent::new(
+                board.then(|| BoardId::from_str(BOARD).unwrap()),
+                GatewayId::from_str(GATEWAY).unwrap(),
+                AgentName::parse("Ada", "name").unwrap(),
+                Timestamp::now(),
+            )
         }
     }
 

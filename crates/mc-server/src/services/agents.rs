@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use mc_domain::activity::{EventType, NewActivity};
-use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, IdentityProfile};
+use mc_domain::agent::{Agent, AgentName, HeartbeatConfig, IdentityProfile};
 use mc_domain::board::Board;
-use mc_domain::ids::{AgentId, EnrollmentTokenId};
+use mc_domain::ids::EnrollmentTokenId;
 use mc_domain::liveness::JobInProgress;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_agent_token};
@@ -76,30 +76,16 @@ pub async fn create_agent(
 ) -> ApiResult<(Arc<LiveAgent>, Secret)> {
     let now = Timestamp::now();
     let agent = Agent {
-        id: AgentId::new(),
-        board_id: Some(board.id),
-        gateway_id: board.gateway_id,
-        name: new.name,
         is_board_lead: new.is_board_lead,
-        is_mc_agent: true,
-        gateway_agent_id: None,
-        workspace_path: None,
-        openclaw_session_id: None,
         heartbeat_config: new.heartbeat_config,
         identity_profile: new.identity_profile,
         identity_template: new.identity_template,
         soul_template: new.soul_template,
-        last_provision_error: None,
-        last_seen_at: None,
-        reported_health: None,
-        published_status: AgentStatus::Provisioning,
         enrolled_via: match origin {
             Origin::Enrollment(id) => Some(id),
             Origin::Admin => None,
         },
-        own_token_used: false,
-        created_at: now,
-        updated_at: now,
+        ..Agent::new(Some(board.id), board.gateway_id, new.name, now)
     };
     let token = generate_agent_token();
     let spend = match origin {

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use mc_domain::activity::EventType;
-use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig, MAX_AGENT_NAME_CHARS};
+use mc_domain::agent::{Agent, AgentName, MAX_AGENT_NAME_CHARS};
 use mc_domain::board::required_text;
 use mc_domain::gateway::{Gateway, GatewayUrl};
-use mc_domain::ids::{AgentId, GatewayId};
+use mc_domain::ids::GatewayId;
 use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_agent_token};
@@ -245,30 +245,7 @@ pub async fn ensure_main_agent(
     if has_main {
         return Ok(None);
     }
-    let now = Timestamp::now();
-    let agent = Agent {
-        id: AgentId::new(),
-        board_id: None,
-        gateway_id: gateway.id,
-        name: main_agent_name(gateway),
-        is_board_lead: false,
-        is_mc_agent: true,
-        gateway_agent_id: None,
-        workspace_path: None,
-        openclaw_session_id: None,
-        heartbeat_config: HeartbeatConfig::default(),
-        identity_profile: None,
-        identity_template: None,
-        soul_template: None,
-        last_provision_error: None,
-        last_seen_at: None,
-        reported_health: None,
-        published_status: AgentStatus::Provisioning,
-        enrolled_via: None,
-        own_token_used: false,
-        created_at: now,
-        updated_at: now,
-    };
+    let agent = Agent::new(None, gateway.id, main_agent_name(gateway), Timestamp::now());
     let token = generate_agent_token();
     let event = agent_event(
         &agent,

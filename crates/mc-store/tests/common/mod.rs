@@ -5,8 +5,8 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use mc_domain::agent::{Agent, AgentName, AgentStatus, HeartbeatConfig};
-use mc_domain::ids::{AgentId, BoardId, GatewayId};
+use mc_domain::agent::{Agent, AgentName};
+use mc_domain::ids::{BoardId, GatewayId};
 use mc_domain::time::Timestamp;
 use mc_store::{PostgresStore, SqliteStore, Store};
 use mc_testpg::TestPostgres;
@@ -41,29 +41,12 @@ pub fn now() -> Timestamp {
 
 /// A new agent named `name` on `gateway` (and `board`), never heard from.
 pub fn new_agent(gateway: GatewayId, board: Option<BoardId>, name: &str) -> Agent {
-    Agent {
-        id: AgentId::new(),
-        board_id: board,
-        gateway_id: gateway,
-        name: AgentName::parse(name, "name").unwrap(),
-        is_board_lead: false,
-        is_mc_agent: true,
-        gateway_agent_id: None,
-        workspace_path: None,
-        openclaw_session_id: None,
-        heartbeat_config: HeartbeatConfig::default(),
-        identity_profile: None,
-        identity_template: None,
-        soul_template: None,
-        last_provision_error: None,
-        last_seen_at: None,
-        reported_health: None,
-        published_status: AgentStatus::Provisioning,
-        enrolled_via: None,
-        own_token_used: false,
-        created_at: now(),
-        updated_at: now(),
-    }
+    Agent::new(
+        board,
+        gateway,
+        AgentName::parse(name, "name").unwrap(),
+        now(),
+    )
 }
 
 /// Runs each named specification against every backend.
