@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use mc_gateway::testing::RealGateway;
 use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
 
 use crate::gateway_fixtures::{
     create_agent_named, credential, managed_board_at, provision_jobs, spawn_real_gateway_app,
 };
-use crate::helpers::{Auth, expect_json, expect_success, unique};
+use crate::helpers::{Auth, TestApp, expect_json, expect_success, unique};
 
 fn enabled(test: &str) -> bool {
     let on = std::env::var("MC_TEST_OPENCLAW").is_ok_and(|v| v == "1");
@@ -57,20 +58,13 @@ async fn provision_on(version: &str, credentials_file: &str) {
 
     // A cold gateway start takes up to a minute on a busy machine; transient failures
     // meanwhile are retried by the job itself.
-    let started = Instant::now();
-    let job = loop {
-        let jobs = provision_jobs(&app, &id).await;
-        if jobs.first().is_some_and(|j| j["state"] != "pending") {
-            break jobs[0].clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(240),
-            "not provisioned in time: {jobs:?}\n{}",
-            gateway.log_tail(40)
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let job = settled_job(&app, &id, "create", &gateway).await;
     assert_eq!(job["state"], "done", "{job}\n{}", gateway.log_tail(40));
+    let gateway_agent_id = format!("mc-{id}");
+    assert!(
+        on_gateway(&gateway, &gateway_agent_id),
+        "in the gateway's config"
+    );
 
     let read = app.agent(&id).await;
     // Without a model provider the woken agent cannot start; provisioning says so.
@@ -129,4 +123,91 @@ async fn provision_on(version: &str, credentials_file: &str) {
         .expect("the credentials file after the sync");
     assert_eq!(credential(&credentials, "AUTH_TOKEN"), Some(token.clone()));
     expect_success(app.agent_heartbeat(&token, None).await).await;
+
+    // An update rewrites the workspace: the new name reaches IDENTITY.md.
+    let renamed = unique("Renamed");
+    expect_success(
+        app.send(
+            Method::PATCH,
+            &format!("/api/v1/agents/{id}"),
+            Auth::Admin,
+            Some(&json!({"name": renamed})),
+        )
+        .await,
+    )
+    .await;
+    let job = settled_job(&app, &id, "update", &gateway).await;
+    assert_eq!(job["state"], "done", "{job}\n{}", gateway.log_tail(40));
+    let identity = std::fs::read_to_string(format!("{workspace}/IDENTITY.md"))
+        .expect("IDENTITY.md after the update");
+    assert!(identity.contains(&renamed), "{identity}");
+
+    // A delete removes it from the gateway, then from Mission Control.
+    expect_success(
+        app.send(
+            Method::DELETE,
+            &format!("/api/v1/agents/{id}"),
+            Auth::Admin,
+            None,
+        )
+        .await,
+    )
+    .await;
+    let started = Instant::now();
+    while app.get_agent(&id).await.status() != StatusCode::NOT_FOUND {
+        assert!(
+            started.elapsed() < JOB_LIMIT,
+            "not deleted in time: {:?}\n{}",
+            provision_jobs(&app, &id).await,
+            gateway.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !on_gateway(&gateway, &gateway_agent_id),
+        "gone from the gateway's config"
+    );
+}
+
+/// How long one provisioning job may take on a real gateway on a busy machine.
+const JOB_LIMIT: Duration = Duration::from_secs(240);
+
+/// Waits until the agent's newest `action` job has ended; returns it.
+async fn settled_job(app: &TestApp, id: &str, action: &str, gateway: &RealGateway) -> Value {
+    let started = Instant::now();
+    loop {
+        let jobs = provision_jobs(app, id).await;
+        let newest = jobs
+            .iter()
+            .filter(|job| job["action"] == action)
+            .max_by_key(|job| job["id"].as_u64());
+        if let Some(job) =
+            newest.filter(|job| job["state"] != "pending" && job["state"] != "running")
+        {
+            return job.clone();
+        }
+        assert!(
+            started.elapsed() < JOB_LIMIT,
+            "{action} not finished in time: {jobs:?}\n{}",
+            gateway.log_tail(40)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Whether the gateway's config file lists `gateway_agent_id` (protocol 3 keeps agents in
+/// `agents.list`, protocol 4 in `agents.entries`).
+fn on_gateway(gateway: &RealGateway, gateway_agent_id: &str) -> bool {
+    let path = gateway.home().join(".openclaw/openclaw.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let config: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()));
+    let in_list = config["agents"]["list"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|a| a["id"] == gateway_agent_id));
+    let in_entries = config["agents"]["entries"]
+        .as_object()
+        .is_some_and(|entries| entries.contains_key(gateway_agent_id));
+    in_list || in_entries
 }
