@@ -372,9 +372,14 @@ async fn a_sync_gives_a_gateway_back_its_missing_main_agent() {
     let (gateway_id, _) = board_on_fake(&app, &gw).await;
     let first = settled_main_agent(&app, &gateway_id).await;
     expect_success(app.delete_agent(&id_of(&first)).await).await;
-    eventually("the main agent to leave the gateway", || async {
-        gw.agent_ids().is_empty()
-    })
+    // Its delete job removes it from the gateway, then from Mission Control.
+    eventually(
+        "the main agent to leave the gateway and Mission Control",
+        || async {
+            gw.agent_ids().is_empty()
+                && app.get_agent(&id_of(&first)).await.status() == reqwest::StatusCode::NOT_FOUND
+        },
+    )
     .await;
 
     let results = synced(&app, &gateway_id, None).await;
