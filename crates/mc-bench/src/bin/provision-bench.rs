@@ -154,7 +154,7 @@ async fn run_one(version: &str, agents: usize, limit: Duration) -> Result<Outcom
         .send(
             reqwest::Method::POST,
             "/api/v1/boards",
-            Some(json!({"name": "bench", "slug": "bench", "gateway_id": gateway_id})),
+            Some(json!({"name": "bench", "slug": "bench", "description": "provisioning benchmark", "gateway_id": gateway_id})),
         )
         .await?;
     let board_id = board["id"].as_str().context("board id")?.to_owned();
