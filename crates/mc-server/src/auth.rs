@@ -64,8 +64,9 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Identifies the caller from the request headers.
-pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Caller> {
+/// Identifies the caller from the request headers. An agent token is looked up in memory
+/// (and, for a token another replica minted a moment ago, in the database once).
+pub async fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Caller> {
     let agent_header = headers
         .get(AGENT_TOKEN_HEADER)
         .map(|v| v.to_str().map(str::trim).unwrap_or_default());
@@ -84,8 +85,9 @@ pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Calle
         return Ok(Caller::Enrollment(Secret::new(token)));
     }
     let agent = state
-        .registry
-        .by_token(&TokenDigest::of(token))
+        .engine
+        .agent_by_token(&TokenDigest::of(token))
+        .await?
         .ok_or(ApiError::Unauthorized("Unauthorized"))?;
     state.registry.note_own_token_use(&agent);
     Ok(Caller::Agent(agent))
@@ -93,7 +95,7 @@ pub fn authenticate(state: &SharedState, headers: &HeaderMap) -> ApiResult<Calle
 
 /// Identifies the caller from headers, then (for GET and HEAD without credentials) from
 /// the dashboard's session cookie.
-pub fn authenticate_request(state: &SharedState, parts: &Parts) -> ApiResult<Caller> {
+pub async fn authenticate_request(state: &SharedState, parts: &Parts) -> ApiResult<Caller> {
     let has_credentials = parts.headers.contains_key(AGENT_TOKEN_HEADER)
         || parts
             .headers
@@ -106,7 +108,7 @@ pub fn authenticate_request(state: &SharedState, parts: &Parts) -> ApiResult<Cal
     {
         return Ok(Caller::Admin);
     }
-    authenticate(state, &parts.headers)
+    authenticate(state, &parts.headers).await
 }
 
 impl FromRequestParts<SharedState> for Caller {
@@ -116,7 +118,7 @@ impl FromRequestParts<SharedState> for Caller {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate_request(state, parts)
+        authenticate_request(state, parts).await
     }
 }
 
@@ -131,7 +133,7 @@ impl FromRequestParts<SharedState> for Admin {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        authenticate_request(state, parts)?.require_admin()?;
+        authenticate_request(state, parts).await?.require_admin()?;
         Ok(Self)
     }
 }
@@ -147,7 +149,7 @@ impl FromRequestParts<SharedState> for AgentCaller {
         parts: &mut Parts,
         state: &SharedState,
     ) -> Result<Self, Self::Rejection> {
-        match authenticate(state, &parts.headers)? {
+        match authenticate(state, &parts.headers).await? {
             Caller::Agent(agent) => Ok(Self(agent)),
             Caller::Admin => Err(ApiError::Forbidden(
                 "this endpoint is for agents: send the agent's own X-Agent-Token".into(),

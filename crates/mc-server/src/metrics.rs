@@ -285,6 +285,14 @@ pub async fn render(state: &SharedState) -> String {
 
     header(
         &mut out,
+        "mc_leader",
+        "gauge",
+        "1 while this replica does the singleton work (offline detection) for all replicas.",
+    );
+    let _ = writeln!(out, "mc_leader {}", u8::from(state.engine.leading()));
+
+    header(
+        &mut out,
         "mc_liveness_pending_writes",
         "gauge",
         "Agents whose liveness fields wait for the next write-behind batch.",

@@ -100,14 +100,74 @@ pub struct LivenessWrite {
     pub last_seen_at: Option<Timestamp>,
     /// Its last reported health.
     pub reported_health: Option<ReportedHealth>,
-    /// The status last published as a transition.
-    pub published_status: AgentStatus,
     /// Whether it has used its own token.
     pub own_token_used: bool,
     /// Its `updated_at`.
     pub updated_at: Timestamp,
     /// The check-in awaited after a wake (or given up on); `None` once it checked in.
     pub checkin: Option<Checkin>,
+}
+
+/// A change of an agent's published liveness status, recorded only when the stored status
+/// is still `from`: two replicas never record the same transition twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// The published status the change starts from.
+    pub from: AgentStatus,
+    /// The new published status.
+    pub to: AgentStatus,
+}
+
+/// An event of a liveness batch: a transition (conditional) or any other event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LivenessEvent {
+    /// The event to record.
+    pub activity: NewActivity,
+    /// For a transition: the change it records, applied only when it still holds.
+    pub transition: Option<Transition>,
+}
+
+/// What a liveness batch recorded.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LivenessOutcome {
+    /// The events recorded (with their ids), in order.
+    pub recorded: Vec<ActivityEvent>,
+    /// Agents whose transitions were not recorded because their stored published status
+    /// was no longer the one they start from (another replica recorded a change first), with
+    /// that stored status; `None` when the agent no longer exists.
+    pub refused: Vec<(AgentId, Option<AgentStatus>)>,
+}
+
+/// The transitions of a batch folded per agent, in order of first appearance: the status
+/// the first starts from and the status the last ends in. A batch can hold several
+/// transitions of one agent (e.g. offline and back within one write-behind window); they
+/// are recorded all or none, depending on where the first starts.
+pub(crate) fn transition_chains(events: &[LivenessEvent]) -> Vec<Transition> {
+    let mut chains: Vec<Transition> = Vec::new();
+    for transition in events.iter().filter_map(|e| e.transition) {
+        match chains
+            .iter_mut()
+            .find(|c| c.agent_id == transition.agent_id)
+        {
+            Some(chain) => chain.to = transition.to,
+            None => chains.push(transition),
+        }
+    }
+    chains
+}
+
+/// The events of a batch to record once the chains of `accepted` agents were applied.
+pub(crate) fn accepted_events<'a>(
+    events: &'a [LivenessEvent],
+    accepted: &[AgentId],
+) -> Vec<&'a NewActivity> {
+    events
+        .iter()
+        .filter(|e| e.transition.is_none_or(|t| accepted.contains(&t.agent_id)))
+        .map(|e| &e.activity)
+        .collect()
 }
 
 /// An agent together with its token digest, as loaded into the in-memory index.
@@ -405,13 +465,27 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an agent and records `event`; false when it did not exist.
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
 
-    /// Writes a batch of liveness fields and events in one transaction; returns the events
-    /// as recorded (with their ids), in order.
+    /// Writes a batch of liveness fields and events in one transaction. `last_seen_at`
+    /// never moves backwards (a replica's older write loses to a newer one), and each
+    /// agent's transitions are recorded only when its stored published status is the one
+    /// the first starts from (see [`Transition`]).
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
-        events: &[NewActivity],
-    ) -> StoreResult<Vec<ActivityEvent>>;
+        events: &[LivenessEvent],
+    ) -> StoreResult<LivenessOutcome>;
+    /// These agents (those that exist) with their token digests and check-ins, as stored
+    /// now: the re-read before a deadline is acted on, and the agent another replica changed.
+    async fn stored_agents(&self, ids: &[AgentId]) -> StoreResult<Vec<StoredAgent>>;
+    /// The agent holding a token digest, as stored now (a token minted by another replica).
+    async fn agent_by_token(&self, digest: TokenDigest) -> StoreResult<Option<StoredAgent>>;
+    /// Whether other processes may share this database (then the in-memory index follows
+    /// the event feed, and singleton work needs [`Store::hold_leadership`]).
+    fn is_shared(&self) -> bool;
+    /// Takes, or confirms, the lock on singleton work (offline detection): true while this
+    /// process holds it. A process that dies releases it; a single-process database always
+    /// holds it.
+    async fn hold_leadership(&self) -> StoreResult<bool>;
 
     /// Inserts an enrollment token.
     async fn insert_enrollment_token(

@@ -16,11 +16,12 @@ use mc_domain::gateway::{Gateway, GatewayUrl};
 use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
 use mc_domain::liveness::Checkin;
 use mc_domain::page::PageRequest;
+use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
-    ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessWrite,
-    PostgresStore, SqliteStore, Store, StoreError,
+    ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessEvent,
+    LivenessWrite, PostgresStore, SqliteStore, Store, StoreError, Transition,
 };
 use mc_testpg::TestPostgres;
 
@@ -39,7 +40,213 @@ on_every_backend!(
     recorded_events_queue_deliveries_claimed_under_a_lease,
     check_in_deadlines_are_written_behind_and_read_back_at_start,
     the_provision_error_is_set_and_cleared_on_its_own,
+    a_transition_is_recorded_once_when_two_replicas_both_see_it,
+    an_older_liveness_write_never_moves_last_seen_back,
+    agents_are_read_back_by_id_and_by_token_digest,
+    a_store_keeps_the_leadership_it_took,
 );
+
+/// A liveness transition event of `agent` from `from` to `to`.
+fn transition(agent: AgentId, from: AgentStatus, to: AgentStatus) -> LivenessEvent {
+    let mut activity = event(Some(agent));
+    activity.event_type = EventType::AgentStatusChanged(to);
+    LivenessEvent {
+        activity,
+        transition: Some(Transition {
+            agent_id: agent,
+            from,
+            to,
+        }),
+    }
+}
+
+/// A liveness write of `agent` seen at `seen` reporting `health`.
+fn seen_write(agent: AgentId, seen: Timestamp, health: ReportedHealth) -> LivenessWrite {
+    LivenessWrite {
+        agent_id: agent,
+        last_seen_at: Some(seen),
+        reported_health: Some(health),
+        own_token_used: true,
+        updated_at: seen,
+        checkin: None,
+    }
+}
+
+async fn a_transition_is_recorded_once_when_two_replicas_both_see_it(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, b) = (agent(gw, board, "a"), agent(gw, board, "b"));
+    for agent in [&a, &b] {
+        store
+            .insert_agent(agent, None, None, &event(Some(agent.id)))
+            .await
+            .unwrap();
+    }
+    let first = store
+        .apply_liveness(
+            &[],
+            &[transition(
+                a.id,
+                AgentStatus::Provisioning,
+                AgentStatus::Healthy,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.recorded.len(), 1);
+    assert!(first.refused.is_empty());
+    // A second replica records the same transition, and a first one for another agent:
+    // only the other agent's is recorded.
+    let second = store
+        .apply_liveness(
+            &[],
+            &[
+                transition(a.id, AgentStatus::Provisioning, AgentStatus::Healthy),
+                transition(b.id, AgentStatus::Provisioning, AgentStatus::Healthy),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(second.recorded.len(), 1);
+    assert_eq!(second.recorded[0].agent_id, Some(b.id));
+    assert_eq!(second.refused, [(a.id, Some(AgentStatus::Healthy))]);
+    // Any other event of the batch is recorded all the same; a deleted agent's transition
+    // is refused with no status.
+    let mut other = event(None);
+    other.event_type = EventType::AgentUpdated;
+    let gone = AgentId::new();
+    let third = store
+        .apply_liveness(
+            &[],
+            &[
+                LivenessEvent {
+                    activity: other,
+                    transition: None,
+                },
+                transition(gone, AgentStatus::Healthy, AgentStatus::Offline),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(third.recorded.len(), 1);
+    assert_eq!(third.refused, [(gone, None)]);
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.published_status, AgentStatus::Healthy);
+}
+
+async fn an_older_liveness_write_never_moves_last_seen_back(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let newer = now().plus_seconds(20);
+    store
+        .apply_liveness(&[seen_write(a.id, newer, ReportedHealth::Degraded)], &[])
+        .await
+        .unwrap();
+    // Another replica's write-behind of an earlier heartbeat arrives late.
+    store
+        .apply_liveness(
+            &[seen_write(
+                a.id,
+                now().plus_seconds(10),
+                ReportedHealth::Healthy,
+            )],
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, Some(newer));
+    assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
+    // A newer one moves it on.
+    let newest = now().plus_seconds(30);
+    store
+        .apply_liveness(&[seen_write(a.id, newest, ReportedHealth::Healthy)], &[])
+        .await
+        .unwrap();
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(stored.last_seen_at, Some(newest));
+    assert_eq!(stored.reported_health, Some(ReportedHealth::Healthy));
+}
+
+async fn agents_are_read_back_by_id_and_by_token_digest(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, b) = (agent(gw, board, "a"), agent(gw, board, "b"));
+    let digest = TokenDigest::of("a-token");
+    store
+        .insert_agent(&a, Some(digest), None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    store
+        .insert_agent(&b, None, None, &event(Some(b.id)))
+        .await
+        .unwrap();
+    let seen = now().plus_seconds(5);
+    store
+        .apply_liveness(&[seen_write(a.id, seen, ReportedHealth::Healthy)], &[])
+        .await
+        .unwrap();
+    let by_token = store.agent_by_token(digest).await.unwrap().unwrap();
+    assert_eq!(by_token.agent.id, a.id);
+    assert_eq!(by_token.token_digest, Some(digest));
+    assert_eq!(by_token.agent.last_seen_at, Some(seen));
+    assert!(
+        store
+            .agent_by_token(TokenDigest::of("unknown"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let mut ids: Vec<AgentId> = store
+        .stored_agents(&[a.id, b.id, AgentId::new()])
+        .await
+        .unwrap()
+        .iter()
+        .map(|s| s.agent.id)
+        .collect();
+    ids.sort_unstable();
+    let mut expected = vec![a.id, b.id];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    assert!(store.stored_agents(&[]).await.unwrap().is_empty());
+}
+
+async fn a_store_keeps_the_leadership_it_took(store: Arc<dyn Store>) {
+    assert!(store.hold_leadership().await.unwrap());
+    assert!(
+        store.hold_leadership().await.unwrap(),
+        "confirmed, not lost"
+    );
+}
+
+#[tokio::test]
+async fn on_postgres_one_store_of_a_schema_leads_and_a_survivor_takes_over() {
+    let pg = TestPostgres::shared();
+    let url = pg.fresh_schema_url().await;
+    let first = PostgresStore::open(&url).await.unwrap();
+    let second = PostgresStore::open(&url).await.unwrap();
+    assert!(first.is_shared());
+    assert!(first.hold_leadership().await.unwrap());
+    assert!(!second.hold_leadership().await.unwrap());
+    assert!(first.hold_leadership().await.unwrap());
+    // Another schema on the same server has a leader of its own.
+    let elsewhere = PostgresStore::open(&pg.fresh_schema_url().await)
+        .await
+        .unwrap();
+    assert!(elsewhere.hold_leadership().await.unwrap());
+    // The leader goes away (its session ends): the other store takes over.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !second.hold_leadership().await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the survivor never took over"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
 
 fn event(agent: Option<AgentId>) -> NewActivity {
     NewActivity {
@@ -240,21 +447,27 @@ async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>
         agent_id: a.id,
         last_seen_at: Some(seen),
         reported_health: Some(ReportedHealth::Degraded),
-        published_status: AgentStatus::Degraded,
         own_token_used: true,
         updated_at: seen,
         checkin: None,
     };
-    let mut transition = event(Some(a.id));
-    transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
     let recorded = store
-        .apply_liveness(&[write], &[transition.clone(), transition])
+        .apply_liveness(
+            &[write],
+            &[
+                transition(a.id, AgentStatus::Provisioning, AgentStatus::Healthy),
+                transition(a.id, AgentStatus::Healthy, AgentStatus::Degraded),
+            ],
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .recorded;
     assert!(recorded[0].id < recorded[1].id);
+    assert_eq!(recorded[1].event_type, "agent.degraded");
     let stored = store.agent(a.id).await.unwrap().unwrap();
     assert_eq!(stored.last_seen_at, Some(seen));
     assert_eq!(stored.reported_health, Some(ReportedHealth::Degraded));
+    assert_eq!(stored.published_status, AgentStatus::Degraded);
     assert!(stored.own_token_used);
     let page = store
         .list_activity(
@@ -344,7 +557,6 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
             agent_id: a.id,
             last_seen_at: Some(now().plus_millis(i)),
             reported_health: Some(ReportedHealth::Healthy),
-            published_status: AgentStatus::Healthy,
             own_token_used: false,
             updated_at: now().plus_millis(i),
             checkin: None,
@@ -357,7 +569,7 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
             .find(|w| w.agent_id == stored.agent.id)
             .unwrap_or_else(|| panic!("agent {i} missing"));
         assert_eq!(stored.agent.last_seen_at, expected.last_seen_at);
-        assert_eq!(stored.agent.published_status, AgentStatus::Healthy);
+        assert_eq!(stored.agent.reported_health, Some(ReportedHealth::Healthy));
     }
 }
 
@@ -581,7 +793,6 @@ async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc
         agent_id: agent.id,
         last_seen_at: None,
         reported_health: None,
-        published_status: AgentStatus::Provisioning,
         own_token_used: false,
         updated_at: now(),
         checkin,

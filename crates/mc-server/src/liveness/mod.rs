@@ -13,22 +13,32 @@
 //!   batch; the store publishes it on its event feed once committed.
 
 mod registry;
+mod unknown_tokens;
 
 pub use registry::{AgentView, DueCheckin, LiveAgent, Registry, STATUS_COUNT, status_index};
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
+use mc_domain::activity::{ActivityEvent, EventType};
+use mc_domain::ids::AgentId;
 use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
 use mc_store::Store;
+use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, watch};
 use tokio::task::JoinHandle;
+
+use self::unknown_tokens::UnknownTokens;
 
 /// The background half of the engine: the write-behind flusher and the deadline ticker.
 pub struct Engine {
     registry: Arc<Registry>,
     store: Arc<dyn Store>,
     flush_lock: AsyncMutex<()>,
+    unknown_tokens: UnknownTokens,
+    leading: AtomicBool,
 }
 
 /// Handles of the engine's background tasks, to stop them at shutdown.
@@ -44,7 +54,15 @@ impl Engine {
             registry,
             store,
             flush_lock: AsyncMutex::new(()),
+            unknown_tokens: UnknownTokens::default(),
+            leading: AtomicBool::new(false),
         })
+    }
+
+    /// Whether this replica did the singleton work (offline detection) at its last
+    /// deadline pass: always, on a database no other process shares.
+    pub fn leading(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
     }
 
     /// Writes every pending liveness change and event now. Concurrent callers queue; on a
@@ -61,11 +79,105 @@ impl Engine {
             .await
         {
             // The store publishes the recorded events on its feed.
-            Ok(_recorded) => Ok(()),
+            Ok(outcome) => {
+                self.registry.recorded_transitions(&outcome.recorded);
+                let now = Timestamp::now();
+                for (id, stored) in outcome.refused {
+                    if let Some(stored) = stored {
+                        self.registry.adopt_published(id, stored, now);
+                    }
+                }
+                Ok(())
+            }
             Err(error) => {
                 self.registry.restore_pending(batch);
                 Err(error)
             }
+        }
+    }
+
+    /// The agent holding a token: from memory, else (when replicas share the database)
+    /// from the database once, for a token minted by another replica a moment ago. Unknown
+    /// digests are remembered for a short while, so repeated bad tokens cost no queries.
+    pub async fn agent_by_token(
+        &self,
+        digest: &TokenDigest,
+    ) -> Result<Option<Arc<LiveAgent>>, mc_store::StoreError> {
+        if let Some(agent) = self.registry.by_token(digest) {
+            return Ok(Some(agent));
+        }
+        if !self.store.is_shared() || self.unknown_tokens.contains(digest) {
+            return Ok(None);
+        }
+        match self.store.agent_by_token(*digest).await? {
+            Some(stored) => Ok(Some(self.registry.upsert(stored))),
+            None => {
+                self.unknown_tokens.insert(*digest);
+                Ok(None)
+            }
+        }
+    }
+
+    /// One deadline pass at `now`: takes the agents whose deadline passed; when replicas
+    /// share the database, re-reads them first (another replica may have received their
+    /// heartbeats) and marks them offline only while this replica leads.
+    async fn pass_deadlines(&self, now: Timestamp, leading: bool) {
+        let due = self.registry.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        let mut current = true;
+        if self.store.is_shared() {
+            let ids: Vec<AgentId> = due.iter().map(|agent| agent.id()).collect();
+            match self.store.stored_agents(&ids).await {
+                Ok(stored) => self.registry.refresh(&stored),
+                Err(error) => {
+                    tracing::warn!(%error, "deadlines: cannot re-read the due agents; retrying");
+                    current = false;
+                }
+            }
+        }
+        self.registry.expire(due, now, leading && current);
+    }
+
+    /// Follows the event feed (replicas sharing the database): agents created, changed,
+    /// re-tokened or deleted elsewhere, and every recorded transition, so this replica
+    /// answers any request about any agent.
+    async fn follow(&self, event: ActivityEvent) {
+        let Some(id) = event.agent_id else {
+            return;
+        };
+        match EventType::from_wire(&event.event_type) {
+            Some(EventType::AgentDeleted) => self.registry.remove(id),
+            Some(
+                EventType::AgentCreated | EventType::AgentUpdated | EventType::AgentTokenRotated,
+            ) => match self.store.stored_agents(&[id]).await {
+                Ok(stored) => {
+                    for agent in stored {
+                        self.registry.upsert(agent);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(agent.id = %id, %error, "feed: cannot read a changed agent");
+                }
+            },
+            Some(EventType::AgentStatusChanged(to)) => {
+                self.registry
+                    .follow_transition(id, event.id, to, event.created_at);
+            }
+            _ => {}
+        }
+    }
+
+    /// After the feed dropped events (this replica fell behind): every agent is read again.
+    async fn resync(&self) {
+        match self.store.all_agents().await {
+            Ok(stored) => {
+                for agent in stored {
+                    self.registry.upsert(agent);
+                }
+            }
+            Err(error) => tracing::warn!(%error, "feed: cannot reload the agents"),
         }
     }
 
@@ -102,23 +214,94 @@ impl Engine {
         };
         let ticker = {
             let engine = Arc::clone(self);
-            let mut stopped = stopped;
+            let mut stopped = stopped.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(tick);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut leadership = Leadership::default();
                 loop {
                     tokio::select! {
                         _ = interval.tick() => {}
                         _ = stopped.changed() => break,
                     }
-                    engine.registry.expire_deadlines(Timestamp::now());
+                    let leading = leadership.confirm(engine.store.as_ref()).await;
+                    engine.leading.store(leading, Ordering::Relaxed);
+                    engine.pass_deadlines(Timestamp::now(), leading).await;
                 }
             })
         };
-        EngineTasks {
-            stop,
-            handles: vec![flusher, ticker],
+        let mut handles = vec![flusher, ticker];
+        if self.store.is_shared() {
+            let engine = Arc::clone(self);
+            let mut stopped = stopped;
+            let mut feed = self.store.subscribe_activity();
+            handles.push(tokio::spawn(async move {
+                loop {
+                    let received = tokio::select! {
+                        received = feed.recv() => received,
+                        _ = stopped.changed() => break,
+                    };
+                    match received {
+                        Ok(event) => engine.follow(event).await,
+                        Err(RecvError::Lagged(missed)) => {
+                            tracing::warn!(missed, "feed: fell behind; reloading the agents");
+                            engine.resync().await;
+                        }
+                        Err(RecvError::Closed) => break,
+                    }
+                }
+            }));
         }
+        EngineTasks { stop, handles }
+    }
+}
+
+/// How long a confirmed (or refused) lead is taken as it stands before the store is asked
+/// again: the deadline ticker runs every 100 ms, the lock is asked about once a second.
+const LEADERSHIP_RECHECK: Duration = Duration::from_secs(1);
+
+/// Whether this replica leads (does the singleton work), as last confirmed with the
+/// store; a change is logged once.
+#[derive(Debug, Default)]
+struct Leadership {
+    leading: bool,
+    failing: bool,
+    checked: Option<Instant>,
+}
+
+impl Leadership {
+    /// Confirms or takes the lead (at most once per [`LEADERSHIP_RECHECK`]); false while
+    /// the store cannot tell.
+    async fn confirm(&mut self, store: &dyn Store) -> bool {
+        if self
+            .checked
+            .is_some_and(|at| at.elapsed() < LEADERSHIP_RECHECK)
+        {
+            return self.leading;
+        }
+        self.checked = Some(Instant::now());
+        let leading = match store.hold_leadership().await {
+            Ok(leading) => {
+                self.failing = false;
+                leading
+            }
+            Err(error) => {
+                if !self.failing {
+                    tracing::warn!(%error, "leadership: cannot reach the lock; not leading");
+                    self.failing = true;
+                }
+                false
+            }
+        };
+        if leading != self.leading {
+            if leading {
+                tracing::info!("leadership: this replica now detects offline agents");
+            } else {
+                tracing::info!("leadership: another replica detects offline agents");
+            }
+            self.leading = leading;
+        }
+        leading
     }
 }
 

@@ -11,7 +11,7 @@ use mc_domain::ids::AgentId;
 use mc_domain::liveness::{Checkin, JobInProgress, LivenessFacts};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
-use mc_store::{LivenessWrite, StoredAgent};
+use mc_store::{LivenessEvent, LivenessWrite, StoredAgent, Transition};
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -43,6 +43,9 @@ struct LiveState {
     /// The check-in awaited after a wake (in the check-in index under its deadline), or
     /// given up on.
     checkin: Option<Checkin>,
+    /// The newest transition event of this agent known to be recorded (by any replica):
+    /// an older one arriving on the feed changes nothing.
+    newest_transition: i64,
 }
 
 impl LiveState {
@@ -72,6 +75,11 @@ impl LiveAgent {
     /// Whether the agent has authenticated with its current token yet.
     pub fn own_token_used(&self) -> bool {
         self.live.lock().own_token_used
+    }
+
+    /// Whether Mission Control waits for the agent's check-in after a wake.
+    pub fn awaits_checkin(&self) -> bool {
+        matches!(self.live.lock().checkin, Some(Checkin::Awaiting { .. }))
     }
 
     /// The provisioning job queued or running that shows in its status, if any.
@@ -116,8 +124,8 @@ pub struct AgentView {
 pub struct PendingBatch {
     /// Liveness fields to write.
     pub writes: Vec<LivenessWrite>,
-    /// Events to record, in order.
-    pub events: Vec<NewActivity>,
+    /// Events to record, in order (transitions carry their change).
+    pub events: Vec<LivenessEvent>,
     agents: Vec<Arc<LiveAgent>>,
 }
 
@@ -135,7 +143,7 @@ pub struct Registry {
     by_id: DashMap<AgentId, Arc<LiveAgent>>,
     by_token: DashMap<TokenDigest, Arc<LiveAgent>>,
     dirty: Mutex<Vec<Arc<LiveAgent>>>,
-    events: Mutex<Vec<NewActivity>>,
+    events: Mutex<Vec<LivenessEvent>>,
     events_notify: Notify,
     deadlines: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
     /// Check-in deadlines after a wake, in due order (entries whose agent checked in since
@@ -144,6 +152,10 @@ pub struct Registry {
     heartbeats: AtomicU64,
     transitions: [AtomicU64; STATUS_COUNT],
 }
+
+/// How long a replica that does not lead waits before it looks again at an agent whose
+/// deadline passed (the leader records its transition meanwhile).
+const FOLLOWER_RECHECK_MS: i64 = 1_000;
 
 /// How many statuses there are (the length of per-status arrays).
 pub const STATUS_COUNT: usize = AgentStatus::ALL.len();
@@ -190,7 +202,7 @@ impl Registry {
             let grace = (agent.published_status != AgentStatus::Offline
                 && agent.last_seen_at.is_some())
             .then(|| started_at.plus_seconds(i64::from(agent.heartbeat_config.missing_tolerance)));
-            let live = registry.add(agent, token_digest, grace);
+            let (live, _) = registry.add(agent, token_digest, grace);
             live.live.lock().checkin = checkin;
             registry.index_checkin(&live, checkin);
             registry.schedule(&live);
@@ -203,14 +215,18 @@ impl Registry {
         registry
     }
 
+    /// Adds an agent unless one with its id is there already (a replica may learn of an
+    /// agent from the feed and from its own request at once: the first one in wins).
+    /// Returns the agent in the index and whether it is the one just made.
     fn add(
         &self,
         agent: Agent,
         token_digest: Option<TokenDigest>,
         grace_until: Option<Timestamp>,
-    ) -> Arc<LiveAgent> {
-        let live = Arc::new(LiveAgent {
-            id: agent.id,
+    ) -> (Arc<LiveAgent>, bool) {
+        let id = agent.id;
+        let candidate = Arc::new(LiveAgent {
+            id,
             live: Mutex::new(LiveState {
                 last_seen_at: agent.last_seen_at,
                 reported: agent.reported_health,
@@ -224,19 +240,26 @@ impl Registry {
                 removed: false,
                 jobs: Vec::new(),
                 checkin: None,
+                newest_transition: 0,
             }),
             profile: RwLock::new(Arc::new(agent)),
         });
-        self.by_id.insert(live.id, Arc::clone(&live));
-        if let Some(digest) = token_digest {
+        let live = Arc::clone(
+            self.by_id
+                .entry(id)
+                .or_insert_with(|| Arc::clone(&candidate))
+                .value(),
+        );
+        let added = Arc::ptr_eq(&live, &candidate);
+        if added && let Some(digest) = token_digest {
             self.by_token.insert(digest, Arc::clone(&live));
         }
-        live
+        (live, added)
     }
 
     /// Adds a newly created (already stored) agent.
     pub fn insert(&self, agent: Agent, token_digest: Option<TokenDigest>) -> Arc<LiveAgent> {
-        let live = self.add(agent, token_digest, None);
+        let (live, _) = self.add(agent, token_digest, None);
         self.schedule(&live);
         live
     }
@@ -270,11 +293,19 @@ impl Registry {
         }
     }
 
-    fn push_event(&self, event: NewActivity) {
-        if let EventType::AgentStatusChanged(to) = event.event_type {
-            self.transitions[status_index(to)].fetch_add(1, Ordering::Relaxed);
-        }
-        self.events.lock().push(event);
+    /// Queues the event of a transition of `agent_id` from `from`.
+    fn push_event(&self, agent_id: AgentId, from: AgentStatus, activity: NewActivity) {
+        let transition = match activity.event_type {
+            EventType::AgentStatusChanged(to) => {
+                self.transitions[status_index(to)].fetch_add(1, Ordering::Relaxed);
+                Some(Transition { agent_id, from, to })
+            }
+            _ => None,
+        };
+        self.events.lock().push(LivenessEvent {
+            activity,
+            transition,
+        });
         self.events_notify.notify_one();
     }
 
@@ -315,14 +346,18 @@ impl Registry {
         if status != live.published {
             let (event_type, message) =
                 status_transition(profile.name.as_str(), live.published, status, None);
-            self.push_event(NewActivity {
-                event_type,
-                message,
-                agent_id: Some(agent.id),
-                board_id: profile.board_id,
-                data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
-                created_at: now,
-            });
+            self.push_event(
+                agent.id,
+                live.published,
+                NewActivity {
+                    event_type,
+                    message,
+                    agent_id: Some(agent.id),
+                    board_id: profile.board_id,
+                    data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
+                    created_at: now,
+                },
+            );
             live.published = status;
         }
         self.mark_dirty(agent, &mut live);
@@ -369,14 +404,18 @@ impl Registry {
                 Some(reason) => format!("{} is {}: {reason}.", profile.name, status.as_str()),
                 None => default_message,
             };
-            self.push_event(NewActivity {
-                event_type,
-                message,
-                agent_id: Some(agent.id),
-                board_id: profile.board_id,
-                data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
-                created_at: now,
-            });
+            self.push_event(
+                agent.id,
+                live.published,
+                NewActivity {
+                    event_type,
+                    message,
+                    agent_id: Some(agent.id),
+                    board_id: profile.board_id,
+                    data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
+                    created_at: now,
+                },
+            );
             live.published = status;
         }
         self.mark_dirty(agent, live);
@@ -521,9 +560,19 @@ impl Registry {
     }
 
     /// Pops every passed deadline: reschedules agents that heartbeated since, and marks
-    /// the rest offline (one event each). Returns how many went offline.
+    /// the rest offline (one event each). Returns how many went offline. The whole
+    /// deadline pass of a process that leads alone (see [`Registry::take_due`]).
     pub fn expire_deadlines(&self, now: Timestamp) -> usize {
-        let due: Vec<((Timestamp, AgentId), Arc<LiveAgent>)> = {
+        let due = self.take_due(now);
+        self.expire(due, now, true)
+    }
+
+    /// Takes the agents whose deadline passed before `now` out of the deadline index (the
+    /// first half of a deadline pass; [`Registry::expire`] is the second). Between the
+    /// two, the caller may bring them up to date from the database
+    /// ([`Registry::refresh`]): another replica may have received their heartbeats.
+    pub fn take_due(&self, now: Timestamp) -> Vec<Arc<LiveAgent>> {
+        let popped: Vec<((Timestamp, AgentId), Arc<LiveAgent>)> = {
             let mut deadlines = self.deadlines.lock();
             let mut due = Vec::new();
             while let Some(entry) = deadlines.first_entry() {
@@ -534,42 +583,70 @@ impl Registry {
             }
             due
         };
+        popped
+            .into_iter()
+            .filter_map(|((key, _), agent)| {
+                let mut live = agent.live.lock();
+                if live.removed || live.scheduled != Some(key) {
+                    return None;
+                }
+                live.scheduled = None;
+                drop(live);
+                Some(agent)
+            })
+            .collect()
+    }
+
+    /// Ends a deadline pass over agents [taken](Registry::take_due) at `now`: reschedules
+    /// those with a later deadline, and marks the others offline (one event each) when
+    /// `leading`. A replica that does not lead keeps them under watch instead, to be
+    /// checked again shortly: the leader records the transition, or this replica does once
+    /// it leads. Returns how many went offline.
+    pub fn expire(&self, due: Vec<Arc<LiveAgent>>, now: Timestamp, leading: bool) -> usize {
         let mut went_offline = 0;
         let mut reschedule = Vec::new();
-        for ((key, _), agent) in due {
+        for agent in due {
             let profile = agent.profile();
             let tolerance = profile.heartbeat_config.missing_tolerance;
             let mut live = agent.live.lock();
-            if live.removed || live.scheduled != Some(key) {
+            // Removed, or scheduled again by a heartbeat since it was taken.
+            if live.removed || live.scheduled.is_some() {
                 continue;
             }
             match live.facts(tolerance).silence_deadline() {
-                None => live.scheduled = None,
+                None => {}
                 Some(deadline) if deadline >= now => {
                     live.scheduled = Some(deadline);
                     reschedule.push(((deadline, agent.id), Arc::clone(&agent)));
                 }
+                Some(_) if live.published == AgentStatus::Offline => {}
+                Some(_) if !leading => {
+                    let again = now.plus_millis(FOLLOWER_RECHECK_MS);
+                    live.scheduled = Some(again);
+                    reschedule.push(((again, agent.id), Arc::clone(&agent)));
+                }
                 Some(_) => {
-                    live.scheduled = None;
-                    if live.published != AgentStatus::Offline {
-                        let (event_type, message) = status_transition(
-                            profile.name.as_str(),
-                            live.published,
-                            AgentStatus::Offline,
-                            Some(tolerance),
-                        );
-                        self.push_event(NewActivity {
+                    let (event_type, message) = status_transition(
+                        profile.name.as_str(),
+                        live.published,
+                        AgentStatus::Offline,
+                        Some(tolerance),
+                    );
+                    self.push_event(
+                        agent.id,
+                        live.published,
+                        NewActivity {
                             event_type,
                             message,
                             agent_id: Some(agent.id),
                             board_id: profile.board_id,
                             data: Some(json!({"from": live.published.as_str(), "to": "offline"})),
                             created_at: now,
-                        });
-                        live.published = AgentStatus::Offline;
-                        self.mark_dirty(&agent, &mut live);
-                        went_offline += 1;
-                    }
+                        },
+                    );
+                    live.published = AgentStatus::Offline;
+                    self.mark_dirty(&agent, &mut live);
+                    went_offline += 1;
                 }
             }
         }
@@ -577,6 +654,137 @@ impl Registry {
             self.deadlines.lock().extend(reschedule);
         }
         went_offline
+    }
+
+    /// Brings agents up to date with their stored liveness fields where the database knows
+    /// a newer heartbeat (one another replica received): its time and health, and the end
+    /// of any check-in wait. Does not touch the deadline index.
+    pub fn refresh(&self, stored: &[StoredAgent]) {
+        for stored in stored {
+            let Some(agent) = self.get(stored.agent.id) else {
+                continue;
+            };
+            let mut live = agent.live.lock();
+            let newer = match (stored.agent.last_seen_at, live.last_seen_at) {
+                (Some(theirs), Some(ours)) => theirs > ours,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if newer {
+                live.last_seen_at = stored.agent.last_seen_at;
+                live.reported = stored.agent.reported_health;
+                live.grace_until = None;
+                live.updated_at = live.updated_at.max(stored.agent.updated_at);
+                if matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
+                    live.checkin = None;
+                }
+            }
+        }
+    }
+
+    /// Follows a transition that the feed says was recorded (by this replica or another):
+    /// the agent's published status is `to`, and a heartbeat-driven one (healthy,
+    /// degraded) tells when the agent was last seen. Older events than the newest one
+    /// followed change nothing.
+    pub fn follow_transition(&self, id: AgentId, event_id: i64, to: AgentStatus, at: Timestamp) {
+        let Some(agent) = self.get(id) else {
+            return;
+        };
+        {
+            let mut live = agent.live.lock();
+            if live.removed || event_id <= live.newest_transition {
+                return;
+            }
+            live.newest_transition = event_id;
+            live.published = to;
+            let heard = match to {
+                AgentStatus::Healthy => Some(ReportedHealth::Healthy),
+                AgentStatus::Degraded => Some(ReportedHealth::Degraded),
+                _ => None,
+            };
+            if let Some(health) = heard
+                && live.last_seen_at.is_none_or(|seen| seen < at)
+            {
+                live.last_seen_at = Some(at);
+                live.reported = Some(health);
+                live.grace_until = None;
+                if matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
+                    live.checkin = None;
+                }
+            }
+        }
+        self.schedule(&agent);
+    }
+
+    /// Notes transition events this replica recorded (their ids), so that the feed's copy
+    /// of an earlier one does not move the published status back.
+    pub fn recorded_transitions(&self, recorded: &[mc_domain::activity::ActivityEvent]) {
+        for event in recorded {
+            if let Some(agent) = event.agent_id.and_then(|id| self.get(id)) {
+                let mut live = agent.live.lock();
+                live.newest_transition = live.newest_transition.max(event.id);
+            }
+        }
+    }
+
+    /// Takes the stored published status of an agent whose transitions were refused
+    /// (another replica recorded a change first). When the agent's own status differs
+    /// and is not offline by silence (the deadline pass decides that, after a re-read),
+    /// a transition from the stored status is queued. `now` is the time of that status.
+    pub fn adopt_published(&self, id: AgentId, stored: AgentStatus, now: Timestamp) {
+        let Some(agent) = self.get(id) else {
+            return;
+        };
+        let profile = agent.profile();
+        {
+            let mut live = agent.live.lock();
+            if live.removed {
+                return;
+            }
+            live.published = stored;
+            let status = live
+                .facts(profile.heartbeat_config.missing_tolerance)
+                .liveness_status(now);
+            if status != stored && status != AgentStatus::Offline {
+                self.publish_change(&agent, &profile, &mut live, now, None);
+            }
+        }
+        self.schedule(&agent);
+    }
+
+    /// Adds an agent read from the database (created or changed by another replica, or
+    /// found by its token), or brings the one in memory up to date with its settings and
+    /// token. Live state in memory is kept.
+    pub fn upsert(&self, stored: StoredAgent) -> Arc<LiveAgent> {
+        let StoredAgent {
+            agent,
+            token_digest,
+            checkin,
+        } = stored;
+        if let Some(existing) = self.get(agent.id) {
+            let current = existing.live.lock().token_digest;
+            if current != token_digest {
+                match token_digest {
+                    Some(digest) => self.replace_token(&existing, digest),
+                    None => self.forget_token(&existing),
+                }
+            }
+            self.update_profile(&existing, agent);
+            return existing;
+        }
+        let (live, added) = self.add(agent, token_digest, None);
+        if added {
+            live.live.lock().checkin = checkin;
+            self.index_checkin(&live, checkin);
+            self.schedule(&live);
+        }
+        live
+    }
+
+    fn forget_token(&self, agent: &Arc<LiveAgent>) {
+        if let Some(old) = agent.live.lock().token_digest.take() {
+            self.by_token.remove(&old);
+        }
     }
 
     /// Replaces the agent's token: the old one stops working at once.
@@ -674,7 +882,6 @@ impl Registry {
                     agent_id: agent.id,
                     last_seen_at: live.last_seen_at,
                     reported_health: live.reported,
-                    published_status: live.published,
                     own_token_used: live.own_token_used,
                     updated_at: live.updated_at,
                     checkin: live.checkin,
@@ -738,7 +945,11 @@ mod tests {
     }
 
     fn event_types(batch: &PendingBatch) -> Vec<&'static str> {
-        batch.events.iter().map(|e| e.event_type.as_str()).collect()
+        batch
+            .events
+            .iter()
+            .map(|e| e.activity.event_type.as_str())
+            .collect()
     }
 
     #[test]
@@ -839,7 +1050,12 @@ mod tests {
         assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Offline);
         let batch = registry.take_pending();
         assert_eq!(event_types(&batch), ["agent.offline"]);
-        assert!(batch.events[0].message.contains("never checked in"));
+        assert!(
+            batch.events[0]
+                .activity
+                .message
+                .contains("never checked in")
+        );
         assert_eq!(batch.writes[0].checkin, Some(Checkin::GaveUp));
     }
 
@@ -853,5 +1069,103 @@ mod tests {
         assert!(registry.by_token(&TokenDigest::of("new")).is_some());
         registry.remove(live.id());
         assert!(registry.by_token(&TokenDigest::of("new")).is_none());
+    }
+
+    fn stored(agent: Agent, digest: Option<TokenDigest>) -> StoredAgent {
+        StoredAgent {
+            agent,
+            token_digest: digest,
+            checkin: None,
+        }
+    }
+
+    #[test]
+    fn a_replica_that_does_not_lead_records_no_offline_and_keeps_watching() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.take_pending();
+        let late = t0.plus_millis(10_001);
+        let due = registry.take_due(late);
+        assert_eq!(registry.expire(due, late, false), 0);
+        assert!(registry.take_pending().events.is_empty());
+        // Still watched: once it leads, the next pass records the transition.
+        assert!(registry.take_due(late).is_empty(), "not before the recheck");
+        let later = late.plus_millis(FOLLOWER_RECHECK_MS + 1);
+        let due = registry.take_due(later);
+        assert_eq!(registry.expire(due, later, true), 1);
+        let batch = registry.take_pending();
+        assert_eq!(event_types(&batch), ["agent.offline"]);
+        let transition = batch.events[0].transition.unwrap();
+        assert_eq!(
+            (transition.from, transition.to),
+            (AgentStatus::Healthy, AgentStatus::Offline)
+        );
+    }
+
+    #[test]
+    fn a_heartbeat_another_replica_received_reschedules_instead_of_offline() {
+        let registry = Registry::default();
+        let mut settings = agent(10);
+        let live = registry.insert(settings.clone(), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.take_pending();
+        let late = t0.plus_millis(10_001);
+        let due = registry.take_due(late);
+        settings.last_seen_at = Some(t0.plus_seconds(8));
+        settings.reported_health = Some(ReportedHealth::Degraded);
+        registry.refresh(&[stored(settings, None)]);
+        assert_eq!(registry.expire(due, late, true), 0);
+        assert_eq!(live.view(late).last_seen_at, Some(t0.plus_seconds(8)));
+        assert_eq!(registry.expire_deadlines(t0.plus_millis(18_001)), 1);
+    }
+
+    #[test]
+    fn followed_transitions_move_forward_only_and_tell_when_the_agent_was_seen() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.follow_transition(live.id(), 7, AgentStatus::Healthy, t0);
+        assert_eq!(live.view(t0).status, AgentStatus::Healthy);
+        assert_eq!(live.view(t0).last_seen_at, Some(t0));
+        registry.follow_transition(live.id(), 5, AgentStatus::Offline, t0);
+        assert_eq!(live.live.lock().published, AgentStatus::Healthy, "older");
+        registry.follow_transition(live.id(), 9, AgentStatus::Offline, t0.plus_seconds(11));
+        assert_eq!(live.live.lock().published, AgentStatus::Offline);
+        // Already published offline: its deadline passes without another event.
+        assert_eq!(registry.expire_deadlines(t0.plus_seconds(12)), 0);
+        assert!(registry.take_pending().events.is_empty());
+    }
+
+    #[test]
+    fn a_refused_transition_adopts_the_stored_status_and_moves_on_from_it() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.take_pending();
+        // Another replica had recorded the agent offline: this one saw it heartbeat.
+        registry.adopt_published(live.id(), AgentStatus::Offline, t0);
+        let batch = registry.take_pending();
+        assert_eq!(event_types(&batch), ["agent.healthy"]);
+        assert_eq!(
+            batch.events[0].transition.map(|t| t.from),
+            Some(AgentStatus::Offline)
+        );
+    }
+
+    #[test]
+    fn an_agent_from_the_database_is_added_once_and_takes_its_new_token() {
+        let registry = Registry::default();
+        let settings = agent(10);
+        let first = registry.upsert(stored(settings.clone(), Some(TokenDigest::of("a"))));
+        let again = registry.insert(settings.clone(), Some(TokenDigest::of("a")));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(registry.len(), 1);
+        registry.upsert(stored(settings, Some(TokenDigest::of("b"))));
+        assert!(registry.by_token(&TokenDigest::of("a")).is_none());
+        assert!(registry.by_token(&TokenDigest::of("b")).is_some());
     }
 }

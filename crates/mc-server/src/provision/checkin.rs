@@ -73,12 +73,31 @@ pub fn start(
             if due.is_empty() {
                 continue;
             }
+            refresh_from_store(&state, &due).await;
+            let due: Vec<DueCheckin> = due
+                .into_iter()
+                .filter(|due| due.agent.awaits_checkin())
+                .collect();
             futures::future::join_all(due.into_iter().map(|due| handle_due(&state, due))).await;
             if let Err(error) = state.engine.flush().await {
                 tracing::warn!(%error, "check-in: deadlines are not yet durable");
             }
         }
     })
+}
+
+/// When replicas share the database, another one may have received the agent's check-in
+/// heartbeat: the due agents are read again first, and a wait that a stored heartbeat
+/// ended is dropped.
+async fn refresh_from_store(state: &SharedState, due: &[DueCheckin]) {
+    if !state.store.is_shared() {
+        return;
+    }
+    let ids: Vec<_> = due.iter().map(|due| due.agent.id()).collect();
+    match state.store.stored_agents(&ids).await {
+        Ok(stored) => state.registry.refresh(&stored),
+        Err(error) => tracing::warn!(%error, "check-in: cannot re-read the due agents"),
+    }
 }
 
 /// Wakes the agent again, or gives up on it after its last wake.

@@ -15,6 +15,7 @@
 //!   any number of agents.
 
 mod feed;
+mod leadership;
 mod provision_jobs;
 mod rows;
 mod webhooks;
@@ -25,7 +26,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mc_domain::activity::{ActivityEvent, NewActivity};
-use mc_domain::agent::Agent;
+use mc_domain::agent::{Agent, AgentStatus};
 use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
@@ -49,7 +50,8 @@ use self::rows::{
 use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
-    LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
+    LivenessEvent, LivenessOutcome, LivenessWrite, PoolStats, Store, StoreError, StoreResult,
+    StoredAgent, accepted_events, transition_chains,
 };
 use mc_domain::liveness::Checkin;
 
@@ -74,6 +76,9 @@ const ACTIVITY_ID_LOCK: i64 = 0x6d63_2d61_6374_6976;
 #[derive(Debug, Clone)]
 pub struct PostgresStore {
     pool: PgPool,
+    /// How to open the leadership lock's own connection.
+    options: PgConnectOptions,
+    leadership: Arc<leadership::Leadership>,
     feed: broadcast::Sender<ActivityEvent>,
     _listener: Arc<feed::FeedTask>,
 }
@@ -183,7 +188,7 @@ impl PostgresStore {
             .acquire_timeout(POOL_ACQUIRE_TIMEOUT)
             .idle_timeout(Duration::from_secs(600))
             .test_before_acquire(true)
-            .connect_lazy_with(options);
+            .connect_lazy_with(options.clone());
         // The migrator holds an advisory lock while it runs, so replicas starting together
         // migrate once.
         MIGRATOR
@@ -194,6 +199,8 @@ impl PostgresStore {
         let listener = feed::start(pool.clone(), feed.clone()).await?;
         Ok(Self {
             pool,
+            options,
+            leadership: Arc::default(),
             feed,
             _listener: Arc::new(listener),
         })
@@ -369,6 +376,83 @@ async fn insert_activities(
             created_at: event.created_at,
         })
         .collect())
+}
+
+/// Writes the liveness fields of a batch (not the published status: transitions set
+/// that). `last_seen_at` only moves forward, and the reported health goes with the newer
+/// heartbeat, so an older write from another replica never undoes a newer one.
+async fn write_liveness_fields(
+    tx: &mut Transaction<'_, Postgres>,
+    writes: &[LivenessWrite],
+) -> StoreResult<()> {
+    let mut sorted: Vec<&LivenessWrite> = writes.iter().collect();
+    sorted.sort_unstable_by_key(|w| w.agent_id);
+    sqlx::query(
+        "UPDATE agent_liveness AS l SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
+           reported_health = CASE WHEN l.last_seen_at IS NULL OR v.last_seen_at >= l.last_seen_at
+                                  THEN v.reported_health ELSE l.reported_health END,
+           own_token_used = v.own_token_used,
+           updated_at = GREATEST(l.updated_at, v.updated_at),
+           checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
+           checkin_gave_up = v.checkin_gave_up
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::boolean[],
+                     $5::timestamptz[], $6::timestamptz[], $7::bigint[], $8::boolean[])
+              AS v (agent_id, last_seen_at, reported_health, own_token_used, updated_at,
+                    checkin_deadline_at, checkin_wakes, checkin_gave_up)
+         WHERE l.agent_id = v.agent_id",
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|w| w.agent_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|w| w.last_seen_at.map(tz))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|w| w.reported_health.map(|h| h.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(sorted.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
+    .bind(sorted.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
+    .bind(
+        sorted
+            .iter()
+            .map(|w| checkin_deadline(w).map(tz))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|w| i64::from(checkin_wakes(w)))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        sorted
+            .iter()
+            .map(|w| w.checkin == Some(Checkin::GaveUp))
+            .collect::<Vec<_>>(),
+    )
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
+}
+
+/// An agent read with its token digest and check-in columns.
+fn stored_agent_from_row(row: &PgRow) -> StoreResult<StoredAgent> {
+    let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
+    Ok(StoredAgent {
+        agent: agent_from_row(row)?,
+        token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+        checkin: rows::checkin_from_row(row)?,
+    })
 }
 
 async fn insert_activity(
@@ -750,16 +834,7 @@ impl Store for PostgresStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
-                Ok(StoredAgent {
-                    agent: agent_from_row(row)?,
-                    token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
-                    checkin: rows::checkin_from_row(row)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_agent_from_row).collect()
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
@@ -843,80 +918,118 @@ impl Store for PostgresStore {
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
-        events: &[NewActivity],
-    ) -> StoreResult<Vec<ActivityEvent>> {
+        events: &[LivenessEvent],
+    ) -> StoreResult<LivenessOutcome> {
         let mut tx = self.begin().await?;
+        // Field writes first, then transitions: the rows of any batch are locked in
+        // agent-id order (transitions concern agents the writes already locked), so two
+        // replicas' batches touching the same agents cannot deadlock.
         if !writes.is_empty() {
-            // Rows are updated in agent-id order, so two batches touching the same agents
-            // (two replicas) lock them in the same order and cannot deadlock.
-            let mut sorted: Vec<&LivenessWrite> = writes.iter().collect();
-            sorted.sort_unstable_by_key(|w| w.agent_id);
-            sqlx::query(
-                "UPDATE agent_liveness AS l SET last_seen_at = v.last_seen_at,
-                   reported_health = v.reported_health, published_status = v.published_status,
-                   own_token_used = v.own_token_used,
-                   updated_at = GREATEST(l.updated_at, v.updated_at),
-                   checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
-                   checkin_gave_up = v.checkin_gave_up
-                 FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::text[],
-                             $5::boolean[], $6::timestamptz[], $7::timestamptz[], $8::bigint[],
-                             $9::boolean[])
-                      AS v (agent_id, last_seen_at, reported_health, published_status,
-                            own_token_used, updated_at, checkin_deadline_at, checkin_wakes,
-                            checkin_gave_up)
-                 WHERE l.agent_id = v.agent_id",
+            write_liveness_fields(&mut tx, writes).await?;
+        }
+        let mut outcome = LivenessOutcome::default();
+        let mut chains = transition_chains(events);
+        let mut accepted = Vec::new();
+        if !chains.is_empty() {
+            chains.sort_unstable_by_key(|c| c.agent_id);
+            let ids: Vec<Uuid> = sqlx::query_scalar(
+                "UPDATE agent_liveness AS l SET published_status = v.to_status
+                 FROM unnest($1::uuid[], $2::text[], $3::text[])
+                      AS v (agent_id, from_status, to_status)
+                 WHERE l.agent_id = v.agent_id AND l.published_status = v.from_status
+                 RETURNING l.agent_id",
             )
             .bind(
-                sorted
+                chains
                     .iter()
-                    .map(|w| w.agent_id.as_uuid())
+                    .map(|c| c.agent_id.as_uuid())
                     .collect::<Vec<_>>(),
             )
             .bind(
-                sorted
+                chains
                     .iter()
-                    .map(|w| w.last_seen_at.map(tz))
+                    .map(|c| c.from.as_str().to_owned())
                     .collect::<Vec<_>>(),
             )
             .bind(
-                sorted
+                chains
                     .iter()
-                    .map(|w| w.reported_health.map(|h| h.as_str().to_owned()))
+                    .map(|c| c.to.as_str().to_owned())
                     .collect::<Vec<_>>(),
             )
-            .bind(
-                sorted
-                    .iter()
-                    .map(|w| w.published_status.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(sorted.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
-            .bind(sorted.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
-            .bind(
-                sorted
-                    .iter()
-                    .map(|w| checkin_deadline(w).map(tz))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                sorted
-                    .iter()
-                    .map(|w| i64::from(checkin_wakes(w)))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                sorted
-                    .iter()
-                    .map(|w| w.checkin == Some(Checkin::GaveUp))
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
+            .fetch_all(&mut *tx)
             .await
             .map_err(map_err)?;
+            accepted = ids.into_iter().map(AgentId::from).collect();
+            let refused: Vec<Uuid> = chains
+                .iter()
+                .filter(|c| !accepted.contains(&c.agent_id))
+                .map(|c| c.agent_id.as_uuid())
+                .collect();
+            if !refused.is_empty() {
+                let rows = sqlx::query(
+                    "SELECT agent_id, published_status FROM agent_liveness
+                     WHERE agent_id = ANY($1)",
+                )
+                .bind(&refused)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                outcome.refused = refused
+                    .iter()
+                    .map(|id| {
+                        let stored = rows
+                            .iter()
+                            .find(|row| row.try_get::<Uuid, _>("agent_id").ok() == Some(*id))
+                            .and_then(|row| row.try_get::<String, _>("published_status").ok())
+                            .and_then(|text| AgentStatus::from_stored(&text));
+                        (AgentId::from(*id), stored)
+                    })
+                    .collect();
+            }
         }
-        let recorded = insert_activities(&mut tx, events).await?;
+        let to_record: Vec<NewActivity> = accepted_events(events, &accepted)
+            .into_iter()
+            .cloned()
+            .collect();
+        outcome.recorded = insert_activities(&mut tx, &to_record).await?;
         tx.commit().await.map_err(map_err)?;
-        Ok(recorded)
+        Ok(outcome)
+    }
+
+    async fn stored_agents(&self, ids: &[AgentId]) -> StoreResult<Vec<StoredAgent>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
+             WHERE a.id = ANY($1)"
+        ))
+        .bind(ids.iter().map(|id| id.as_uuid()).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(stored_agent_from_row).collect()
+    }
+
+    async fn agent_by_token(&self, digest: TokenDigest) -> StoreResult<Option<StoredAgent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
+             WHERE a.token_digest = $1"
+        ))
+        .bind(digest.as_bytes().to_vec())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(stored_agent_from_row).transpose()
+    }
+
+    fn is_shared(&self) -> bool {
+        true
+    }
+
+    async fn hold_leadership(&self) -> StoreResult<bool> {
+        self.leadership.hold(&self.options).await
     }
 
     async fn insert_enrollment_token(

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mc_domain::activity::{ActivityEvent, NewActivity};
-use mc_domain::agent::Agent;
+use mc_domain::agent::{Agent, AgentStatus};
 use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
@@ -39,7 +39,8 @@ use self::rows::{
 use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
-    LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
+    LivenessEvent, LivenessOutcome, LivenessWrite, PoolStats, Store, StoreError, StoreResult,
+    StoredAgent, accepted_events, transition_chains,
 };
 use mc_domain::liveness::Checkin;
 
@@ -73,7 +74,10 @@ struct RecordingTx {
 
 impl RecordingTx {
     /// Records `events` in this transaction.
-    async fn record(&mut self, events: &[NewActivity]) -> StoreResult<()> {
+    async fn record<'e>(
+        &mut self,
+        events: impl IntoIterator<Item = &'e NewActivity>,
+    ) -> StoreResult<()> {
         for event in events {
             let recorded = insert_activity(&mut self.tx, event).await?;
             self.recorded.push(recorded);
@@ -295,6 +299,16 @@ impl SqliteStore {
             total: count(total),
         })
     }
+}
+
+/// An agent read with its token digest and check-in columns.
+fn stored_agent_from_row(row: &SqliteRow) -> StoreResult<StoredAgent> {
+    let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
+    Ok(StoredAgent {
+        agent: agent_from_row(row)?,
+        token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
+        checkin: rows::checkin_from_row(row)?,
+    })
 }
 
 async fn insert_activity(
@@ -683,16 +697,7 @@ impl Store for SqliteStore {
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
-                Ok(StoredAgent {
-                    agent: agent_from_row(row)?,
-                    token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
-                    checkin: rows::checkin_from_row(row)?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_agent_from_row).collect()
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
@@ -775,19 +780,27 @@ impl Store for SqliteStore {
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
-        events: &[NewActivity],
-    ) -> StoreResult<Vec<ActivityEvent>> {
+        events: &[LivenessEvent],
+    ) -> StoreResult<LivenessOutcome> {
         let mut rtx = self.begin_recording().await?;
         // Many rows per statement: a statement costs a round trip to SQLite's worker
-        // thread, and a batch can hold tens of thousands of agents.
+        // thread, and a batch can hold tens of thousands of agents. `last_seen_at` only
+        // moves forward and the reported health goes with the newer heartbeat; the
+        // published status is the transitions' to set.
         for chunk in writes.chunks(LIVENESS_ROWS_PER_STATEMENT) {
-            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
+            let values = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; chunk.len()].join(", ");
             let sql = format!(
-                "WITH v (id, last_seen_at, reported_health, published_status, own_token_used,
-                         updated_at, checkin_deadline_at, checkin_wakes, checkin_gave_up)
+                "WITH v (id, last_seen_at, reported_health, own_token_used, updated_at,
+                         checkin_deadline_at, checkin_wakes, checkin_gave_up)
                    AS (VALUES {values})
-                 UPDATE agent_liveness SET last_seen_at = v.last_seen_at,
-                   reported_health = v.reported_health, published_status = v.published_status,
+                 UPDATE agent_liveness SET
+                   last_seen_at = CASE WHEN agent_liveness.last_seen_at IS NULL
+                                         OR v.last_seen_at >= agent_liveness.last_seen_at
+                                       THEN v.last_seen_at ELSE agent_liveness.last_seen_at END,
+                   reported_health = CASE WHEN agent_liveness.last_seen_at IS NULL
+                                            OR v.last_seen_at >= agent_liveness.last_seen_at
+                                          THEN v.reported_health
+                                          ELSE agent_liveness.reported_health END,
                    own_token_used = v.own_token_used,
                    updated_at = max(agent_liveness.updated_at, v.updated_at),
                    checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
@@ -800,7 +813,6 @@ impl Store for SqliteStore {
                     .bind(w.agent_id.to_string())
                     .bind(w.last_seen_at.map(ms))
                     .bind(w.reported_health.map(|h| h.as_str()))
-                    .bind(w.published_status.as_str())
                     .bind(w.own_token_used)
                     .bind(ms(w.updated_at))
                     .bind(checkin_deadline(w).map(ms))
@@ -809,8 +821,91 @@ impl Store for SqliteStore {
             }
             query.execute(&mut *rtx.tx).await.map_err(map_err)?;
         }
-        rtx.record(events).await?;
-        rtx.commit().await
+        let chains = transition_chains(events);
+        let mut accepted = Vec::new();
+        let mut refused = Vec::new();
+        for chunk in chains.chunks(LIVENESS_ROWS_PER_STATEMENT) {
+            let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH v (id, from_status, to_status) AS (VALUES {values})
+                 UPDATE agent_liveness SET published_status = v.to_status
+                 FROM v WHERE agent_liveness.agent_id = v.id
+                   AND agent_liveness.published_status = v.from_status
+                 RETURNING agent_liveness.agent_id"
+            );
+            let mut query = sqlx::query_scalar::<_, String>(&sql);
+            for chain in chunk {
+                query = query
+                    .bind(chain.agent_id.to_string())
+                    .bind(chain.from.as_str())
+                    .bind(chain.to.as_str());
+            }
+            let ids = query.fetch_all(&mut *rtx.tx).await.map_err(map_err)?;
+            for chain in chunk {
+                if ids.contains(&chain.agent_id.to_string()) {
+                    accepted.push(chain.agent_id);
+                } else {
+                    refused.push(chain.agent_id);
+                }
+            }
+        }
+        let mut outcome = LivenessOutcome::default();
+        for id in refused {
+            let stored: Option<String> = sqlx::query_scalar(
+                "SELECT published_status FROM agent_liveness WHERE agent_id = ?",
+            )
+            .bind(id.to_string())
+            .fetch_optional(&mut *rtx.tx)
+            .await
+            .map_err(map_err)?;
+            outcome
+                .refused
+                .push((id, stored.as_deref().and_then(AgentStatus::from_stored)));
+        }
+        rtx.record(accepted_events(events, &accepted)).await?;
+        outcome.recorded = rtx.commit().await?;
+        Ok(outcome)
+    }
+
+    async fn stored_agents(&self, ids: &[AgentId]) -> StoreResult<Vec<StoredAgent>> {
+        let mut stored = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(LIVENESS_ROWS_PER_STATEMENT) {
+            let marks = vec!["?"; chunk.len()].join(", ");
+            let sql = format!(
+                "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
+                 WHERE a.id IN ({marks})"
+            );
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            let rows = query.fetch_all(&self.reader).await.map_err(map_err)?;
+            for row in &rows {
+                stored.push(stored_agent_from_row(row)?);
+            }
+        }
+        Ok(stored)
+    }
+
+    async fn agent_by_token(&self, digest: TokenDigest) -> StoreResult<Option<StoredAgent>> {
+        let row = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
+             WHERE a.token_digest = ?"
+        ))
+        .bind(digest.as_bytes().to_vec())
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(map_err)?;
+        row.as_ref().map(stored_agent_from_row).transpose()
+    }
+
+    fn is_shared(&self) -> bool {
+        false
+    }
+
+    async fn hold_leadership(&self) -> StoreResult<bool> {
+        // One process owns an SQLite file: it always leads.
+        Ok(true)
     }
 
     async fn insert_enrollment_token(
