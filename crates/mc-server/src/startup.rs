@@ -20,6 +20,22 @@ use crate::state::{AppState, SharedState};
 /// Shortest accepted admin token.
 pub const MIN_ADMIN_TOKEN_CHARS: usize = 50;
 
+/// The kernel send buffer of each connection. It bounds what a client that stops reading
+/// holds on the server: its event stream stalls, falls behind the feed (which keeps a
+/// bounded backlog per subscriber) and is cut off with a reason as soon as the client reads
+/// again. Ample for any API response or page; without it Linux grows the buffer to
+/// megabytes, and a stalled event stream would hold thousands of events in the kernel.
+pub const CONNECTION_SEND_BUFFER_BYTES: usize = 128 * 1024;
+
+/// Applies [`CONNECTION_SEND_BUFFER_BYTES`] to an accepted connection.
+fn limit_send_buffer(stream: &mut tokio::net::TcpStream) {
+    if let Err(error) =
+        socket2::SockRef::from(&*stream).set_send_buffer_size(CONNECTION_SEND_BUFFER_BYTES)
+    {
+        tracing::debug!(%error, "cannot limit a connection's send buffer");
+    }
+}
+
 /// A built server, ready to serve.
 pub struct Server {
     state: SharedState,
@@ -176,6 +192,7 @@ impl Server {
             shutdown.await;
             stopping.shutdown.send_replace(true);
         };
+        let listener = axum::serve::ListenerExt::tap_io(listener, limit_send_buffer);
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;

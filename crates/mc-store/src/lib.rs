@@ -482,6 +482,9 @@ pub trait Store: Send + Sync + 'static {
     /// Whether other processes may share this database (then the in-memory index follows
     /// the event feed, and singleton work needs [`Store::hold_leadership`]).
     fn is_shared(&self) -> bool;
+    /// Whether this process recorded the event with this id (a feed follower asks once
+    /// per event it receives, to leave its own events alone; the answer is not kept).
+    fn recorded_here(&self, event_id: i64) -> bool;
     /// Takes, or confirms, the lock on singleton work (offline detection): true while this
     /// process holds it. A process that dies releases it; a single-process database always
     /// holds it.

@@ -44,6 +44,7 @@ on_every_backend!(
     an_older_liveness_write_never_moves_last_seen_back,
     agents_are_read_back_by_id_and_by_token_digest,
     a_store_keeps_the_leadership_it_took,
+    a_store_knows_the_events_it_recorded,
 );
 
 /// A liveness transition event of `agent` from `from` to `to`.
@@ -219,6 +220,67 @@ async fn a_store_keeps_the_leadership_it_took(store: Arc<dyn Store>) {
         store.hold_leadership().await.unwrap(),
         "confirmed, not lost"
     );
+}
+
+async fn a_store_knows_the_events_it_recorded(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let recorded = store
+        .apply_liveness(
+            &[],
+            &[transition(
+                a.id,
+                AgentStatus::Provisioning,
+                AgentStatus::Healthy,
+            )],
+        )
+        .await
+        .unwrap()
+        .recorded;
+    assert!(store.recorded_here(recorded[0].id));
+}
+
+#[tokio::test]
+async fn on_postgres_a_store_tells_its_own_events_from_another_stores() {
+    let url = TestPostgres::shared().fresh_schema_url().await;
+    let (mine, theirs) = (
+        PostgresStore::open(&url).await.unwrap(),
+        PostgresStore::open(&url).await.unwrap(),
+    );
+    let org = mine.ensure_default_organization(now()).await.unwrap();
+    let gateway = Gateway {
+        id: GatewayId::new(),
+        organization_id: org,
+        name: "gw".into(),
+        url: GatewayUrl::parse("").unwrap(),
+        token: None,
+        workspace_root: String::new(),
+        allow_insecure_tls: false,
+        disable_device_pairing: false,
+        created_at: now(),
+        updated_at: now(),
+    };
+    mine.insert_gateway(&gateway).await.unwrap();
+    let mut feed = mine.subscribe_activity();
+    let a = common::new_agent(gateway.id, None, "a");
+    theirs
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let b = common::new_agent(gateway.id, None, "b");
+    mine.insert_agent(&b, None, None, &event(Some(b.id)))
+        .await
+        .unwrap();
+    let first = feed.recv().await.unwrap();
+    let second = feed.recv().await.unwrap();
+    assert_eq!(first.agent_id, Some(a.id));
+    assert!(!mine.recorded_here(first.id), "recorded by the other store");
+    assert!(mine.recorded_here(second.id));
+    assert!(!mine.recorded_here(second.id), "asked once");
 }
 
 #[tokio::test]

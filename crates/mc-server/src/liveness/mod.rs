@@ -141,9 +141,14 @@ impl Engine {
     }
 
     /// Follows the event feed (replicas sharing the database): agents created, changed,
-    /// re-tokened or deleted elsewhere, and every recorded transition, so this replica
+    /// re-tokened or deleted by other replicas, and their transitions, so this replica
     /// answers any request about any agent.
     async fn follow(&self, event: ActivityEvent) {
+        // This replica's own events are in memory already (an own transition applied
+        // again could even move the status back past a newer one still being written).
+        if self.store.recorded_here(event.id) {
+            return;
+        }
         let Some(id) = event.agent_id else {
             return;
         };

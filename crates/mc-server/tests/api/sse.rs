@@ -118,6 +118,16 @@ impl EventStream {
     }
 }
 
+/// The messages of a whole SSE body (comments left out).
+pub fn parse_messages(body: &str) -> Vec<Message> {
+    body.split("\n\n")
+        .filter_map(|block| match parse_block(block) {
+            Some(Frame::Message(message)) => Some(message),
+            _ => None,
+        })
+        .collect()
+}
+
 fn parse_block(block: &str) -> Option<Frame> {
     let mut id = None;
     let mut event = String::from("message");

@@ -292,3 +292,153 @@ async fn streams_refuse_bad_credentials_and_bad_parameters() {
     let agents = expect_success(app.list_agents("").await).await;
     assert_eq!(agents["total"], 0);
 }
+
+/// Transitions the slow-client test records: comfortably more than the feed buffers for a
+/// subscriber (4096 events) plus what the socket and HTTP write buffers of a client that
+/// does not read can hold.
+const FLOOD_TRANSITIONS: usize = 8_000;
+
+/// Agents heartbeating at once in the slow-client test.
+const FLOOD_AGENTS: usize = 10;
+
+/// A raw HTTP/1.1 client of `path` with a small receive buffer: it reads the response
+/// head, then nothing until told to, so the server's writes to it stall soon.
+struct StalledClient {
+    socket: tokio::net::TcpStream,
+    received: Vec<u8>,
+}
+
+impl StalledClient {
+    async fn open(app: &TestApp, path: &str) -> Self {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let address: std::net::SocketAddr = app
+            .address
+            .trim_start_matches("http://")
+            .parse()
+            .expect("a socket address");
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.set_recv_buffer_size(65_536).expect("SO_RCVBUF");
+        let mut socket = socket.connect(address).await.expect("connected");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\n\
+             Accept: text/event-stream\r\nConnection: close\r\n\r\n",
+            app.admin_token
+        );
+        socket.write_all(request.as_bytes()).await.expect("sent");
+        let mut received = Vec::new();
+        while !received.windows(4).any(|w| w == b"\r\n\r\n") {
+            let mut chunk = [0_u8; 256];
+            let n = socket.read(&mut chunk).await.expect("the head reads");
+            assert!(n > 0, "the server closed before answering");
+            received.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&received);
+        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+        Self { socket, received }
+    }
+
+    /// Reads everything until the server closes the connection; the SSE messages sent.
+    async fn read_to_end(mut self) -> Vec<crate::sse::Message> {
+        use tokio::io::AsyncReadExt as _;
+        tokio::time::timeout(
+            Duration::from_secs(60),
+            self.socket.read_to_end(&mut self.received),
+        )
+        .await
+        .expect("the server ends the lagging stream")
+        .expect("the stream reads");
+        let text = String::from_utf8_lossy(&self.received).into_owned();
+        let (_, body) = text.split_once("\r\n\r\n").expect("a response head");
+        crate::sse::parse_messages(&dechunk(body))
+    }
+}
+
+/// The payload of an HTTP/1.1 chunked body.
+fn dechunk(mut body: &str) -> String {
+    let mut payload = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let size = usize::from_str_radix(size.trim(), 16).expect("a chunk size");
+        if size == 0 || rest.len() < size {
+            break;
+        }
+        payload.push_str(&rest[..size]);
+        body = rest[size..].trim_start_matches("\r\n");
+    }
+    payload
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_client_slows_nobody_is_cut_off_with_a_reason_and_resumes_without_gaps() {
+    let app = TestApp::spawn().await;
+    let board = app.unmanaged_board().await;
+    let mut agents = Vec::new();
+    for _ in 0..FLOOD_AGENTS {
+        agents.push(app.agent_with_token(&board.board_id).await);
+    }
+    let start_id = logged_ids(&app).await.last().copied().unwrap_or(0);
+    let stalled = StalledClient::open(&app, ACTIVITY).await;
+    // A client that keeps up, reading as fast as events come.
+    let mut reader = EventStream::open(&app, ACTIVITY, Auth::Admin, None).await;
+    let expected = FLOOD_TRANSITIONS;
+    let keeping_up = tokio::spawn(async move {
+        let mut ids = Vec::with_capacity(expected);
+        while ids.len() < expected {
+            let message = reader.next().await;
+            assert_ne!(message.event, "lagged", "a reading client is never cut off");
+            ids.push(message.id.expect("an id"));
+        }
+        ids
+    });
+
+    // Every heartbeat flips its agent between healthy and degraded: one transition each.
+    let per_agent = FLOOD_TRANSITIONS / FLOOD_AGENTS;
+    let slowest = futures::future::join_all(agents.iter().map(|agent| {
+        let app = &app;
+        async move {
+            let mut slowest = Duration::ZERO;
+            for i in 0..per_agent {
+                let status = if i % 2 == 0 { "degraded" } else { "healthy" };
+                let started = std::time::Instant::now();
+                app.report_status(agent, status).await;
+                slowest = slowest.max(started.elapsed());
+            }
+            slowest
+        }
+    }))
+    .await
+    .into_iter()
+    .max()
+    .unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(5),
+        "a heartbeat took {slowest:?} while a client stalled"
+    );
+    let kept_up = tokio::time::timeout(Duration::from_secs(60), keeping_up)
+        .await
+        .expect("the reading client gets every event")
+        .expect("the reader does not panic");
+    assert!(kept_up.windows(2).all(|w| w[0] < w[1]), "in id order");
+
+    // The stalled client, read at last: what fitted in the buffers, then the reason it
+    // was cut off, then the end of the stream.
+    let messages = stalled.read_to_end().await;
+    let lagged = messages.last().expect("something was sent");
+    assert_eq!(lagged.event, "lagged", "{lagged:?}");
+    let reason = lagged.data.as_str().unwrap_or_default();
+    assert!(reason.contains("Last-Event-ID"), "{reason}");
+    let before: Vec<i64> = messages.iter().filter_map(|m| m.id).collect();
+    assert!(
+        before.len() < FLOOD_TRANSITIONS,
+        "only what the buffers held: {} events",
+        before.len()
+    );
+
+    // Resumed from its last id, it gets exactly what it missed.
+    let last_seen = before.last().copied().unwrap_or(start_id);
+    let mut resumed = EventStream::open(&app, ACTIVITY, Auth::Admin, Some(last_seen)).await;
+    let mut all = before.clone();
+    while all.len() < kept_up.len() {
+        all.push(resumed.next().await.id.expect("an id"));
+    }
+    assert_eq!(all, kept_up, "no gap and no duplicate after the resume");
+}

@@ -4,6 +4,8 @@
 //! and publishes them in id order. Every replica's subscribers thus see every replica's
 //! events, without polling.
 
+use std::collections::HashSet;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use mc_domain::activity::ActivityEvent;
@@ -33,6 +35,37 @@ pub(super) async fn notify(tx: &mut Transaction<'_, Postgres>) -> StoreResult<()
         .await
         .map_err(map_err)?;
     Ok(())
+}
+
+/// Most event ids [`RecordedHere`] keeps; past that it starts over (a follower that does
+/// not ask about every event, e.g. after it lagged, cannot make it grow without bound).
+const RECORDED_HERE_CAPACITY: usize = 100_000;
+
+/// The ids of events this process recorded, noted before their transaction commits and
+/// forgotten once asked about, so the feed's follower can tell its own events from other
+/// replicas'.
+#[derive(Debug, Default)]
+pub(super) struct RecordedHere {
+    ids: Mutex<HashSet<i64>>,
+}
+
+impl RecordedHere {
+    /// Notes ids about to be committed.
+    pub(super) fn note(&self, ids: &[i64]) {
+        let mut noted = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        if noted.len() + ids.len() > RECORDED_HERE_CAPACITY {
+            noted.clear();
+        }
+        noted.extend(ids);
+    }
+
+    /// Whether `id` was noted (then forgets it).
+    pub(super) fn take(&self, id: i64) -> bool {
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id)
+    }
 }
 
 /// Stops the listener task when the last clone of the store is dropped.

@@ -79,6 +79,7 @@ pub struct PostgresStore {
     /// How to open the leadership lock's own connection.
     options: PgConnectOptions,
     leadership: Arc<leadership::Leadership>,
+    recorded_here: Arc<feed::RecordedHere>,
     feed: broadcast::Sender<ActivityEvent>,
     _listener: Arc<feed::FeedTask>,
 }
@@ -201,6 +202,7 @@ impl PostgresStore {
             pool,
             options,
             leadership: Arc::default(),
+            recorded_here: Arc::default(),
             feed,
             _listener: Arc::new(listener),
         })
@@ -309,6 +311,7 @@ fn where_clause(filters: Vec<(&'static str, Option<Uuid>)>) -> (String, Vec<Uuid
 async fn insert_activities(
     tx: &mut Transaction<'_, Postgres>,
     events: &[NewActivity],
+    here: &feed::RecordedHere,
 ) -> StoreResult<Vec<ActivityEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
@@ -359,6 +362,8 @@ async fn insert_activities(
     .map_err(map_err)?;
     // Rows are inserted in `position` order, so the identity values ascend with it.
     ids.sort_unstable();
+    // Noted before the commit, so the feed can never deliver them unnoted.
+    here.note(&ids);
     if let (Some(first), Some(last)) = (ids.first(), ids.last()) {
         webhooks::queue_deliveries(tx, *first, *last).await?;
         feed::notify(tx).await?;
@@ -458,8 +463,9 @@ fn stored_agent_from_row(row: &PgRow) -> StoreResult<StoredAgent> {
 async fn insert_activity(
     tx: &mut Transaction<'_, Postgres>,
     event: &NewActivity,
+    here: &feed::RecordedHere,
 ) -> StoreResult<()> {
-    insert_activities(tx, std::slice::from_ref(event))
+    insert_activities(tx, std::slice::from_ref(event), here)
         .await
         .map(drop)
 }
@@ -651,7 +657,7 @@ impl Store for PostgresStore {
         if deleted == 0 {
             return Ok(None);
         }
-        insert_activities(&mut tx, events).await?;
+        insert_activities(&mut tx, events, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(agents))
     }
@@ -752,7 +758,7 @@ impl Store for PostgresStore {
         if deleted == 0 {
             return Ok(None);
         }
-        insert_activities(&mut tx, events).await?;
+        insert_activities(&mut tx, events, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(agents))
     }
@@ -867,7 +873,7 @@ impl Store for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
+        insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
     }
@@ -894,7 +900,7 @@ impl Store for PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        insert_activity(&mut tx, event).await?;
+        insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -910,7 +916,7 @@ impl Store for PostgresStore {
         if deleted == 0 {
             return Ok(false);
         }
-        insert_activity(&mut tx, event).await?;
+        insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
     }
@@ -992,7 +998,7 @@ impl Store for PostgresStore {
             .into_iter()
             .cloned()
             .collect();
-        outcome.recorded = insert_activities(&mut tx, &to_record).await?;
+        outcome.recorded = insert_activities(&mut tx, &to_record, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(outcome)
     }
@@ -1026,6 +1032,10 @@ impl Store for PostgresStore {
 
     fn is_shared(&self) -> bool {
         true
+    }
+
+    fn recorded_here(&self, event_id: i64) -> bool {
+        self.recorded_here.take(event_id)
     }
 
     async fn hold_leadership(&self) -> StoreResult<bool> {
@@ -1322,7 +1332,7 @@ impl PostgresStore {
             Some(job) => Some(provision_jobs::insert_job(&mut *tx, job).await?),
             None => None,
         };
-        insert_activity(&mut tx, event).await?;
+        insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(job_id)
     }

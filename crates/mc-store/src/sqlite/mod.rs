@@ -903,6 +903,11 @@ impl Store for SqliteStore {
         false
     }
 
+    fn recorded_here(&self, _event_id: i64) -> bool {
+        // One process owns an SQLite file: it recorded every event.
+        true
+    }
+
     async fn hold_leadership(&self) -> StoreResult<bool> {
         // One process owns an SQLite file: it always leads.
         Ok(true)
