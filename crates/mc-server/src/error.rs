@@ -45,6 +45,10 @@ pub enum ApiError {
     /// 503: a dependency (the database) is unavailable.
     #[error("unavailable: {0}")]
     Unavailable(String),
+    /// 503: the database gave up the request's transaction for colliding with a concurrent
+    /// one (nothing was written; a retry may succeed). Logged: it points at a lock-order bug.
+    #[error("contention: {0}")]
+    Contention(String),
     /// 500: a bug or an unexpected failure; the detail is logged, never sent.
     #[error("internal: {0}")]
     Internal(String),
@@ -82,7 +86,7 @@ impl ApiError {
             Self::BadGateway(_) => StatusCode::BAD_GATEWAY,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Unavailable(_) | Self::Contention(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -106,6 +110,9 @@ impl ApiError {
                     .collect(),
             ),
             Self::Unavailable(_) => json!("the database is unavailable; retry shortly"),
+            Self::Contention(_) => {
+                json!("the change collided with a concurrent one and was not saved; retry it")
+            }
             Self::Internal(_) => json!("Internal Server Error"),
         }
     }
@@ -115,7 +122,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let detail = self.detail();
         let log = match &self {
-            Self::Internal(reason) | Self::Unavailable(reason) => Some(reason.clone()),
+            Self::Internal(reason) | Self::Unavailable(reason) | Self::Contention(reason) => {
+                Some(reason.clone())
+            }
             _ => None,
         };
         let mut response = (self.status(), Json(json!({ "detail": detail }))).into_response();
@@ -150,6 +159,7 @@ impl From<StoreError> for ApiError {
             }
             StoreError::EnrollmentRefused(refusal) => Self::from(refusal),
             StoreError::Unavailable(reason) => Self::Unavailable(reason),
+            StoreError::Contention(reason) => Self::Contention(reason),
             other @ (StoreError::Internal(_)
             | StoreError::Corrupt { .. }
             | StoreError::Config(_)) => Self::Internal(other.to_string()),

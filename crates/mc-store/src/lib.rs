@@ -54,6 +54,11 @@ pub enum StoreError {
     /// The database cannot be reached or answered with an error.
     #[error("database unavailable: {0}")]
     Unavailable(String),
+    /// The database gave up a transaction that collided with a concurrent one (a deadlock
+    /// or serialization failure): nothing was written, and the same call may succeed when
+    /// retried. Not an outage: the store orders its locks so this should not happen.
+    #[error("transaction collided with a concurrent one: {0}")]
+    Contention(String),
     /// The database rejected a query (a bug, not a client error).
     #[error("database error: {0}")]
     Internal(String),

@@ -136,7 +136,9 @@ impl IntoResponse for PageError {
             ),
             Self::Api(error) => {
                 let message = match error {
-                    ApiError::Internal(reason) | ApiError::Unavailable(reason) => {
+                    ApiError::Internal(reason)
+                    | ApiError::Unavailable(reason)
+                    | ApiError::Contention(reason) => {
                         tracing::error!(error = %reason, "dashboard request failed");
                         "Something went wrong on the server; it has been logged. Try again shortly.".to_owned()
                     }

@@ -632,3 +632,21 @@ async fn generated_admin_token_is_long_accepted_and_kept_across_restarts() {
     );
     expect_json(app.list_agents("").await, StatusCode::OK).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotating_a_token_right_after_the_first_heartbeat_always_succeeds() {
+    let app = TestApp::spawn().await;
+    let board = app.unmanaged_board().await;
+    // The first heartbeat's transition is written behind at once, racing the rotation's
+    // transaction on the same agent: neither may fail the other.
+    for _ in 0..40 {
+        let agent = app.agent_with_token(&board.board_id).await;
+        let (beat, rotated) = tokio::join!(
+            app.agent_heartbeat(&agent.token, Some(r#"{"status": "healthy"}"#)),
+            app.rotate_agent_token(&agent.id),
+        );
+        assert_eq!(beat.status(), StatusCode::OK);
+        let status = rotated.status();
+        assert_eq!(status, StatusCode::OK, "{}", rotated.text().await.unwrap());
+    }
+}

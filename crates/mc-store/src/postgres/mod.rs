@@ -51,7 +51,7 @@ use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
     LivenessEvent, LivenessOutcome, LivenessWrite, PoolStats, Store, StoreError, StoreResult,
-    StoredAgent, accepted_events, transition_chains,
+    StoredAgent, Transition, accepted_events, transition_chains,
 };
 use mc_domain::liveness::Checkin;
 
@@ -106,6 +106,9 @@ fn map_err(error: sqlx::Error) -> StoreError {
             if let Some(constraint) = constraint {
                 return StoreError::Conflict(constraint);
             }
+            if matches!(code.as_ref(), "40001" | "40P01") {
+                return StoreError::Contention(db.message().to_owned());
+            }
             if is_transient(&code) {
                 StoreError::Unavailable(db.message().to_owned())
             } else {
@@ -124,12 +127,10 @@ fn map_err(error: sqlx::Error) -> StoreError {
 
 /// SQLSTATEs that say "the database cannot serve this now; the same call may succeed
 /// later": connection exceptions (08), shutdown or start-up in progress (57P01..57P03),
-/// insufficient resources (53: too many connections, disk full), and the conflicts
-/// PostgreSQL itself asks clients to retry (serialization failure, deadlock).
+/// insufficient resources (53: too many connections, disk full). Deadlocks and
+/// serialization failures are not outages: they are [`StoreError::Contention`].
 fn is_transient(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01")
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 fn page_bounds(page: PageRequest) -> (i64, i64) {
@@ -383,71 +384,173 @@ async fn insert_activities(
         .collect())
 }
 
-/// Writes the liveness fields of a batch (not the published status: transitions set
-/// that). `last_seen_at` only moves forward, and the reported health goes with the newer
-/// heartbeat, so an older write from another replica never undoes a newer one.
-async fn write_liveness_fields(
+/// Whether a transition was applied, and the published status stored before.
+struct Verdict {
+    agent_id: AgentId,
+    accepted: bool,
+    stored: Option<AgentStatus>,
+}
+
+fn verdict_from_row(row: &PgRow) -> StoreResult<Verdict> {
+    let stored: String = row.try_get("stored_before").map_err(map_err)?;
+    Ok(Verdict {
+        agent_id: AgentId::from(row.try_get::<Uuid, _>("agent_id").map_err(map_err)?),
+        accepted: row.try_get("accepted").map_err(map_err)?,
+        stored: AgentStatus::from_stored(&stored),
+    })
+}
+
+/// Writes the liveness fields of a batch, and the transition of each written agent that
+/// has one (its published status changes only when it is still the transition's `from`).
+/// `last_seen_at` only moves forward, and the reported health goes with the newer
+/// heartbeat, so an older write from another replica never undoes a newer one. Rows are
+/// locked in agent-id order, so two replicas' batches cannot deadlock. Returns a verdict
+/// per transition applied.
+async fn write_liveness(
     tx: &mut Transaction<'_, Postgres>,
     writes: &[LivenessWrite],
-) -> StoreResult<()> {
-    let mut sorted: Vec<&LivenessWrite> = writes.iter().collect();
-    sorted.sort_unstable_by_key(|w| w.agent_id);
-    sqlx::query(
-        "UPDATE agent_liveness AS l SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
+    chains: &[Transition],
+) -> StoreResult<Vec<Verdict>> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let chain_of = |w: &LivenessWrite| chains.iter().find(|c| c.agent_id == w.agent_id);
+    let rows = sqlx::query(
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::boolean[],
+                                  $5::timestamptz[], $6::timestamptz[], $7::bigint[],
+                                  $8::boolean[], $9::text[], $10::text[])
+                 AS v (agent_id, last_seen_at, reported_health, own_token_used, updated_at,
+                       checkin_deadline_at, checkin_wakes, checkin_gave_up, from_status,
+                       to_status)),
+         old AS (
+             SELECT l.agent_id, l.published_status FROM agent_liveness l
+              WHERE l.agent_id IN (SELECT agent_id FROM v)
+              ORDER BY l.agent_id FOR UPDATE)
+         UPDATE agent_liveness AS l SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
            reported_health = CASE WHEN l.last_seen_at IS NULL OR v.last_seen_at >= l.last_seen_at
                                   THEN v.reported_health ELSE l.reported_health END,
            own_token_used = v.own_token_used,
            updated_at = GREATEST(l.updated_at, v.updated_at),
            checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
-           checkin_gave_up = v.checkin_gave_up
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::boolean[],
-                     $5::timestamptz[], $6::timestamptz[], $7::bigint[], $8::boolean[])
-              AS v (agent_id, last_seen_at, reported_health, own_token_used, updated_at,
-                    checkin_deadline_at, checkin_wakes, checkin_gave_up)
-         WHERE l.agent_id = v.agent_id",
+           checkin_gave_up = v.checkin_gave_up,
+           published_status = CASE WHEN v.from_status = old.published_status
+                                   THEN v.to_status ELSE l.published_status END
+         FROM v JOIN old ON old.agent_id = v.agent_id
+         WHERE l.agent_id = v.agent_id
+         RETURNING l.agent_id, v.from_status IS NOT NULL AS transition,
+                   v.from_status IS NOT DISTINCT FROM old.published_status AS accepted,
+                   old.published_status AS stored_before",
     )
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| w.agent_id.as_uuid())
             .collect::<Vec<_>>(),
     )
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| w.last_seen_at.map(tz))
             .collect::<Vec<_>>(),
     )
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| w.reported_health.map(|h| h.as_str().to_owned()))
             .collect::<Vec<_>>(),
     )
-    .bind(sorted.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
-    .bind(sorted.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
+    .bind(writes.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| checkin_deadline(w).map(tz))
             .collect::<Vec<_>>(),
     )
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| i64::from(checkin_wakes(w)))
             .collect::<Vec<_>>(),
     )
     .bind(
-        sorted
+        writes
             .iter()
             .map(|w| w.checkin == Some(Checkin::GaveUp))
             .collect::<Vec<_>>(),
     )
-    .execute(&mut **tx)
+    .bind(
+        writes
+            .iter()
+            .map(|w| chain_of(w).map(|c| c.from.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|w| chain_of(w).map(|c| c.to.as_str().to_owned()))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
     .await
     .map_err(map_err)?;
-    Ok(())
+    let mut verdicts = Vec::new();
+    for row in &rows {
+        if row.try_get::<bool, _>("transition").map_err(map_err)? {
+            verdicts.push(verdict_from_row(row)?);
+        }
+    }
+    Ok(verdicts)
+}
+
+/// Applies transitions of agents without a field write in the batch (each changes the
+/// published status only when it is still the transition's `from`).
+async fn apply_transitions(
+    tx: &mut Transaction<'_, Postgres>,
+    chains: &[Transition],
+) -> StoreResult<Vec<Verdict>> {
+    if chains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = sqlx::query(
+        "WITH v AS (
+             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
+                 AS v (agent_id, from_status, to_status)),
+         old AS (
+             SELECT l.agent_id, l.published_status FROM agent_liveness l
+              WHERE l.agent_id IN (SELECT agent_id FROM v)
+              ORDER BY l.agent_id FOR UPDATE)
+         UPDATE agent_liveness AS l
+            SET published_status = CASE WHEN v.from_status = old.published_status
+                                        THEN v.to_status ELSE l.published_status END
+           FROM v JOIN old ON old.agent_id = v.agent_id
+          WHERE l.agent_id = v.agent_id
+         RETURNING l.agent_id, v.from_status = old.published_status AS accepted,
+                   old.published_status AS stored_before",
+    )
+    .bind(
+        chains
+            .iter()
+            .map(|c| c.agent_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        chains
+            .iter()
+            .map(|c| c.from.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        chains
+            .iter()
+            .map(|c| c.to.as_str().to_owned())
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    rows.iter().map(verdict_from_row).collect()
 }
 
 /// An agent read with its token digest and check-in columns.
@@ -927,71 +1030,36 @@ impl Store for PostgresStore {
         events: &[LivenessEvent],
     ) -> StoreResult<LivenessOutcome> {
         let mut tx = self.begin().await?;
-        // Field writes first, then transitions: the rows of any batch are locked in
-        // agent-id order (transitions concern agents the writes already locked), so two
-        // replicas' batches touching the same agents cannot deadlock.
-        if !writes.is_empty() {
-            write_liveness_fields(&mut tx, writes).await?;
-        }
-        let mut outcome = LivenessOutcome::default();
-        let mut chains = transition_chains(events);
-        let mut accepted = Vec::new();
-        if !chains.is_empty() {
-            chains.sort_unstable_by_key(|c| c.agent_id);
-            let ids: Vec<Uuid> = sqlx::query_scalar(
-                "UPDATE agent_liveness AS l SET published_status = v.to_status
-                 FROM unnest($1::uuid[], $2::text[], $3::text[])
-                      AS v (agent_id, from_status, to_status)
-                 WHERE l.agent_id = v.agent_id AND l.published_status = v.from_status
-                 RETURNING l.agent_id",
-            )
-            .bind(
-                chains
-                    .iter()
-                    .map(|c| c.agent_id.as_uuid())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chains
-                    .iter()
-                    .map(|c| c.from.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                chains
-                    .iter()
-                    .map(|c| c.to.as_str().to_owned())
-                    .collect::<Vec<_>>(),
-            )
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
-            accepted = ids.into_iter().map(AgentId::from).collect();
-            let refused: Vec<Uuid> = chains
+        let chains = transition_chains(events);
+        // Each liveness row is updated at most once per transaction: a second update of a
+        // row this transaction already updated makes PostgreSQL check its foreign key,
+        // which waits for the agent's row, while a token rotation holding that row waits
+        // for this one's liveness row: a deadlock. So a transition is applied with its
+        // agent's field write, in one statement.
+        let mut verdicts = write_liveness(&mut tx, writes, &chains).await?;
+        let unwritten: Vec<Transition> = chains
+            .iter()
+            .filter(|c| !writes.iter().any(|w| w.agent_id == c.agent_id))
+            .copied()
+            .collect();
+        verdicts.extend(apply_transitions(&mut tx, &unwritten).await?);
+        let accepted: Vec<AgentId> = verdicts
+            .iter()
+            .filter(|v| v.accepted)
+            .map(|v| v.agent_id)
+            .collect();
+        let mut outcome = LivenessOutcome {
+            refused: verdicts
                 .iter()
-                .filter(|c| !accepted.contains(&c.agent_id))
-                .map(|c| c.agent_id.as_uuid())
-                .collect();
-            if !refused.is_empty() {
-                let rows = sqlx::query(
-                    "SELECT agent_id, published_status FROM agent_liveness
-                     WHERE agent_id = ANY($1)",
-                )
-                .bind(&refused)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(map_err)?;
-                outcome.refused = refused
-                    .iter()
-                    .map(|id| {
-                        let stored = rows
-                            .iter()
-                            .find(|row| row.try_get::<Uuid, _>("agent_id").ok() == Some(*id))
-                            .and_then(|row| row.try_get::<String, _>("published_status").ok())
-                            .and_then(|text| AgentStatus::from_stored(&text));
-                        (AgentId::from(*id), stored)
-                    })
-                    .collect();
+                .filter(|v| !v.accepted)
+                .map(|v| (v.agent_id, v.stored))
+                .collect(),
+            ..LivenessOutcome::default()
+        };
+        // Agents that no longer exist have no row to answer for them.
+        for chain in &chains {
+            if !verdicts.iter().any(|v| v.agent_id == chain.agent_id) {
+                outcome.refused.push((chain.agent_id, None));
             }
         }
         let to_record: Vec<NewActivity> = accepted_events(events, &accepted)
