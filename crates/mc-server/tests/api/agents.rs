@@ -645,7 +645,12 @@ async fn rotating_a_token_right_after_the_first_heartbeat_always_succeeds() {
             app.agent_heartbeat(&agent.token, Some(r#"{"status": "healthy"}"#)),
             app.rotate_agent_token(&agent.id),
         );
-        assert_eq!(beat.status(), StatusCode::OK);
+        // The heartbeat may come second and carry the token the rotation just replaced.
+        assert!(
+            [StatusCode::OK, StatusCode::UNAUTHORIZED].contains(&beat.status()),
+            "{}",
+            beat.status()
+        );
         let status = rotated.status();
         assert_eq!(status, StatusCode::OK, "{}", rotated.text().await.unwrap());
     }
