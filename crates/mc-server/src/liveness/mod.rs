@@ -11,6 +11,14 @@
 //!   index except to schedule an agent that was not scheduled.
 //! - A change of computed status is one durable activity event, written with the next
 //!   batch; the store publishes it on its event feed once committed.
+//! - Several replicas on one database ([`Store::is_shared`]): the store records a
+//!   transition only if the stored status is still the one it starts from; only the
+//!   replica that holds the leadership lock marks agents offline, and only after reading
+//!   the due agents again (their heartbeats may have gone to another replica); the others
+//!   keep such agents under watch, to take over when the leader dies. Each replica follows
+//!   the event feed for what other replicas changed, and looks a token it does not know up
+//!   in the database once. On a database of its own a process always leads and does none
+//!   of the extra reads.
 
 mod registry;
 mod unknown_tokens;
