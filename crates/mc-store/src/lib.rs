@@ -482,6 +482,9 @@ pub trait Store: Send + Sync + 'static {
     /// These agents (those that exist) with their token digests and check-ins, as stored
     /// now: the re-read before a deadline is acted on, and the agent another replica changed.
     async fn stored_agents(&self, ids: &[AgentId]) -> StoreResult<Vec<StoredAgent>>;
+    /// Up to `limit` agents whose stored check-in wait ends at or before `now`, earliest
+    /// first (the leading replica's read of waits another replica may have started).
+    async fn checkins_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<StoredAgent>>;
     /// The agent holding a token digest, as stored now (a token minted by another replica).
     async fn agent_by_token(&self, digest: TokenDigest) -> StoreResult<Option<StoredAgent>>;
     /// Whether other processes may share this database (then the in-memory index follows

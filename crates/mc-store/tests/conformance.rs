@@ -45,7 +45,66 @@ on_every_backend!(
     agents_are_read_back_by_id_and_by_token_digest,
     a_store_keeps_the_leadership_it_took,
     a_store_knows_the_events_it_recorded,
+    due_check_in_waits_are_read_back_earliest_first,
 );
+
+async fn due_check_in_waits_are_read_back_earliest_first(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let agents: Vec<Agent> = ["late", "early", "later", "none"]
+        .iter()
+        .map(|name| agent(gw, board, name))
+        .collect();
+    for a in &agents {
+        store
+            .insert_agent(a, None, None, &event(Some(a.id)))
+            .await
+            .unwrap();
+    }
+    let waiting = |a: &Agent, seconds: i64| LivenessWrite {
+        agent_id: a.id,
+        last_seen_at: None,
+        reported_health: None,
+        own_token_used: false,
+        updated_at: now(),
+        checkin: Some(Checkin::Awaiting {
+            deadline: now().plus_seconds(seconds),
+            wakes: 1,
+        }),
+    };
+    store
+        .apply_liveness(
+            &[
+                waiting(&agents[0], 20),
+                waiting(&agents[1], 10),
+                waiting(&agents[2], 60),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    let due = store
+        .checkins_due(now().plus_seconds(30), 10)
+        .await
+        .unwrap();
+    let names: Vec<&str> = due.iter().map(|s| s.agent.name.as_str()).collect();
+    assert_eq!(names, ["early", "late"]);
+    assert_eq!(
+        due[0].checkin,
+        Some(Checkin::Awaiting {
+            deadline: now().plus_seconds(10),
+            wakes: 1
+        })
+    );
+    assert_eq!(
+        store
+            .checkins_due(now().plus_seconds(30), 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store.checkins_due(now(), 10).await.unwrap().is_empty());
+}
 
 /// A liveness transition event of `agent` from `from` to `to`.
 fn transition(agent: AgentId, from: AgentStatus, to: AgentStatus) -> LivenessEvent {

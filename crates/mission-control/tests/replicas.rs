@@ -28,6 +28,9 @@ const TOLERANCE_SECONDS: u64 = 3;
 /// The replicas' write-behind window, milliseconds.
 const WRITE_BEHIND_MS: u64 = 200;
 
+/// How long a new agent on an unmanaged gateway has to send its first heartbeat, seconds.
+const CHECKIN_TIMEOUT_SECONDS: u64 = 2;
+
 /// Slack for a busy two-core machine on top of the tolerance: the deadline ticker (100 ms),
 /// the survivor's leadership check (1 s), the write-behind flush and the feed.
 const TAKEOVER_SLACK: Duration = Duration::from_millis(2_500);
@@ -69,6 +72,10 @@ impl Replica {
             .arg(data.path())
             .args(["--database-url", database_url, "--admin-token", ADMIN])
             .args(["--write-behind-ms", &WRITE_BEHIND_MS.to_string()])
+            .args([
+                "--checkin-timeout-seconds",
+                &CHECKIN_TIMEOUT_SECONDS.to_string(),
+            ])
             .env("RUST_LOG", "info,sqlx=warn")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -341,25 +348,71 @@ async fn a_survivor_takes_over_offline_detection_from_a_killed_replica_and_loses
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    // Heartbeats go to A only, for longer than the tolerance: B does not declare the agent
-    // offline meanwhile (it sees A's heartbeats through the database).
-    let mut last_heartbeat = Instant::now();
-    let until = Instant::now() + Duration::from_secs(TOLERANCE_SECONDS + 2);
-    while Instant::now() < until {
-        assert_eq!(heartbeat(&http, &a, &token).await, StatusCode::OK);
-        last_heartbeat = Instant::now();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-
-    while let Ok((event, _)) = events.try_recv() {
-        assert_ne!(
-            event,
-            "agent.offline",
-            "an agent heartbeating to A was declared offline\n{}\n{}",
-            a.log(),
-            b.log()
+    // Heartbeats go to A only, for longer than the tolerance, while the rest happens: B
+    // does not declare the agent offline meanwhile (it sees A's heartbeats through the
+    // database).
+    let heartbeats_until = Instant::now() + Duration::from_secs(TOLERANCE_SECONDS + 2);
+    let heartbeating = {
+        let (http, url, token) = (
+            http.clone(),
+            a.url("/api/v1/agent/heartbeat"),
+            token.clone(),
         );
-    }
+        tokio::spawn(async move {
+            let mut last = Instant::now();
+            while Instant::now() < heartbeats_until {
+                let status = http
+                    .post(&url)
+                    .header("X-Agent-Token", &token)
+                    .json(&json!({"status": "healthy"}))
+                    .send()
+                    .await
+                    .expect("A answers")
+                    .status();
+                assert_eq!(status, StatusCode::OK);
+                last = Instant::now();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            last
+        })
+    };
+
+    // An agent created on B that never checks in: its wait started on B, but A (the
+    // leader) gives it up, once.
+    let silent = admin
+        .created(
+            b.url("/api/v1/agents"),
+            json!({"name": "Silent", "board_id": board["id"]}),
+        )
+        .await;
+    let silent_id = silent["id"].as_str().unwrap().to_owned();
+    let mut silent_events = follow_agent_stream(&http, &b, &silent_id).await;
+    assert!(
+        next_event(
+            &mut silent_events,
+            "agent.offline",
+            Duration::from_secs(CHECKIN_TIMEOUT_SECONDS) + TAKEOVER_SLACK,
+        )
+        .await
+        .is_some(),
+        "the wait started on B is given up by the leader\n{}\n{}",
+        a.log(),
+        b.log()
+    );
+    let silent_on_b = admin
+        .get(b.url(&format!("/api/v1/agents/{silent_id}")))
+        .await;
+    assert_eq!(silent_on_b["status"], "offline", "{silent_on_b}");
+    let silent_activity = admin
+        .get(b.url(&format!("/api/v1/activity?agent_id={silent_id}")))
+        .await;
+    let gave_up = silent_activity["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["event_type"] == "agent.offline")
+        .count();
+    assert_eq!(gave_up, 1, "{silent_activity}");
 
     // An agent created and updated on A, acknowledged just before A dies.
     let second = admin
@@ -376,6 +429,17 @@ async fn a_survivor_takes_over_offline_detection_from_a_killed_replica_and_loses
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
+
+    let last_heartbeat = heartbeating.await.expect("the heartbeats are answered");
+    while let Ok((event, _)) = events.try_recv() {
+        assert_ne!(
+            event,
+            "agent.offline",
+            "an agent heartbeating to A was declared offline\n{}\n{}",
+            a.log(),
+            b.log()
+        );
+    }
 
     admin.await_leader_gauge(&b, 0).await;
     a.kill().await;
@@ -394,12 +458,13 @@ async fn a_survivor_takes_over_offline_detection_from_a_killed_replica_and_loses
             a.log()
         )
     });
-    let silent = offline.duration_since(last_heartbeat);
+    assert!(offline > killed_at, "the offline event came after A died");
+    let silence = offline.duration_since(last_heartbeat);
     // At most A's write-behind window of heartbeats is lost with it.
     assert!(
-        silent + Duration::from_millis(WRITE_BEHIND_MS + 300)
+        silence + Duration::from_millis(WRITE_BEHIND_MS + 300)
             >= Duration::from_secs(TOLERANCE_SECONDS),
-        "offline after only {silent:?} of silence"
+        "offline after only {silence:?} of silence"
     );
     assert!(
         offline.duration_since(killed_at)

@@ -513,6 +513,46 @@ impl Registry {
             .collect()
     }
 
+    /// Takes over check-in waits that the database says came due (`stored`, read with
+    /// their agents), for a replica that leads: waits another replica started, or that
+    /// this one knew but left to the leader. Skips agents in `taken` (this pass has them
+    /// from the in-memory index already) and waits this replica knows to be over or newer:
+    /// given up, woken again since, or ended by a heartbeat the database does not have yet.
+    pub fn adopt_due_checkins(
+        &self,
+        stored: Vec<StoredAgent>,
+        taken: &[DueCheckin],
+    ) -> Vec<DueCheckin> {
+        let mut adopted = Vec::new();
+        for stored in stored {
+            let Some(Checkin::Awaiting { deadline, wakes }) = stored.checkin else {
+                continue;
+            };
+            let id = stored.agent.id;
+            if taken.iter().any(|due| due.agent.id() == id) {
+                continue;
+            }
+            let stored_seen = stored.agent.last_seen_at;
+            let agent = self.get(id).unwrap_or_else(|| self.upsert(stored));
+            let mut live = agent.live.lock();
+            let adopt = !live.removed
+                && match live.checkin {
+                    Some(Checkin::GaveUp) => false,
+                    Some(Checkin::Awaiting {
+                        deadline: ours,
+                        wakes: our_wakes,
+                    }) => (our_wakes, ours) <= (wakes, deadline),
+                    None => live.last_seen_at <= stored_seen,
+                };
+            if adopt {
+                live.checkin = Some(Checkin::Awaiting { deadline, wakes });
+                drop(live);
+                adopted.push(DueCheckin { agent, wakes });
+            }
+        }
+        adopted
+    }
+
     /// Records another wake: the agent has until `deadline` to check in. False when the
     /// agent checked in (or was removed) meanwhile.
     pub fn rewoken(&self, agent: &Arc<LiveAgent>, wakes: u32, deadline: Timestamp) -> bool {
@@ -697,6 +737,12 @@ impl Registry {
             }
             live.newest_transition = event_id;
             live.published = to;
+            // Only the leader acts on check-in deadlines: offline while a wait is on
+            // means it gave the wait up.
+            if to == AgentStatus::Offline && matches!(live.checkin, Some(Checkin::Awaiting { .. }))
+            {
+                live.checkin = Some(Checkin::GaveUp);
+            }
             let heard = match to {
                 AgentStatus::Healthy => Some(ReportedHealth::Healthy),
                 AgentStatus::Degraded => Some(ReportedHealth::Degraded),
@@ -1167,5 +1213,48 @@ mod tests {
         registry.upsert(stored(settings, Some(TokenDigest::of("b"))));
         assert!(registry.by_token(&TokenDigest::of("a")).is_none());
         assert!(registry.by_token(&TokenDigest::of("b")).is_some());
+    }
+
+    #[test]
+    fn the_leader_adopts_stored_waits_unless_it_knows_better() {
+        let registry = Registry::default();
+        let t0 = Timestamp::from_millis(1_000_000);
+        let awaiting = |wakes| Checkin::Awaiting {
+            deadline: t0,
+            wakes,
+        };
+        let with_wait = |settings: &Agent, wakes| StoredAgent {
+            agent: settings.clone(),
+            token_digest: None,
+            checkin: Some(awaiting(wakes)),
+        };
+        // Unknown here (started by another replica): adopted with its wakes.
+        let elsewhere = agent(10);
+        // Woken again here since: this replica's wait is newer.
+        let rewoken = agent(10);
+        let local = registry.insert(rewoken.clone(), None);
+        local.live.lock().checkin = Some(Checkin::Awaiting {
+            deadline: t0.plus_seconds(30),
+            wakes: 2,
+        });
+        // Checked in here, not yet written behind.
+        let checked_in = agent(10);
+        let seen = registry.insert(checked_in.clone(), None);
+        registry.heartbeat(&seen, None, t0);
+        let adopted = registry.adopt_due_checkins(
+            vec![
+                with_wait(&elsewhere, 1),
+                with_wait(&rewoken, 1),
+                with_wait(&checked_in, 1),
+            ],
+            &[],
+        );
+        let ids: Vec<AgentId> = adopted.iter().map(|due| due.agent.id()).collect();
+        assert_eq!(ids, [elsewhere.id]);
+        assert!(adopted[0].agent.awaits_checkin());
+        assert_eq!(adopted[0].wakes, 1);
+        // Already taken from the in-memory index in this pass: not twice.
+        let again = registry.adopt_due_checkins(vec![with_wait(&elsewhere, 1)], &adopted);
+        assert!(again.is_empty());
     }
 }

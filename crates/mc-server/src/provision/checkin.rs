@@ -8,9 +8,14 @@
 //! heartbeat clears the wait without touching it) and in the agent's liveness row (written
 //! behind like `last_seen_at`, flushed at once when a deadline is set), so they survive a
 //! restart.
+//!
+//! With several replicas on one database, only the leading one acts on deadlines: it also
+//! reads the waits that came due from the database (another replica's job may have started
+//! them, or a replica that died), and re-reads the agents first, as another replica may
+//! have received their check-in heartbeat. The others drop their due entries.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mc_domain::time::Timestamp;
 use tokio::sync::watch;
@@ -54,6 +59,12 @@ pub fn unwakeable(reason: &str, timeout: Duration) -> String {
     )
 }
 
+/// How often the leading replica reads the due check-in waits from the database.
+const STORED_WAITS_READ_EVERY: Duration = Duration::from_secs(1);
+
+/// The most due waits read from the database at once.
+const STORED_WAITS_PER_READ: u32 = 500;
+
 /// Starts the task that handles passed check-in deadlines every `tick`; it stops when
 /// `stop` turns true.
 pub fn start(
@@ -64,12 +75,33 @@ pub fn start(
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(tick);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_read: Option<Instant> = None;
         loop {
             tokio::select! {
                 _ = interval.tick() => {}
                 _ = stop.wait_for(|stopping| *stopping) => break,
             }
-            let due = state.registry.due_checkins(Timestamp::now());
+            let now = Timestamp::now();
+            let mut due = state.registry.due_checkins(now);
+            if state.store.is_shared() {
+                // Only the leader acts on check-in deadlines; it finds the waits other
+                // replicas started (or left to it) in the database.
+                if !state.engine.leading() {
+                    continue;
+                }
+                if last_read.is_none_or(|at| at.elapsed() >= STORED_WAITS_READ_EVERY) {
+                    last_read = Some(Instant::now());
+                    match state.store.checkins_due(now, STORED_WAITS_PER_READ).await {
+                        Ok(stored) => {
+                            let adopted = state.registry.adopt_due_checkins(stored, &due);
+                            due.extend(adopted);
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "check-in: cannot read the due waits");
+                        }
+                    }
+                }
+            }
             if due.is_empty() {
                 continue;
             }

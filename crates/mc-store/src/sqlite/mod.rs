@@ -887,6 +887,20 @@ impl Store for SqliteStore {
         Ok(stored)
     }
 
+    async fn checkins_due(&self, now: Timestamp, limit: u32) -> StoreResult<Vec<StoredAgent>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
+             WHERE l.checkin_deadline_at IS NOT NULL AND l.checkin_deadline_at <= ?
+             ORDER BY l.checkin_deadline_at LIMIT ?"
+        ))
+        .bind(ms(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(stored_agent_from_row).collect()
+    }
+
     async fn agent_by_token(&self, digest: TokenDigest) -> StoreResult<Option<StoredAgent>> {
         let row = sqlx::query(&format!(
             "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}
