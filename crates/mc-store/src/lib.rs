@@ -11,6 +11,7 @@
 mod postgres;
 mod sqlite;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -151,13 +152,14 @@ pub struct LivenessOutcome {
 /// are recorded all or none, depending on where the first starts.
 pub(crate) fn transition_chains(events: &[LivenessEvent]) -> Vec<Transition> {
     let mut chains: Vec<Transition> = Vec::new();
+    let mut position: HashMap<AgentId, usize> = HashMap::new();
     for transition in events.iter().filter_map(|e| e.transition) {
-        match chains
-            .iter_mut()
-            .find(|c| c.agent_id == transition.agent_id)
-        {
-            Some(chain) => chain.to = transition.to,
-            None => chains.push(transition),
+        match position.get(&transition.agent_id) {
+            Some(&at) => chains[at].to = transition.to,
+            None => {
+                position.insert(transition.agent_id, chains.len());
+                chains.push(transition);
+            }
         }
     }
     chains
@@ -166,7 +168,7 @@ pub(crate) fn transition_chains(events: &[LivenessEvent]) -> Vec<Transition> {
 /// The events of a batch to record once the chains of `accepted` agents were applied.
 pub(crate) fn accepted_events<'a>(
     events: &'a [LivenessEvent],
-    accepted: &[AgentId],
+    accepted: &HashSet<AgentId>,
 ) -> Vec<&'a NewActivity> {
     events
         .iter()

@@ -20,6 +20,7 @@ mod provision_jobs;
 mod rows;
 mod webhooks;
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -414,7 +415,8 @@ async fn write_liveness(
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let chain_of = |w: &LivenessWrite| chains.iter().find(|c| c.agent_id == w.agent_id);
+    let by_agent: HashMap<AgentId, &Transition> = chains.iter().map(|c| (c.agent_id, c)).collect();
+    let chain_of = |w: &LivenessWrite| by_agent.get(&w.agent_id).copied();
     let rows = sqlx::query(
         "WITH v AS (
              SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::boolean[],
@@ -1037,13 +1039,14 @@ impl Store for PostgresStore {
         // for this one's liveness row: a deadlock. So a transition is applied with its
         // agent's field write, in one statement.
         let mut verdicts = write_liveness(&mut tx, writes, &chains).await?;
+        let written: HashSet<AgentId> = writes.iter().map(|w| w.agent_id).collect();
         let unwritten: Vec<Transition> = chains
             .iter()
-            .filter(|c| !writes.iter().any(|w| w.agent_id == c.agent_id))
+            .filter(|c| !written.contains(&c.agent_id))
             .copied()
             .collect();
         verdicts.extend(apply_transitions(&mut tx, &unwritten).await?);
-        let accepted: Vec<AgentId> = verdicts
+        let accepted: HashSet<AgentId> = verdicts
             .iter()
             .filter(|v| v.accepted)
             .map(|v| v.agent_id)
@@ -1057,8 +1060,9 @@ impl Store for PostgresStore {
             ..LivenessOutcome::default()
         };
         // Agents that no longer exist have no row to answer for them.
+        let answered: HashSet<AgentId> = verdicts.iter().map(|v| v.agent_id).collect();
         for chain in &chains {
-            if !verdicts.iter().any(|v| v.agent_id == chain.agent_id) {
+            if !answered.contains(&chain.agent_id) {
                 outcome.refused.push((chain.agent_id, None));
             }
         }

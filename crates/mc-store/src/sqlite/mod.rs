@@ -8,6 +8,7 @@ mod provision_jobs;
 mod rows;
 mod webhooks;
 
+use std::collections::HashSet;
 use std::str::FromStr as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -822,7 +823,7 @@ impl Store for SqliteStore {
             query.execute(&mut *rtx.tx).await.map_err(map_err)?;
         }
         let chains = transition_chains(events);
-        let mut accepted = Vec::new();
+        let mut accepted = HashSet::new();
         let mut refused = Vec::new();
         for chunk in chains.chunks(LIVENESS_ROWS_PER_STATEMENT) {
             let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
@@ -840,10 +841,15 @@ impl Store for SqliteStore {
                     .bind(chain.from.as_str())
                     .bind(chain.to.as_str());
             }
-            let ids = query.fetch_all(&mut *rtx.tx).await.map_err(map_err)?;
+            let ids: HashSet<String> = query
+                .fetch_all(&mut *rtx.tx)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .collect();
             for chain in chunk {
                 if ids.contains(&chain.agent_id.to_string()) {
-                    accepted.push(chain.agent_id);
+                    accepted.insert(chain.agent_id);
                 } else {
                     refused.push(chain.agent_id);
                 }
