@@ -20,7 +20,7 @@ use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessWrite,
-    PostgresStore, SqliteStore, Store, StoreError,
+    LogCompaction, PostgresStore, SeenWrite, SqliteStore, Store, StoreError,
 };
 use mc_testpg::TestPostgres;
 
@@ -39,6 +39,8 @@ on_every_backend!(
     recorded_events_queue_deliveries_claimed_under_a_lease,
     check_in_deadlines_are_written_behind_and_read_back_at_start,
     the_provision_error_is_set_and_cleared_on_its_own,
+    logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows,
+    a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents,
 );
 
 fn event(agent: Option<AgentId>) -> NewActivity {
@@ -248,7 +250,7 @@ async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>
     let mut transition = event(Some(a.id));
     transition.event_type = EventType::AgentStatusChanged(AgentStatus::Degraded);
     let recorded = store
-        .apply_liveness(&[write], &[transition.clone(), transition])
+        .apply_liveness(&[write], &[], &[transition.clone(), transition])
         .await
         .unwrap();
     assert!(recorded[0].id < recorded[1].id);
@@ -350,7 +352,7 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
             checkin: None,
         });
     }
-    store.apply_liveness(&writes, &[]).await.unwrap();
+    store.apply_liveness(&writes, &[], &[]).await.unwrap();
     for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
         let expected = writes
             .iter()
@@ -594,6 +596,7 @@ async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc
                 write(&gave_up, Some(Checkin::GaveUp)),
             ],
             &[],
+            &[],
         )
         .await
         .unwrap();
@@ -603,7 +606,7 @@ async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc
 
     // A heartbeat clears the wait.
     store
-        .apply_liveness(&[write(&awaited, None)], &[])
+        .apply_liveness(&[write(&awaited, None)], &[], &[])
         .await
         .unwrap();
     let stored = store.all_agents().await.unwrap();
@@ -638,4 +641,112 @@ async fn the_provision_error_is_set_and_cleared_on_its_own(store: Arc<dyn Store>
             .await
             .unwrap()
     );
+}
+
+fn seen(agent: &Agent, at: mc_domain::time::Timestamp) -> SeenWrite {
+    SeenWrite {
+        agent_id: agent.id,
+        last_seen_at: at,
+        updated_at: at,
+    }
+}
+
+async fn logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, b) = (agent(gw, board, "a"), agent(gw, board, "b"));
+    for x in [&a, &b] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    let (t1, t2, t3) = (
+        now().plus_seconds(1),
+        now().plus_seconds(2),
+        now().plus_seconds(3),
+    );
+    store
+        .apply_liveness(&[], &[seen(&a, t1), seen(&b, t1)], &[])
+        .await
+        .unwrap();
+    store
+        .apply_liveness(&[], &[seen(&a, t3)], &[])
+        .await
+        .unwrap();
+    store
+        .apply_liveness(&[], &[seen(&b, t2)], &[])
+        .await
+        .unwrap();
+    let last_seen = |stored: &[mc_store::StoredAgent], id: AgentId| {
+        let agent = &stored.iter().find(|s| s.agent.id == id).unwrap().agent;
+        (agent.last_seen_at, agent.updated_at)
+    };
+    // Before the fold: the rows are untouched, the start-up read replays the log.
+    assert_eq!(store.agent(a.id).await.unwrap().unwrap().last_seen_at, None);
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(last_seen(&stored, a.id), (Some(t3), t3));
+    assert_eq!(last_seen(&stored, b.id), (Some(t2), t2));
+
+    let folded = store.compact_liveness_log().await.unwrap();
+    assert_eq!(
+        folded,
+        LogCompaction {
+            batches: 3,
+            entries: 4,
+            agents: 2
+        }
+    );
+    assert_eq!(
+        store.agent(a.id).await.unwrap().unwrap().last_seen_at,
+        Some(t3)
+    );
+    assert_eq!(
+        store.agent(b.id).await.unwrap().unwrap().last_seen_at,
+        Some(t2)
+    );
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(last_seen(&stored, a.id), (Some(t3), t3));
+    assert_eq!(
+        store.compact_liveness_log().await.unwrap(),
+        LogCompaction::default(),
+        "the folded rows are gone"
+    );
+}
+
+async fn a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, gone) = (agent(gw, board, "a"), agent(gw, board, "gone"));
+    for x in [&a, &gone] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    let (early, late) = (now().plus_seconds(1), now().plus_seconds(5));
+    store
+        .apply_liveness(&[], &[seen(&a, early), seen(&gone, early)], &[])
+        .await
+        .unwrap();
+    // A later change of more than the times writes the row directly.
+    let write = LivenessWrite {
+        agent_id: a.id,
+        last_seen_at: Some(late),
+        reported_health: Some(ReportedHealth::Degraded),
+        published_status: AgentStatus::Degraded,
+        own_token_used: true,
+        updated_at: late,
+        checkin: None,
+    };
+    store.apply_liveness(&[write], &[], &[]).await.unwrap();
+    assert!(store.delete_agent(gone.id, &event(None)).await.unwrap());
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].agent.last_seen_at, Some(late));
+
+    let folded = store.compact_liveness_log().await.unwrap();
+    assert_eq!((folded.entries, folded.agents), (2, 1));
+    let row = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(row.last_seen_at, Some(late));
+    assert_eq!(row.updated_at, late);
+    assert_eq!(row.reported_health, Some(ReportedHealth::Degraded));
 }

@@ -12,7 +12,9 @@
 //!   resumes after id N (SSE `Last-Event-ID`) never misses an event committed later with
 //!   a smaller id.
 //! - Liveness batches are one `UPDATE ... FROM unnest(...)` statement: one round trip for
-//!   any number of agents.
+//!   any number of agents. Heartbeats that changed nothing else are one row of the
+//!   liveness log; a fold deletes exactly the log rows it read (`seq = ANY(...)`), never a
+//!   range: another replica's row with a smaller `seq` may commit after the read.
 
 mod feed;
 mod provision_jobs;
@@ -49,7 +51,8 @@ use self::rows::{
 use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
-    LivenessWrite, PoolStats, Store, StoreError, StoreResult, StoredAgent,
+    LivenessWrite, LogCompaction, PoolStats, SeenWrite, Store, StoreError, StoreResult,
+    StoredAgent, liveness_log,
 };
 use mc_domain::liveness::Checkin;
 
@@ -204,6 +207,20 @@ impl PostgresStore {
         let store = Self::open(url).await?;
         store.pool.close().await;
         Ok(())
+    }
+
+    /// Every heartbeat in the liveness log, folded to each agent's latest.
+    async fn read_liveness_log(&self) -> StoreResult<liveness_log::Fold> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entries FROM agent_liveness_log ORDER BY seq")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(map_err)?;
+        let mut fold = liveness_log::Fold::default();
+        for (seq, blob) in &rows {
+            fold.add(*seq, blob)?;
+        }
+        Ok(fold)
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Postgres>> {
@@ -744,6 +761,9 @@ impl Store for PostgresStore {
     }
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        // The log is read before the rows: a fold in between only moves heartbeats from
+        // the log into the rows, so none is missed (replaying one twice is harmless).
+        let log = self.read_liveness_log().await?;
         let rows = sqlx::query(&format!(
             "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
@@ -753,8 +773,13 @@ impl Store for PostgresStore {
         rows.iter()
             .map(|row| {
                 let digest: Option<Vec<u8>> = row.try_get("token_digest").map_err(map_err)?;
+                let mut agent = agent_from_row(row)?;
+                if let Some(&(seen, updated)) = log.latest.get(&agent.id) {
+                    agent.last_seen_at = agent.last_seen_at.max(Some(seen));
+                    agent.updated_at = agent.updated_at.max(updated);
+                }
                 Ok(StoredAgent {
-                    agent: agent_from_row(row)?,
+                    agent,
                     token_digest: digest.as_deref().and_then(TokenDigest::from_slice),
                     checkin: rows::checkin_from_row(row)?,
                 })
@@ -843,9 +868,17 @@ impl Store for PostgresStore {
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
+        seen: &[SeenWrite],
         events: &[NewActivity],
     ) -> StoreResult<Vec<ActivityEvent>> {
         let mut tx = self.begin().await?;
+        if !seen.is_empty() {
+            sqlx::query("INSERT INTO agent_liveness_log (entries) VALUES ($1)")
+                .bind(liveness_log::encode(seen))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
         if !writes.is_empty() {
             // Rows are updated in agent-id order, so two batches touching the same agents
             // (two replicas) lock them in the same order and cannot deadlock.
@@ -917,6 +950,43 @@ impl Store for PostgresStore {
         let recorded = insert_activities(&mut tx, events).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(recorded)
+    }
+
+    async fn compact_liveness_log(&self) -> StoreResult<LogCompaction> {
+        let fold = self.read_liveness_log().await?;
+        if fold.seqs.is_empty() {
+            return Ok(LogCompaction::default());
+        }
+        let mut agents = 0;
+        let per_transaction =
+            liveness_log::ROWS_PER_STATEMENT * liveness_log::STATEMENTS_PER_TRANSACTION;
+        for rows in fold.sorted().chunks(per_transaction) {
+            let mut tx = self.begin().await?;
+            for chunk in rows.chunks(liveness_log::ROWS_PER_STATEMENT) {
+                agents += sqlx::query(
+                    "UPDATE agent_liveness AS l
+                       SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
+                           updated_at = GREATEST(l.updated_at, v.updated_at)
+                     FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+                          AS v (agent_id, last_seen_at, updated_at)
+                     WHERE l.agent_id = v.agent_id",
+                )
+                .bind(chunk.iter().map(|r| r.0.as_uuid()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| tz(r.1)).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| tz(r.2)).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
+            }
+            tx.commit().await.map_err(map_err)?;
+        }
+        sqlx::query("DELETE FROM agent_liveness_log WHERE seq = ANY($1)")
+            .bind(fold.seqs.as_slice())
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(fold.outcome(agents))
     }
 
     async fn insert_enrollment_token(
