@@ -30,6 +30,9 @@ pub struct ServerConfig {
     pub write_behind_interval: Duration,
     /// How often the liveness engine looks for passed deadlines.
     pub liveness_tick: Duration,
+    /// How often the liveness log (heartbeats written behind as one row per batch) is
+    /// folded into the agents' rows.
+    pub liveness_log_fold_interval: Duration,
     /// How often an idle event stream sends a keep-alive comment.
     pub stream_keep_alive: Duration,
     /// How webhook deliveries are made and retried.
@@ -55,6 +58,7 @@ impl ServerConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             write_behind_interval: Duration::from_millis(500),
             liveness_tick: Duration::from_millis(100),
+            liveness_log_fold_interval: Duration::from_secs(30),
             stream_keep_alive: Duration::from_secs(15),
             webhook_delivery: DeliverySettings::default(),
             gateway_connection: crate::provision::default_gateway_connection(),

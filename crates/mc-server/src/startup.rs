@@ -162,9 +162,11 @@ impl Server {
         {
             inner.base_url = format!("http://{address}");
         }
-        let tasks = state
-            .engine
-            .start(self.config.write_behind_interval, self.config.liveness_tick);
+        let tasks = state.engine.start(
+            self.config.write_behind_interval,
+            self.config.liveness_tick,
+            self.config.liveness_log_fold_interval,
+        );
         let deliveries = crate::webhooks::start(
             Arc::clone(&state.store),
             self.config.webhook_delivery,
@@ -203,6 +205,8 @@ impl Server {
         let flushed = state.engine.flush().await;
         served.context("serving HTTP")?;
         flushed.context("flushing pending heartbeat writes at shutdown")?;
+        // Everything is durable already; folding now only spares the next start a replay.
+        state.engine.fold_log().await;
         tracing::info!("stopped; pending writes flushed");
         Ok(())
     }

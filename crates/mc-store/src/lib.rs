@@ -177,6 +177,31 @@ pub(crate) fn accepted_events<'a>(
         .collect()
 }
 
+/// A heartbeat that changed nothing but an agent's `last_seen_at` and `updated_at`: the
+/// common case, appended to the liveness log (one row per batch) instead of updating the
+/// agent's row. Reads that go through [`Store::all_agents`] see it at once; the agents'
+/// rows catch up when [`Store::compact_liveness_log`] folds the log into them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SeenWrite {
+    /// The agent.
+    pub agent_id: AgentId,
+    /// Its last heartbeat.
+    pub last_seen_at: Timestamp,
+    /// Its `updated_at`.
+    pub updated_at: Timestamp,
+}
+
+/// What one [`Store::compact_liveness_log`] folded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LogCompaction {
+    /// Log rows (batches) folded and deleted.
+    pub batches: u64,
+    /// Heartbeats those batches held.
+    pub entries: u64,
+    /// Agent rows updated (each agent once, with its latest heartbeat).
+    pub agents: u64,
+}
+
 /// An agent together with its token digest, as loaded into the in-memory index.
 #[derive(Debug, Clone)]
 pub struct StoredAgent {
@@ -472,15 +497,22 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes an agent and records `event`; false when it did not exist.
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
 
-    /// Writes a batch of liveness fields and events in one transaction. `last_seen_at`
-    /// never moves backwards (a replica's older write loses to a newer one), and each
-    /// agent's transitions are recorded only when its stored published status is the one
-    /// the first starts from (see [`Transition`]).
+    /// Writes a batch of liveness changes and events in one transaction: `writes` update
+    /// the agents' rows, `seen` heartbeats (times only) are appended to the liveness log as
+    /// one row, or written to the rows at once by a shared store (whose rows other replicas
+    /// read). `last_seen_at` never moves backwards (a replica's older write loses to a newer
+    /// one), and each agent's transitions are recorded only when its stored published status
+    /// is the one the first starts from (see [`Transition`]).
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
+        seen: &[SeenWrite],
         events: &[LivenessEvent],
     ) -> StoreResult<LivenessOutcome>;
+    /// Folds the liveness log into the agents' rows (each agent's latest heartbeat wins;
+    /// a row never moves back in time) and deletes the folded log rows. Idempotent and
+    /// safe to interrupt: the log rows go only after their heartbeats are in the rows.
+    async fn compact_liveness_log(&self) -> StoreResult<LogCompaction>;
     /// These agents (those that exist) with their token digests and check-ins, as stored
     /// now: the re-read before a deadline is acted on, and the agent another replica changed.
     async fn stored_agents(&self, ids: &[AgentId]) -> StoreResult<Vec<StoredAgent>>;
@@ -626,6 +658,162 @@ mod liveness_columns {
         match write.checkin {
             Some(Checkin::Awaiting { wakes, .. }) => wakes,
             _ => 0,
+        }
+    }
+}
+
+/// The liveness log's row format and the fold of its rows, for both backends.
+///
+/// A row's `entries` blob is a sequence of fixed-size records, one per heartbeat: the
+/// agent's UUID (16 bytes), then `last_seen_at` and `updated_at` as milliseconds since
+/// the epoch (little-endian `i64` each). Fixed-size binary records cost one copy to write
+/// and read, and a batch of any size is one row.
+pub(crate) mod liveness_log {
+    use std::collections::HashMap;
+
+    use mc_domain::ids::AgentId;
+    use mc_domain::time::Timestamp;
+    use uuid::Uuid;
+
+    use crate::{LogCompaction, SeenWrite, StoreError, StoreResult};
+
+    /// Bytes per record.
+    const RECORD: usize = 32;
+
+    /// Agent rows updated per statement when the log is folded (three parameters each).
+    pub(crate) const ROWS_PER_STATEMENT: usize = 2000;
+
+    /// Statements per transaction when the log is folded: short transactions, so the
+    /// write-behind batches are not held up behind a long fold.
+    pub(crate) const STATEMENTS_PER_TRANSACTION: usize = 2;
+
+    /// The blob for `seen`.
+    pub(crate) fn encode(seen: &[SeenWrite]) -> Vec<u8> {
+        let mut blob = Vec::with_capacity(seen.len() * RECORD);
+        for write in seen {
+            blob.extend_from_slice(write.agent_id.as_uuid().as_bytes());
+            blob.extend_from_slice(&write.last_seen_at.as_millis().to_le_bytes());
+            blob.extend_from_slice(&write.updated_at.as_millis().to_le_bytes());
+        }
+        blob
+    }
+
+    /// The records of one blob, in order.
+    pub(crate) fn decode(blob: &[u8]) -> StoreResult<impl Iterator<Item = SeenWrite> + '_> {
+        if !blob.len().is_multiple_of(RECORD) {
+            return Err(StoreError::Internal(format!(
+                "liveness log row of {} bytes is not a whole number of {RECORD}-byte records",
+                blob.len()
+            )));
+        }
+        Ok(blob.chunks_exact(RECORD).map(|record| {
+            let (id, times) = record.split_at(16);
+            let (seen, updated) = times.split_at(8);
+            let millis = |bytes: &[u8]| {
+                let mut word = [0; 8];
+                word.copy_from_slice(bytes);
+                Timestamp::from_millis(i64::from_le_bytes(word))
+            };
+            let mut uuid = [0; 16];
+            uuid.copy_from_slice(id);
+            SeenWrite {
+                agent_id: AgentId::from_uuid(Uuid::from_bytes(uuid)),
+                last_seen_at: millis(seen),
+                updated_at: millis(updated),
+            }
+        }))
+    }
+
+    /// The latest heartbeat of each agent across log rows, and how many records they
+    /// held.
+    #[derive(Debug, Default)]
+    pub(crate) struct Fold {
+        /// Latest `(last_seen_at, updated_at)` by agent.
+        pub(crate) latest: HashMap<AgentId, (Timestamp, Timestamp)>,
+        /// Records folded.
+        pub(crate) entries: u64,
+        /// The log rows folded, by `seq`.
+        pub(crate) seqs: Vec<i64>,
+    }
+
+    impl Fold {
+        /// Folds in log row `seq`.
+        pub(crate) fn add(&mut self, seq: i64, blob: &[u8]) -> StoreResult<()> {
+            self.seqs.push(seq);
+            for write in decode(blob)? {
+                self.entries += 1;
+                let slot = self
+                    .latest
+                    .entry(write.agent_id)
+                    .or_insert((write.last_seen_at, write.updated_at));
+                slot.0 = slot.0.max(write.last_seen_at);
+                slot.1 = slot.1.max(write.updated_at);
+            }
+            Ok(())
+        }
+
+        /// What folding these rows did, once `agents` rows were updated.
+        pub(crate) fn outcome(&self, agents: u64) -> LogCompaction {
+            LogCompaction {
+                batches: u64::try_from(self.seqs.len()).unwrap_or(u64::MAX),
+                entries: self.entries,
+                agents,
+            }
+        }
+
+        /// The folded agents in id order (rows are updated in one order everywhere, so
+        /// two folds cannot deadlock).
+        pub(crate) fn sorted(&self) -> Vec<(AgentId, Timestamp, Timestamp)> {
+            let mut rows: Vec<_> = self
+                .latest
+                .iter()
+                .map(|(id, (seen, updated))| (*id, *seen, *updated))
+                .collect();
+            rows.sort_unstable_by_key(|row| row.0);
+            rows
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn write(seen: i64, updated: i64) -> SeenWrite {
+            SeenWrite {
+                agent_id: AgentId::new(),
+                last_seen_at: Timestamp::from_millis(seen),
+                updated_at: Timestamp::from_millis(updated),
+            }
+        }
+
+        #[test]
+        fn records_read_back_as_written() {
+            let writes = [write(1, 2), write(-5, i64::MAX), write(0, 0)];
+            let blob = encode(&writes);
+            assert_eq!(blob.len(), 3 * RECORD);
+            assert_eq!(decode(&blob).unwrap().collect::<Vec<_>>(), writes);
+        }
+
+        #[test]
+        fn a_truncated_row_is_an_error() {
+            let blob = encode(&[write(1, 2)]);
+            assert!(decode(&blob[..RECORD - 1]).is_err());
+        }
+
+        #[test]
+        fn the_fold_keeps_each_agents_latest_times() {
+            let a = write(10, 10);
+            let later = SeenWrite {
+                last_seen_at: Timestamp::from_millis(20),
+                ..a
+            };
+            let mut fold = Fold::default();
+            fold.add(1, &encode(&[a, write(5, 5)])).unwrap();
+            fold.add(2, &encode(&[later, a])).unwrap();
+            assert_eq!(fold.entries, 4);
+            assert_eq!(fold.seqs, [1, 2]);
+            assert_eq!(fold.latest.len(), 2);
+            assert_eq!(fold.latest[&a.agent_id].0, Timestamp::from_millis(20));
         }
     }
 }

@@ -21,7 +21,8 @@ use mc_domain::token::{Secret, TokenDigest};
 use mc_domain::webhook::{DeliveryState, EventSelection, Webhook, WebhookUrl};
 use mc_store::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, EnrollmentSpend, LivenessEvent,
-    LivenessWrite, PostgresStore, SqliteStore, Store, StoreError, Transition,
+    LivenessWrite, LogCompaction, PostgresStore, SeenWrite, SqliteStore, Store, StoreError,
+    Transition,
 };
 use mc_testpg::TestPostgres;
 
@@ -46,6 +47,8 @@ on_every_backend!(
     a_store_keeps_the_leadership_it_took,
     a_store_knows_the_events_it_recorded,
     due_check_in_waits_are_read_back_earliest_first,
+    logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows,
+    a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents,
 );
 
 async fn due_check_in_waits_are_read_back_earliest_first(store: Arc<dyn Store>) {
@@ -78,6 +81,7 @@ async fn due_check_in_waits_are_read_back_earliest_first(store: Arc<dyn Store>) 
                 waiting(&agents[1], 10),
                 waiting(&agents[2], 60),
             ],
+            &[],
             &[],
         )
         .await
@@ -144,6 +148,7 @@ async fn a_transition_is_recorded_once_when_two_replicas_both_see_it(store: Arc<
     let first = store
         .apply_liveness(
             &[],
+            &[],
             &[transition(
                 a.id,
                 AgentStatus::Provisioning,
@@ -158,6 +163,7 @@ async fn a_transition_is_recorded_once_when_two_replicas_both_see_it(store: Arc<
     // only the other agent's is recorded.
     let second = store
         .apply_liveness(
+            &[],
             &[],
             &[
                 transition(a.id, AgentStatus::Provisioning, AgentStatus::Healthy),
@@ -176,6 +182,7 @@ async fn a_transition_is_recorded_once_when_two_replicas_both_see_it(store: Arc<
     let gone = AgentId::new();
     let third = store
         .apply_liveness(
+            &[],
             &[],
             &[
                 LivenessEvent {
@@ -202,7 +209,11 @@ async fn an_older_liveness_write_never_moves_last_seen_back(store: Arc<dyn Store
         .unwrap();
     let newer = now().plus_seconds(20);
     store
-        .apply_liveness(&[seen_write(a.id, newer, ReportedHealth::Degraded)], &[])
+        .apply_liveness(
+            &[seen_write(a.id, newer, ReportedHealth::Degraded)],
+            &[],
+            &[],
+        )
         .await
         .unwrap();
     // Another replica's write-behind of an earlier heartbeat arrives late.
@@ -214,6 +225,7 @@ async fn an_older_liveness_write_never_moves_last_seen_back(store: Arc<dyn Store
                 ReportedHealth::Healthy,
             )],
             &[],
+            &[],
         )
         .await
         .unwrap();
@@ -223,7 +235,11 @@ async fn an_older_liveness_write_never_moves_last_seen_back(store: Arc<dyn Store
     // A newer one moves it on.
     let newest = now().plus_seconds(30);
     store
-        .apply_liveness(&[seen_write(a.id, newest, ReportedHealth::Healthy)], &[])
+        .apply_liveness(
+            &[seen_write(a.id, newest, ReportedHealth::Healthy)],
+            &[],
+            &[],
+        )
         .await
         .unwrap();
     let stored = store.agent(a.id).await.unwrap().unwrap();
@@ -245,7 +261,7 @@ async fn agents_are_read_back_by_id_and_by_token_digest(store: Arc<dyn Store>) {
         .unwrap();
     let seen = now().plus_seconds(5);
     store
-        .apply_liveness(&[seen_write(a.id, seen, ReportedHealth::Healthy)], &[])
+        .apply_liveness(&[seen_write(a.id, seen, ReportedHealth::Healthy)], &[], &[])
         .await
         .unwrap();
     let by_token = store.agent_by_token(digest).await.unwrap().unwrap();
@@ -290,6 +306,7 @@ async fn a_store_knows_the_events_it_recorded(store: Arc<dyn Store>) {
         .unwrap();
     let recorded = store
         .apply_liveness(
+            &[],
             &[],
             &[transition(
                 a.id,
@@ -575,6 +592,7 @@ async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>
     let recorded = store
         .apply_liveness(
             &[write],
+            &[],
             &[
                 transition(a.id, AgentStatus::Provisioning, AgentStatus::Healthy),
                 transition(a.id, AgentStatus::Healthy, AgentStatus::Degraded),
@@ -683,7 +701,7 @@ async fn a_liveness_batch_larger_than_one_statement_updates_every_agent(store: A
             checkin: None,
         });
     }
-    store.apply_liveness(&writes, &[]).await.unwrap();
+    store.apply_liveness(&writes, &[], &[]).await.unwrap();
     for (i, stored) in store.all_agents().await.unwrap().iter().enumerate() {
         let expected = writes
             .iter()
@@ -926,6 +944,7 @@ async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc
                 write(&gave_up, Some(Checkin::GaveUp)),
             ],
             &[],
+            &[],
         )
         .await
         .unwrap();
@@ -935,7 +954,7 @@ async fn check_in_deadlines_are_written_behind_and_read_back_at_start(store: Arc
 
     // A heartbeat clears the wait.
     store
-        .apply_liveness(&[write(&awaited, None)], &[])
+        .apply_liveness(&[write(&awaited, None)], &[], &[])
         .await
         .unwrap();
     let stored = store.all_agents().await.unwrap();
@@ -970,4 +989,119 @@ async fn the_provision_error_is_set_and_cleared_on_its_own(store: Arc<dyn Store>
             .await
             .unwrap()
     );
+}
+
+fn seen(agent: &Agent, at: mc_domain::time::Timestamp) -> SeenWrite {
+    SeenWrite {
+        agent_id: agent.id,
+        last_seen_at: at,
+        updated_at: at,
+    }
+}
+
+async fn logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, b) = (agent(gw, board, "a"), agent(gw, board, "b"));
+    for x in [&a, &b] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    let (t1, t2, t3) = (
+        now().plus_seconds(1),
+        now().plus_seconds(2),
+        now().plus_seconds(3),
+    );
+    store
+        .apply_liveness(&[], &[seen(&a, t1), seen(&b, t1)], &[])
+        .await
+        .unwrap();
+    store
+        .apply_liveness(&[], &[seen(&a, t3)], &[])
+        .await
+        .unwrap();
+    store
+        .apply_liveness(&[], &[seen(&b, t2)], &[])
+        .await
+        .unwrap();
+    let last_seen = |stored: &[mc_store::StoredAgent], id: AgentId| {
+        let agent = &stored.iter().find(|s| s.agent.id == id).unwrap().agent;
+        (agent.last_seen_at, agent.updated_at)
+    };
+    // Before the fold: the start-up read replays the log; the rows are untouched, except
+    // on a shared store, which writes the rows at once (other replicas read them).
+    let row_before_fold = if store.is_shared() { Some(t3) } else { None };
+    assert_eq!(
+        store.agent(a.id).await.unwrap().unwrap().last_seen_at,
+        row_before_fold
+    );
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(last_seen(&stored, a.id), (Some(t3), t3));
+    assert_eq!(last_seen(&stored, b.id), (Some(t2), t2));
+
+    let folded = store.compact_liveness_log().await.unwrap();
+    let expected = if store.is_shared() {
+        LogCompaction::default()
+    } else {
+        LogCompaction {
+            batches: 3,
+            entries: 4,
+            agents: 2,
+        }
+    };
+    assert_eq!(folded, expected);
+    assert_eq!(
+        store.agent(a.id).await.unwrap().unwrap().last_seen_at,
+        Some(t3)
+    );
+    assert_eq!(
+        store.agent(b.id).await.unwrap().unwrap().last_seen_at,
+        Some(t2)
+    );
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(last_seen(&stored, a.id), (Some(t3), t3));
+    assert_eq!(
+        store.compact_liveness_log().await.unwrap(),
+        LogCompaction::default(),
+        "the folded rows are gone"
+    );
+}
+
+async fn a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (a, gone) = (agent(gw, board, "a"), agent(gw, board, "gone"));
+    for x in [&a, &gone] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    let (early, late) = (now().plus_seconds(1), now().plus_seconds(5));
+    store
+        .apply_liveness(&[], &[seen(&a, early), seen(&gone, early)], &[])
+        .await
+        .unwrap();
+    // A later change of more than the times writes the row directly.
+    let write = LivenessWrite {
+        agent_id: a.id,
+        last_seen_at: Some(late),
+        reported_health: Some(ReportedHealth::Degraded),
+        own_token_used: true,
+        updated_at: late,
+        checkin: None,
+    };
+    store.apply_liveness(&[write], &[], &[]).await.unwrap();
+    assert!(store.delete_agent(gone.id, &event(None)).await.unwrap());
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].agent.last_seen_at, Some(late));
+
+    let folded = store.compact_liveness_log().await.unwrap();
+    let expected = if store.is_shared() { (0, 0) } else { (2, 1) };
+    assert_eq!((folded.entries, folded.agents), expected);
+    let row = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(row.last_seen_at, Some(late));
+    assert_eq!(row.updated_at, late);
+    assert_eq!(row.reported_health, Some(ReportedHealth::Degraded));
 }

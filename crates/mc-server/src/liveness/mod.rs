@@ -4,7 +4,12 @@
 //!   lookup in a concurrent map and updates the agent under its own small lock. No
 //!   database round trip, no scan, no global lock held across I/O.
 //! - `last_seen_at` and friends are written behind in batches ([`Engine::flush`]), one
-//!   transaction per batch, at most `write_behind_interval` late.
+//!   transaction per batch, at most `write_behind_interval` late. A heartbeat that changed
+//!   nothing but the agent's times (nearly all of them) is a 32-byte record in the batch's
+//!   one row of the liveness log, whatever the fleet size; the rest update agent rows.
+//!   Every `liveness_log_fold_interval` the log is folded into the rows
+//!   ([`Engine::fold_log`]), each agent once however often it heartbeated; at start the
+//!   store replays what is left of the log over the rows.
 //! - Offline detection is push: each agent with a silence deadline sits once in an
 //!   ordered deadline index; a ticker pops passed deadlines and either reschedules the
 //!   agent (it heartbeated since) or records the transition. Heartbeats never touch the
@@ -77,17 +82,18 @@ impl Engine {
     /// database error the batch is put back and the error returned.
     pub async fn flush(&self) -> Result<(), mc_store::StoreError> {
         let _guard = self.flush_lock.lock().await;
-        let batch = self.registry.take_pending();
+        let batch = self.registry.take_pending(!self.store.is_shared());
         if batch.is_empty() {
             return Ok(());
         }
         match self
             .store
-            .apply_liveness(&batch.writes, &batch.events)
+            .apply_liveness(&batch.writes, &batch.seen, &batch.events)
             .await
         {
             // The store publishes the recorded events on its feed.
             Ok(outcome) => {
+                self.registry.confirm_written(&batch);
                 self.registry.recorded_transitions(&outcome.recorded);
                 let now = Timestamp::now();
                 for (id, stored) in outcome.refused {
@@ -122,6 +128,25 @@ impl Engine {
             None => {
                 self.unknown_tokens.insert(*digest);
                 Ok(None)
+            }
+        }
+    }
+
+    /// Folds the liveness log into the agents' rows; a failure is logged (the log stays
+    /// and the next fold retries: nothing is lost).
+    pub async fn fold_log(&self) {
+        let started = std::time::Instant::now();
+        match self.store.compact_liveness_log().await {
+            Ok(folded) if folded.batches > 0 => tracing::debug!(
+                liveness_log.batches = folded.batches,
+                liveness_log.entries = folded.entries,
+                liveness_log.agents = folded.agents,
+                duration_ms = started.elapsed().as_millis(),
+                "liveness log folded"
+            ),
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(error = %error, "folding the liveness log failed; will retry")
             }
         }
     }
@@ -194,8 +219,13 @@ impl Engine {
         }
     }
 
-    /// Starts the flusher and the deadline ticker.
-    pub fn start(self: &Arc<Self>, write_behind: Duration, tick: Duration) -> EngineTasks {
+    /// Starts the flusher, the deadline ticker and the liveness log fold.
+    pub fn start(
+        self: &Arc<Self>,
+        write_behind: Duration,
+        tick: Duration,
+        fold_every: Duration,
+    ) -> EngineTasks {
         let (stop, stopped) = watch::channel(false);
         let flusher = {
             let engine = Arc::clone(self);
@@ -225,6 +255,22 @@ impl Engine {
                 }
             })
         };
+        let folder = {
+            let engine = Arc::clone(self);
+            let mut stopped = stopped.clone();
+            tokio::spawn(async move {
+                let mut interval =
+                    tokio::time::interval_at(tokio::time::Instant::now() + fold_every, fold_every);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = interval.tick() => {}
+                        _ = stopped.changed() => break,
+                    }
+                    engine.fold_log().await;
+                }
+            })
+        };
         let ticker = {
             let engine = Arc::clone(self);
             let mut stopped = stopped.clone();
@@ -243,7 +289,7 @@ impl Engine {
                 }
             })
         };
-        let mut handles = vec![flusher, ticker];
+        let mut handles = vec![flusher, folder, ticker];
         if self.store.is_shared() {
             let engine = Arc::clone(self);
             let mut stopped = stopped;

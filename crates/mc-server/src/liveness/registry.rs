@@ -11,7 +11,7 @@ use mc_domain::ids::AgentId;
 use mc_domain::liveness::{Checkin, JobInProgress, LivenessFacts};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
-use mc_store::{LivenessEvent, LivenessWrite, StoredAgent, Transition};
+use mc_store::{LivenessEvent, LivenessWrite, SeenWrite, StoredAgent, Transition};
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::Notify;
@@ -35,6 +35,9 @@ struct LiveState {
     token_digest: Option<TokenDigest>,
     /// Queued for the next write-behind batch.
     dirty: bool,
+    /// The row fields as last written: a batch that finds them unchanged writes only the
+    /// heartbeat's times, to the liveness log.
+    written: RowFields,
     /// The deadline under which the agent sits in the deadline index.
     scheduled: Option<Timestamp>,
     removed: bool,
@@ -48,7 +51,26 @@ struct LiveState {
     newest_transition: i64,
 }
 
+/// The liveness fields other than the heartbeat's times, which a heartbeat rarely
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RowFields {
+    reported: Option<ReportedHealth>,
+    published: AgentStatus,
+    own_token_used: bool,
+    checkin: Option<Checkin>,
+}
+
 impl LiveState {
+    fn row_fields(&self) -> RowFields {
+        RowFields {
+            reported: self.reported,
+            published: self.published,
+            own_token_used: self.own_token_used,
+            checkin: self.checkin,
+        }
+    }
+
     fn facts(&self, tolerance_seconds: u32) -> LivenessFacts {
         LivenessFacts {
             last_seen_at: self.last_seen_at,
@@ -122,17 +144,25 @@ pub struct AgentView {
 /// A batch for the write-behind flusher.
 #[derive(Debug, Default)]
 pub struct PendingBatch {
-    /// Liveness fields to write.
+    /// Liveness fields to write to the agents' rows (more than the heartbeat's times
+    /// changed).
     pub writes: Vec<LivenessWrite>,
+    /// Heartbeats that changed only the times, for the liveness log.
+    pub seen: Vec<SeenWrite>,
     /// Events to record, in order (transitions carry their change).
     pub events: Vec<LivenessEvent>,
-    agents: Vec<Arc<LiveAgent>>,
+    /// The agents of `writes`, in the same order.
+    written: Vec<Arc<LiveAgent>>,
+    /// The row fields of `writes` (published status included), in the same order.
+    written_fields: Vec<RowFields>,
+    /// The agents of `seen`, in the same order.
+    seen_agents: Vec<Arc<LiveAgent>>,
 }
 
 impl PendingBatch {
     /// Nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.writes.is_empty() && self.events.is_empty()
+        self.writes.is_empty() && self.seen.is_empty() && self.events.is_empty()
     }
 }
 
@@ -203,7 +233,11 @@ impl Registry {
                 && agent.last_seen_at.is_some())
             .then(|| started_at.plus_seconds(i64::from(agent.heartbeat_config.missing_tolerance)));
             let (live, _) = registry.add(agent, token_digest, grace);
-            live.live.lock().checkin = checkin;
+            {
+                let mut state = live.live.lock();
+                state.checkin = checkin;
+                state.written.checkin = checkin;
+            }
             registry.index_checkin(&live, checkin);
             registry.schedule(&live);
         }
@@ -228,6 +262,12 @@ impl Registry {
         let candidate = Arc::new(LiveAgent {
             id,
             live: Mutex::new(LiveState {
+                written: RowFields {
+                    reported: agent.reported_health,
+                    published: agent.published_status,
+                    own_token_used: agent.own_token_used,
+                    checkin: None,
+                },
                 last_seen_at: agent.last_seen_at,
                 reported: agent.reported_health,
                 updated_at: agent.updated_at,
@@ -840,6 +880,8 @@ impl Registry {
             self.by_token.remove(&old);
         }
         live.own_token_used = false;
+        // The store reset the stored flag with the new digest.
+        live.written.own_token_used = false;
         drop(live);
         self.by_token.insert(digest, Arc::clone(agent));
     }
@@ -915,35 +957,63 @@ impl Registry {
         }
     }
 
-    /// Takes everything waiting to be written.
-    pub fn take_pending(&self) -> PendingBatch {
-        let agents = std::mem::take(&mut *self.dirty.lock());
+    /// Takes everything waiting to be written: with `log_seen`, agents whose heartbeats
+    /// changed only their times go to the liveness log, the rest to their rows (replicas
+    /// sharing a database write every agent to its row: the others read the rows).
+    pub fn take_pending(&self, log_seen: bool) -> PendingBatch {
+        let agents = {
+            let mut dirty = self.dirty.lock();
+            // The next batch is likely as large as this one: no regrowing from empty.
+            let capacity = dirty.len();
+            std::mem::replace(&mut *dirty, Vec::with_capacity(capacity))
+        };
         let events = std::mem::take(&mut *self.events.lock());
-        let writes = agents
-            .iter()
-            .map(|agent| {
-                let mut live = agent.live.lock();
-                live.dirty = false;
-                LivenessWrite {
-                    agent_id: agent.id,
-                    last_seen_at: live.last_seen_at,
-                    reported_health: live.reported,
-                    own_token_used: live.own_token_used,
-                    updated_at: live.updated_at,
-                    checkin: live.checkin,
-                }
-            })
-            .collect();
-        PendingBatch {
-            writes,
+        let mut batch = PendingBatch {
             events,
-            agents,
+            ..PendingBatch::default()
+        };
+        for agent in agents {
+            let mut live = agent.live.lock();
+            live.dirty = false;
+            let fields = live.row_fields();
+            match live.last_seen_at {
+                Some(last_seen_at) if log_seen && fields == live.written => {
+                    batch.seen.push(SeenWrite {
+                        agent_id: agent.id,
+                        last_seen_at,
+                        updated_at: live.updated_at,
+                    });
+                    drop(live);
+                    batch.seen_agents.push(agent);
+                }
+                _ => {
+                    batch.writes.push(LivenessWrite {
+                        agent_id: agent.id,
+                        last_seen_at: live.last_seen_at,
+                        reported_health: fields.reported,
+                        own_token_used: fields.own_token_used,
+                        updated_at: live.updated_at,
+                        checkin: fields.checkin,
+                    });
+                    drop(live);
+                    batch.written.push(agent);
+                    batch.written_fields.push(fields);
+                }
+            }
+        }
+        batch
+    }
+
+    /// Notes that a batch was written: the row fields it wrote are what the rows hold.
+    pub fn confirm_written(&self, batch: &PendingBatch) {
+        for (agent, fields) in batch.written.iter().zip(&batch.written_fields) {
+            agent.live.lock().written = *fields;
         }
     }
 
     /// Puts a batch that could not be written back in front of the queue.
     pub fn restore_pending(&self, batch: PendingBatch) {
-        for agent in &batch.agents {
+        for agent in batch.written.iter().chain(&batch.seen_agents) {
             let mut live = agent.live.lock();
             if !live.removed {
                 self.mark_dirty(agent, &mut live);
@@ -1011,7 +1081,7 @@ mod tests {
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(60)), 0);
         let status = registry.heartbeat(&live, None, t0.plus_seconds(61)).status;
         assert_eq!(status, AgentStatus::Healthy);
-        let batch = registry.take_pending();
+        let batch = registry.take_pending(true);
         assert_eq!(
             event_types(&batch),
             ["agent.healthy", "agent.offline", "agent.healthy"]
@@ -1094,7 +1164,7 @@ mod tests {
         assert!(registry.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
         assert!(!registry.give_up_checkin(&live, "twice", t0.plus_seconds(2)));
         assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Offline);
-        let batch = registry.take_pending();
+        let batch = registry.take_pending(true);
         assert_eq!(event_types(&batch), ["agent.offline"]);
         assert!(
             batch.events[0]
@@ -1103,6 +1173,43 @@ mod tests {
                 .contains("never checked in")
         );
         assert_eq!(batch.writes[0].checkin, Some(Checkin::GaveUp));
+    }
+
+    #[test]
+    fn once_its_row_is_written_a_plain_heartbeat_goes_to_the_log_and_a_change_to_the_row() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        let first = registry.take_pending(true);
+        assert_eq!((first.writes.len(), first.seen.len()), (1, 0));
+        // Not written yet (the batch failed): the row fields are still owed.
+        registry.restore_pending(first);
+        registry.heartbeat(&live, None, t0.plus_seconds(1));
+        let retried = registry.take_pending(true);
+        assert_eq!((retried.writes.len(), retried.seen.len()), (1, 0));
+        registry.confirm_written(&retried);
+
+        registry.heartbeat(&live, None, t0.plus_seconds(2));
+        let plain = registry.take_pending(true);
+        assert!(plain.writes.is_empty());
+        assert_eq!(
+            plain.seen,
+            [SeenWrite {
+                agent_id: live.id(),
+                last_seen_at: t0.plus_seconds(2),
+                updated_at: t0.plus_seconds(2),
+            }]
+        );
+        registry.confirm_written(&plain);
+
+        registry.heartbeat(&live, Some(ReportedHealth::Degraded), t0.plus_seconds(3));
+        let changed = registry.take_pending(true);
+        assert_eq!((changed.writes.len(), changed.seen.len()), (1, 0));
+        assert_eq!(
+            changed.writes[0].reported_health,
+            Some(ReportedHealth::Degraded)
+        );
     }
 
     #[test]
@@ -1131,17 +1238,17 @@ mod tests {
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending();
+        registry.take_pending(true);
         let late = t0.plus_millis(10_001);
         let due = registry.take_due(late);
         assert_eq!(registry.expire(due, late, false), 0);
-        assert!(registry.take_pending().events.is_empty());
+        assert!(registry.take_pending(true).events.is_empty());
         // Still watched: once it leads, the next pass records the transition.
         assert!(registry.take_due(late).is_empty(), "not before the recheck");
         let later = late.plus_millis(FOLLOWER_RECHECK_MS + 1);
         let due = registry.take_due(later);
         assert_eq!(registry.expire(due, later, true), 1);
-        let batch = registry.take_pending();
+        let batch = registry.take_pending(true);
         assert_eq!(event_types(&batch), ["agent.offline"]);
         let transition = batch.events[0].transition.unwrap();
         assert_eq!(
@@ -1157,7 +1264,7 @@ mod tests {
         let live = registry.insert(settings.clone(), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending();
+        registry.take_pending(true);
         let late = t0.plus_millis(10_001);
         let due = registry.take_due(late);
         settings.last_seen_at = Some(t0.plus_seconds(8));
@@ -1182,7 +1289,7 @@ mod tests {
         assert_eq!(live.live.lock().published, AgentStatus::Offline);
         // Already published offline: its deadline passes without another event.
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(12)), 0);
-        assert!(registry.take_pending().events.is_empty());
+        assert!(registry.take_pending(true).events.is_empty());
     }
 
     #[test]
@@ -1191,10 +1298,10 @@ mod tests {
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending();
+        registry.take_pending(true);
         // Another replica had recorded the agent offline: this one saw it heartbeat.
         registry.adopt_published(live.id(), AgentStatus::Offline, t0);
-        let batch = registry.take_pending();
+        let batch = registry.take_pending(true);
         assert_eq!(event_types(&batch), ["agent.healthy"]);
         assert_eq!(
             batch.events[0].transition.map(|t| t.from),

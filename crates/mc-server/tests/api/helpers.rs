@@ -205,6 +205,42 @@ impl TestApp {
         self.start().await;
     }
 
+    /// The agent's `last_seen_at` as a fresh start would read it back from the database
+    /// right now (rows and liveness log), through a second store on the same database:
+    /// what survives if the server dies this instant.
+    pub async fn durable_last_seen(&self, agent_id: &str) -> Option<Timestamp> {
+        let agents = self
+            .second_store()
+            .await
+            .all_agents()
+            .await
+            .expect("the agents load");
+        agents
+            .into_iter()
+            .find(|stored| stored.agent.id.to_string() == agent_id)
+            .and_then(|stored| stored.agent.last_seen_at)
+    }
+
+    /// The agent's `last_seen_at` in its database row alone (without the liveness log
+    /// not folded into it yet).
+    pub async fn row_last_seen(&self, agent_id: &str) -> Option<Timestamp> {
+        let id = agent_id.parse().expect("an agent id");
+        self.second_store()
+            .await
+            .agent(id)
+            .await
+            .expect("the agent reads")
+            .and_then(|agent| agent.last_seen_at)
+    }
+
+    async fn second_store(&self) -> std::sync::Arc<dyn mc_store::Store> {
+        let mut config = ServerConfig::for_data_dir(self.data_dir.path());
+        config.database_url.clone_from(&self.database_url);
+        mc_store::open(&config.effective_database_url(), false)
+            .await
+            .expect("a second store opens on the test database")
+    }
+
     /// A request to `path` (absolute, e.g. `/api/v1/agents`) with the given credentials.
     pub fn request(&self, method: Method, path: &str, auth: Auth<'_>) -> RequestBuilder {
         let builder = self

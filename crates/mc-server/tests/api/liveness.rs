@@ -295,6 +295,68 @@ async fn last_seen_at_survives_a_graceful_restart() {
 }
 
 #[tokio::test]
+async fn a_heartbeat_is_durable_within_the_write_behind_window_without_a_shutdown() {
+    let app = TestApp::spawn_with(|config| {
+        config.write_behind_interval = Duration::from_millis(200);
+    })
+    .await;
+    let board = app.unmanaged_board().await;
+    let agent = app.agent_with_token(&board.board_id).await;
+    // The first heartbeat changes the status (a row write), the later ones only the
+    // times (the liveness log).
+    for _ in 0..3 {
+        let body = expect_json(
+            app.agent_heartbeat(&agent.token, None).await,
+            StatusCode::OK,
+        )
+        .await;
+        let seen = timestamp(&body["last_seen_at"]);
+        let answered = Instant::now();
+        eventually("the heartbeat is durable", || async {
+            app.durable_last_seen(&agent.id).await == Some(seen)
+        })
+        .await;
+        assert!(
+            answered.elapsed() < Duration::from_secs(1),
+            "durable {:?} after the answer",
+            answered.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn logged_heartbeats_are_folded_into_the_rows_and_survive_restarts() {
+    let mut app = TestApp::spawn_with(|config| {
+        config.liveness_log_fold_interval = Duration::from_millis(100);
+    })
+    .await;
+    let board = app.unmanaged_board().await;
+    let agent = app.agent_with_token(&board.board_id).await;
+    app.agent_heartbeat(&agent.token, None).await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let last = expect_json(
+        app.agent_heartbeat(&agent.token, None).await,
+        StatusCode::OK,
+    )
+    .await;
+    let seen = timestamp(&last["last_seen_at"]);
+    eventually("the heartbeat is folded into the agent's row", || async {
+        app.row_last_seen(&agent.id).await == Some(seen)
+    })
+    .await;
+    // Several folds pass: the value stays, none moves it back.
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(app.row_last_seen(&agent.id).await, Some(seen));
+    assert_eq!(app.durable_last_seen(&agent.id).await, Some(seen));
+
+    app.restart().await;
+    let after = app.agent(&agent.id).await;
+    assert_eq!(after["last_seen_at"], last["last_seen_at"]);
+    assert_eq!(after["status"], "healthy");
+}
+
+#[tokio::test]
 async fn agents_tokens_and_enrollments_survive_a_restart() {
     let mut app = TestApp::spawn().await;
     let board = app.unmanaged_board().await;

@@ -17,7 +17,8 @@ use crate::helpers::{TestApp, eventually, expect_json, expect_success, id_of, ti
 /// What a client is told while the database is away.
 const UNAVAILABLE_DETAIL: &str = "the database is unavailable; retry shortly";
 
-/// The agent's `last_seen_at` as stored in the database (not as held in memory).
+/// The agent's `last_seen_at` as stored in its database row (not as held in memory, nor
+/// in the liveness log before it is folded into the row).
 async fn stored_last_seen(database_url: &str, agent_id: &str) -> Option<Timestamp> {
     let mut conn = sqlx::PgConnection::connect(database_url).await.ok()?;
     let millis: Option<i64> = sqlx::query_scalar(
@@ -42,7 +43,11 @@ async fn expect_unavailable(response: reqwest::Response) {
 async fn a_database_outage_is_503_and_the_server_recovers_by_itself_losing_nothing() {
     let pg = TestPostgres::start();
     let database_url = pg.fresh_schema_url().await;
-    let app = TestApp::spawn_on(Some(database_url.clone()), |_| {}).await;
+    let app = TestApp::spawn_on(Some(database_url.clone()), |config| {
+        // The check below reads the agent's row: fold the liveness log into it quickly.
+        config.liveness_log_fold_interval = std::time::Duration::from_millis(100);
+    })
+    .await;
     let board = app.unmanaged_board().await;
     let agent = app.agent_with_token(&board.board_id).await;
     let first = expect_json(

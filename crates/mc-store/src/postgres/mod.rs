@@ -12,7 +12,9 @@
 //!   resumes after id N (SSE `Last-Event-ID`) never misses an event committed later with
 //!   a smaller id.
 //! - Liveness batches are one `UPDATE ... FROM unnest(...)` statement: one round trip for
-//!   any number of agents.
+//!   any number of agents. Heartbeats that changed nothing but the times go straight to
+//!   the rows too (no liveness log, unlike SQLite): other replicas read those rows, the
+//!   leader before it declares an agent offline.
 
 mod feed;
 mod leadership;
@@ -51,8 +53,8 @@ use self::rows::{
 use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
-    LivenessEvent, LivenessOutcome, LivenessWrite, PoolStats, Store, StoreError, StoreResult,
-    StoredAgent, Transition, accepted_events, transition_chains,
+    LivenessEvent, LivenessOutcome, LivenessWrite, LogCompaction, PoolStats, SeenWrite, Store,
+    StoreError, StoreResult, StoredAgent, Transition, accepted_events, transition_chains,
 };
 use mc_domain::liveness::Checkin;
 
@@ -399,6 +401,47 @@ fn verdict_from_row(row: &PgRow) -> StoreResult<Verdict> {
         accepted: row.try_get("accepted").map_err(map_err)?,
         stored: AgentStatus::from_stored(&stored),
     })
+}
+
+/// Writes heartbeats that changed only an agent's times straight to its row, in agent-id
+/// order; `last_seen_at` and `updated_at` never move back. Agents this batch already wrote
+/// or transitioned are left out: a second update of a row in one transaction can deadlock
+/// with a token rotation (see `apply_liveness`), and the registry never puts an agent in
+/// both.
+async fn write_seen(
+    tx: &mut Transaction<'_, Postgres>,
+    seen: &[SeenWrite],
+    written: &HashSet<AgentId>,
+    chains: &[Transition],
+) -> StoreResult<()> {
+    let transitioned: HashSet<AgentId> = chains.iter().map(|c| c.agent_id).collect();
+    let mut rows: Vec<&SeenWrite> = seen
+        .iter()
+        .filter(|s| !written.contains(&s.agent_id) && !transitioned.contains(&s.agent_id))
+        .collect();
+    if rows.is_empty() {
+        return Ok(());
+    }
+    rows.sort_unstable_by_key(|s| s.agent_id);
+    sqlx::query(
+        "UPDATE agent_liveness AS l
+           SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
+               updated_at = GREATEST(l.updated_at, v.updated_at)
+         FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
+              AS v (agent_id, last_seen_at, updated_at)
+         WHERE l.agent_id = v.agent_id",
+    )
+    .bind(
+        rows.iter()
+            .map(|r| r.agent_id.as_uuid())
+            .collect::<Vec<_>>(),
+    )
+    .bind(rows.iter().map(|r| tz(r.last_seen_at)).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| tz(r.updated_at)).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    Ok(())
 }
 
 /// Writes the liveness fields of a batch, and the transition of each written agent that
@@ -1029,6 +1072,7 @@ impl Store for PostgresStore {
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
+        seen: &[SeenWrite],
         events: &[LivenessEvent],
     ) -> StoreResult<LivenessOutcome> {
         let mut tx = self.begin().await?;
@@ -1046,6 +1090,7 @@ impl Store for PostgresStore {
             .copied()
             .collect();
         verdicts.extend(apply_transitions(&mut tx, &unwritten).await?);
+        write_seen(&mut tx, seen, &written, &chains).await?;
         let accepted: HashSet<AgentId> = verdicts
             .iter()
             .filter(|v| v.accepted)
@@ -1126,6 +1171,11 @@ impl Store for PostgresStore {
 
     async fn hold_leadership(&self) -> StoreResult<bool> {
         self.leadership.hold(&self.options).await
+    }
+
+    async fn compact_liveness_log(&self) -> StoreResult<LogCompaction> {
+        // Seen heartbeats are written to the rows at once (see `write_seen`): no log.
+        Ok(LogCompaction::default())
     }
 
     async fn insert_enrollment_token(

@@ -40,8 +40,8 @@ use self::rows::{
 use crate::liveness_columns::{checkin_deadline, checkin_wakes};
 use crate::{
     ActivityFilter, AgentFilter, Constraint, DeliveryAttempt, DueDelivery, EnrollmentSpend,
-    LivenessEvent, LivenessOutcome, LivenessWrite, PoolStats, Store, StoreError, StoreResult,
-    StoredAgent, accepted_events, transition_chains,
+    LivenessEvent, LivenessOutcome, LivenessWrite, LogCompaction, PoolStats, SeenWrite, Store,
+    StoreError, StoreResult, StoredAgent, accepted_events, liveness_log, transition_chains,
 };
 use mc_domain::liveness::Checkin;
 
@@ -197,6 +197,20 @@ impl SqliteStore {
     /// Runs the migrations only (the `migrate` command); `open` already does this.
     pub async fn migrate(url: &str) -> StoreResult<()> {
         Self::open(url, true).await.map(|_| ())
+    }
+
+    /// Every heartbeat in the liveness log, folded to each agent's latest.
+    async fn read_liveness_log(&self) -> StoreResult<liveness_log::Fold> {
+        let rows: Vec<(i64, Vec<u8>)> =
+            sqlx::query_as("SELECT seq, entries FROM agent_liveness_log ORDER BY seq")
+                .fetch_all(&self.reader)
+                .await
+                .map_err(map_err)?;
+        let mut fold = liveness_log::Fold::default();
+        for (seq, blob) in &rows {
+            fold.add(*seq, blob)?;
+        }
+        Ok(fold)
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
@@ -692,13 +706,26 @@ impl Store for SqliteStore {
     }
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
+        // The log is read before the rows: a fold in between only moves heartbeats from
+        // the log into the rows, so none is missed (replaying one twice is harmless).
+        let log = self.read_liveness_log().await?;
         let rows = sqlx::query(&format!(
             "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
         ))
         .fetch_all(&self.reader)
         .await
         .map_err(map_err)?;
-        rows.iter().map(stored_agent_from_row).collect()
+        rows.iter()
+            .map(|row| {
+                let mut stored = stored_agent_from_row(row)?;
+                let agent = &mut stored.agent;
+                if let Some(&(seen, updated)) = log.latest.get(&agent.id) {
+                    agent.last_seen_at = agent.last_seen_at.max(Some(seen));
+                    agent.updated_at = agent.updated_at.max(updated);
+                }
+                Ok(stored)
+            })
+            .collect()
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
@@ -781,9 +808,17 @@ impl Store for SqliteStore {
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
+        seen: &[SeenWrite],
         events: &[LivenessEvent],
     ) -> StoreResult<LivenessOutcome> {
         let mut rtx = self.begin_recording().await?;
+        if !seen.is_empty() {
+            sqlx::query("INSERT INTO agent_liveness_log (entries) VALUES (?)")
+                .bind(liveness_log::encode(seen))
+                .execute(&mut *rtx.tx)
+                .await
+                .map_err(map_err)?;
+        }
         // Many rows per statement: a statement costs a round trip to SQLite's worker
         // thread, and a batch can hold tens of thousands of agents. `last_seen_at` only
         // moves forward and the reported health goes with the newer heartbeat; the
@@ -931,6 +966,50 @@ impl Store for SqliteStore {
     async fn hold_leadership(&self) -> StoreResult<bool> {
         // One process owns an SQLite file: it always leads.
         Ok(true)
+    }
+
+    async fn compact_liveness_log(&self) -> StoreResult<LogCompaction> {
+        let fold = self.read_liveness_log().await?;
+        let Some(&last_seq) = fold.seqs.last() else {
+            return Ok(LogCompaction::default());
+        };
+        let mut agents = 0;
+        let per_transaction =
+            liveness_log::ROWS_PER_STATEMENT * liveness_log::STATEMENTS_PER_TRANSACTION;
+        for rows in fold.sorted().chunks(per_transaction) {
+            let mut tx = self.begin().await?;
+            for chunk in rows.chunks(liveness_log::ROWS_PER_STATEMENT) {
+                let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+                let sql = format!(
+                    "WITH v (id, last_seen_at, updated_at) AS (VALUES {values})
+                     UPDATE agent_liveness
+                       SET last_seen_at = max(coalesce(agent_liveness.last_seen_at,
+                                                       v.last_seen_at), v.last_seen_at),
+                           updated_at = max(agent_liveness.updated_at, v.updated_at)
+                     FROM v WHERE agent_liveness.agent_id = v.id"
+                );
+                let mut query = sqlx::query(&sql);
+                for (id, seen, updated) in chunk {
+                    query = query
+                        .bind(id.to_string())
+                        .bind(ms(*seen))
+                        .bind(ms(*updated));
+                }
+                agents += query
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?
+                    .rows_affected();
+            }
+            tx.commit().await.map_err(map_err)?;
+        }
+        // One writer: every row up to the last one read was committed before the read.
+        sqlx::query("DELETE FROM agent_liveness_log WHERE seq <= ?")
+            .bind(last_seq)
+            .execute(&self.writer)
+            .await
+            .map_err(map_err)?;
+        Ok(fold.outcome(agents))
     }
 
     async fn insert_enrollment_token(
