@@ -107,6 +107,25 @@ impl GatewayGeneration {
         self == Self::V3
     }
 
+    /// How long the config writer keeps a batch open for more agents' entries after the
+    /// first one. Longer on protocol 3, where every patch costs a restart of the gateway.
+    pub fn config_batch_window(self) -> std::time::Duration {
+        match self {
+            Self::V3 => std::time::Duration::from_millis(750),
+            Self::V4 => std::time::Duration::from_millis(150),
+        }
+    }
+
+    /// How many provisioning jobs may run against one gateway at once. Enough to keep the
+    /// gateway (one Node process) busy and the config batches full, few enough that a slow
+    /// gateway is not buried in requests that then time out.
+    pub fn provisioning_concurrency(self) -> usize {
+        match self {
+            Self::V3 => 16,
+            Self::V4 => 16,
+        }
+    }
+
     /// Whether `sessions.delete` refuses `agent:<id>:main` keys; callers treat that refusal
     /// as success because deleting the agent removes its sessions anyway.
     pub fn refuses_main_session_delete(self) -> bool {

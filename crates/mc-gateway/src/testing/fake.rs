@@ -1102,10 +1102,12 @@ fn handle_method(
                 return Err(invalid(format!("invalid config: {}", problems.join("; "))));
             }
             merge_patch(&mut state.config, &patch);
-            let restart = if generation.restarts_after_config_patch() {
-                json!({"ok": true, "signal": "SIGUSR1", "delayMs": 2000, "reason": "config.patch"})
-            } else {
-                Value::Null
+            let restart = match state.options.restart_after_config_patch {
+                // Announces the restart it will really do, as the real one does.
+                Some((after, _)) if generation.restarts_after_config_patch() => {
+                    json!({"ok": true, "signal": "SIGUSR1", "delayMs": after.as_millis(), "reason": "config.patch"})
+                }
+                _ => Value::Null,
             };
             Ok(
                 json!({"ok": true, "path": "/fake/.openclaw/openclaw.json", "config": state.config, "restart": restart, "requiresRestart": generation.restarts_after_config_patch()}),

@@ -5,7 +5,8 @@
 //! (`agents.files.set`; on update USER.md and MEMORY.md are kept when present), wake its
 //! main session (`sessions.patch` + `chat.send`), and last push its workspace and
 //! heartbeat through `config.patch` in the gateway's schema (last, because a protocol 3
-//! gateway restarts after it). Delete: `agents.delete` then `sessions.delete` (an unknown
+//! gateway restarts after it). That push goes through the gateway's config writer, which
+//! folds the entries of every job running at the time into one patch. Delete: `agents.delete` then `sessions.delete` (an unknown
 //! agent or session, and the v4 refusal to delete a main session, count as done).
 //! Every step is idempotent, so a retried job starts over from the first step.
 
@@ -203,11 +204,11 @@ pub async fn upsert(
     let verb = if is_update { "updated" } else { "provisioned" };
     let warning = wake(handle, agent, placement, verb, wake_key).await?;
     handle
-        .apply_agent_config(&[AgentConfigEntry {
+        .write_agent_config(AgentConfigEntry {
             id: id.clone(),
             workspace: placement.workspace_path.clone(),
             heartbeat: heartbeat_of(agent),
-        }])
+        })
         .await?;
     Ok(warning)
 }
