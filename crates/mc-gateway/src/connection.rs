@@ -189,6 +189,9 @@ struct Shared {
     /// Requests hold it shared; a pause for an announced gateway restart holds it
     /// exclusively, so that no request is in flight when the gateway drops its sockets.
     gate: tokio::sync::RwLock<()>,
+    /// Held by each call that rewrites the gateway's config file; see
+    /// [`GatewayHandle::serialize_config_write`].
+    config_writes: tokio::sync::Mutex<()>,
     last_error: RwLock<Option<GatewayError>>,
     /// The last frame no request could be matched to because it was unreadable, and when.
     unreadable: RwLock<Option<(Instant, String)>>,
@@ -295,6 +298,7 @@ impl GatewayHandle {
             status: RwLock::new(GatewayStatus::initial()),
             sessions: watch::Sender::new(0),
             gate: tokio::sync::RwLock::new(()),
+            config_writes: tokio::sync::Mutex::new(()),
             last_error: RwLock::new(None),
             unreadable: RwLock::new(None),
             events,
@@ -340,6 +344,20 @@ impl GatewayHandle {
     /// The default timeout of one request.
     pub fn request_timeout(&self) -> Duration {
         self.request_timeout
+    }
+
+    /// Runs `call`, a request that rewrites the gateway's config file (`agents.create`,
+    /// `agents.update`, `agents.delete`, `config.patch`), while no other such request of
+    /// this client is in flight. OpenClaw reads the config, awaits file work, then writes
+    /// the whole file back, without a lock: two of these in flight at once lose one
+    /// agent's entry (seen on 2026.4.2 as `unknown agent id` right after a successful
+    /// `agents.create`).
+    pub async fn serialize_config_write<T, F>(&self, call: F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let _turn = self.shared.config_writes.lock().await;
+        call.await
     }
 
     /// How many handshakes have succeeded so far (it moves on every reconnect).

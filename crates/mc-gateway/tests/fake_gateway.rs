@@ -798,3 +798,48 @@ async fn requests_wait_out_the_restart_a_v3_config_patch_announces_instead_of_fa
     assert_eq!(fake.handshakes(), 2, "the gateway restarted once");
     assert!(failures.is_empty(), "requests failed: {failures:?}");
 }
+
+#[tokio::test]
+async fn calls_that_rewrite_the_gateway_config_are_sent_one_at_a_time() {
+    let fake = start(GatewayGeneration::V4).await;
+    let handle = connected(&fake).await;
+    fake.delay("agents.create", Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let creates = (0..3).map(|n| {
+        let handle = handle.clone();
+        async move {
+            handle
+                .agents_create(&CreateAgent {
+                    name: format!("mc-{n}"),
+                    workspace: format!("/srv/agents/workspace-mc-{n}"),
+                })
+                .await
+        }
+    });
+    for created in futures::future::join_all(creates).await {
+        created.unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "three 200 ms creates overlapped: {:?}",
+        started.elapsed()
+    );
+    // Reads are not held back by a config write in flight.
+    fake.delay("agents.create", Duration::from_millis(500));
+    let slow = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .agents_create(&CreateAgent {
+                    name: "mc-slow".into(),
+                    workspace: "/srv/agents/workspace-mc-slow".into(),
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let read = std::time::Instant::now();
+    handle.health().await.unwrap();
+    assert!(read.elapsed() < Duration::from_millis(400));
+    slow.await.unwrap().unwrap();
+}
