@@ -135,48 +135,55 @@ fn announced_restart(answer: Option<&Value>) -> Option<Duration> {
 }
 
 /// Writes `entries` in one patch: `config.get`, then `config.patch` with its `baseHash`
-/// when something differs, again from a fresh read when another writer changed the
-/// config in between. Returns whether a patch was sent.
+/// when something differs, both in one config-write turn (so that no `agents.create` of
+/// this client lands in between and turns the hash stale), again from a fresh read when
+/// another client changed the config in between. Returns whether a patch was sent.
 async fn write(handle: &GatewayHandle, entries: &[AgentConfigEntry]) -> Result<bool, GatewayError> {
     let mut attempt = 1;
     loop {
-        let session = handle.session();
-        let snapshot = handle.config_get().await?;
-        let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
-            message: format!("{}: no handshake completed yet", handle.url()),
-        })?;
-        let patch = generation
-            .agent_config_patch(&snapshot.config, entries)
-            .map_err(|e| GatewayError::Rejected {
-                method: "config.get".to_owned(),
-                code: "UNEXPECTED_CONFIG".to_owned(),
-                message: e.to_string(),
-            })?;
-        let Some(patch) = patch else {
-            return Ok(false);
-        };
-        match handle.config_patch(&patch, snapshot.hash.as_deref()).await {
-            Ok(patched) => {
-                if generation.restarts_after_config_patch()
-                    && let Some(delay) = announced_restart(patched.restart.as_ref())
-                {
-                    handle.pause_for_restart(
-                        session,
-                        Instant::now() + delay,
-                        RESTART_LEAD,
-                        RESTART_BOUND,
-                    );
-                }
-                return Ok(true);
-            }
+        match handle
+            .serialize_config_write(read_and_patch(handle, entries))
+            .await
+        {
             Err(error) if error.is_stale_config() && attempt < CONFLICT_ATTEMPTS => {
                 attempt += 1;
                 let pause = rand::rng().random_range(20..=120);
                 tokio::time::sleep(Duration::from_millis(pause)).await;
             }
-            Err(error) => return Err(error),
+            outcome => return outcome,
         }
     }
+}
+
+/// One read of the config and, when something differs, one patch computed from it.
+async fn read_and_patch(
+    handle: &GatewayHandle,
+    entries: &[AgentConfigEntry],
+) -> Result<bool, GatewayError> {
+    let session = handle.session();
+    let snapshot = handle.config_get().await?;
+    let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
+        message: format!("{}: no handshake completed yet", handle.url()),
+    })?;
+    let patch = generation
+        .agent_config_patch(&snapshot.config, entries)
+        .map_err(|e| GatewayError::Rejected {
+            method: "config.get".to_owned(),
+            code: "UNEXPECTED_CONFIG".to_owned(),
+            message: e.to_string(),
+        })?;
+    let Some(patch) = patch else {
+        return Ok(false);
+    };
+    let patched = handle
+        .config_patch_in_turn(&patch, snapshot.hash.as_deref())
+        .await?;
+    if generation.restarts_after_config_patch()
+        && let Some(delay) = announced_restart(patched.restart.as_ref())
+    {
+        handle.pause_for_restart(session, Instant::now() + delay, RESTART_LEAD, RESTART_BOUND);
+    }
+    Ok(true)
 }
 
 impl GatewayHandle {

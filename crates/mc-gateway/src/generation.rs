@@ -121,8 +121,8 @@ impl GatewayGeneration {
     /// gateway is not buried in requests that then time out.
     pub fn provisioning_concurrency(self) -> usize {
         match self {
-            Self::V3 => 16,
-            Self::V4 => 16,
+            Self::V3 => 8,
+            Self::V4 => 8,
         }
     }
 

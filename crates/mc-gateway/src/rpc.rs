@@ -250,12 +250,22 @@ impl GatewayHandle {
         partial: &Value,
         base_hash: Option<&str>,
     ) -> Result<ConfigPatched, GatewayError> {
+        self.serialize_config_write(self.config_patch_in_turn(partial, base_hash))
+            .await
+    }
+
+    /// `config.patch` for a caller that already holds the config-write turn
+    /// ([`GatewayHandle::serialize_config_write`]).
+    pub(crate) async fn config_patch_in_turn(
+        &self,
+        partial: &Value,
+        base_hash: Option<&str>,
+    ) -> Result<ConfigPatched, GatewayError> {
         let params = ConfigPatch {
             raw: partial.to_string(),
             base_hash: base_hash.map(str::to_owned),
         };
-        self.serialize_config_write(self.call("config.patch", &params))
-            .await
+        self.call("config.patch", &params).await
     }
 
     /// Makes sure `agents` have their workspace and heartbeat in the gateway config, in the
