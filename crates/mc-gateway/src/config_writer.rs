@@ -4,8 +4,11 @@
 //! Every config write costs the gateway a reload of its runtime config, and a protocol 3
 //! gateway restarts after every `config.patch` (at most once per 30 s, dropping every
 //! socket). One job per write made both the reloads and the `baseHash` conflicts between
-//! concurrent jobs grow with the fleet. The writer collects the entries submitted while a
-//! short window is open ([`GatewayGeneration::config_batch_window`]), writes them in one
+//! concurrent jobs grow with the fleet; and gateways rate-limit config writes per device
+//! (3 a minute on 2026.4.2, 30 on 2026.9.6), answering "rate limit exceeded" beyond that.
+//! The writer collects the entries submitted while a short window is open
+//! ([`GatewayGeneration::config_batch_window`]), and longer when the gateway's write budget
+//! ([`GatewayGeneration::config_writes_per_minute`]) says to wait, writes them in one
 //! patch (none when the config already says it all), re-reads and retries when the config
 //! changed between read and write, and answers every submitter with the batch's outcome.
 //! After a patch that announced a restart it holds new requests back around the restart
@@ -66,13 +69,23 @@ impl ConfigWriter {
 }
 
 async fn run(handle: WeakGatewayHandle, mut submissions: mpsc::UnboundedReceiver<Submission>) {
-    while let Some(first) = submissions.recv().await {
-        let window = handle
-            .upgrade()
-            .and_then(|h| h.generation())
-            .map_or(Duration::ZERO, GatewayGeneration::config_batch_window);
-        let closes = Instant::now() + window;
-        let mut batch = vec![first];
+    // When the last writes went out (at most a minute's budget of them), and no write
+    // before `next_write_at` (set when the gateway said to wait).
+    let mut recent: std::collections::VecDeque<Instant> = std::collections::VecDeque::new();
+    let mut next_write_at = Instant::now();
+    let mut batch: Vec<Submission> = Vec::new();
+    loop {
+        if batch.is_empty() {
+            match submissions.recv().await {
+                Some(first) => batch.push(first),
+                None => return,
+            }
+        }
+        let generation = handle.upgrade().and_then(|h| h.generation());
+        let window = generation.map_or(Duration::ZERO, GatewayGeneration::config_batch_window);
+        let closes = (Instant::now() + window)
+            .max(next_write_at)
+            .max(budget_allows_at(&mut recent, generation));
         while batch.len() < MAX_BATCH {
             tokio::select! {
                 biased;
@@ -105,10 +118,45 @@ async fn run(handle: WeakGatewayHandle, mut submissions: mpsc::UnboundedReceiver
             duration_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
             "config batch written"
         );
-        for submission in batch {
-            let _ = submission.reply.send(outcome.clone());
+        match outcome {
+            // Over the gateway's budget (another writer used it): the batch stays open
+            // until the gateway takes writes again.
+            Err(error) if error.rate_limit_retry_after().is_some() => {
+                let wait = error.rate_limit_retry_after().unwrap_or_default();
+                next_write_at = Instant::now() + wait + Duration::from_millis(250);
+            }
+            outcome => {
+                if !matches!(outcome, Ok(false)) {
+                    recent.push_back(Instant::now());
+                }
+                for submission in batch.drain(..) {
+                    let _ = submission.reply.send(outcome.clone());
+                }
+            }
         }
     }
+}
+
+/// The gateway counts config writes per device over a minute.
+const BUDGET_WINDOW: Duration = Duration::from_secs(60);
+
+/// When the next write fits the gateway's budget, given the writes sent in the last minute
+/// (`recent`, oldest first; older ones are forgotten).
+fn budget_allows_at(
+    recent: &mut std::collections::VecDeque<Instant>,
+    generation: Option<GatewayGeneration>,
+) -> Instant {
+    let now = Instant::now();
+    while recent.front().is_some_and(|at| *at + BUDGET_WINDOW <= now) {
+        recent.pop_front();
+    }
+    let budget = generation.map_or(usize::MAX, |g| {
+        usize::try_from(g.config_writes_per_minute()).unwrap_or(usize::MAX)
+    });
+    if recent.len() < budget.max(1) {
+        return now;
+    }
+    recent[recent.len() - budget.max(1)] + BUDGET_WINDOW
 }
 
 /// The entries of a batch, the last one submitted per agent id, in first-seen order.
@@ -193,11 +241,9 @@ impl GatewayHandle {
     /// retry that finds the entry in place writes nothing.
     pub async fn write_agent_config(&self, entry: AgentConfigEntry) -> Result<bool, GatewayError> {
         let outcome = self.config_writer().submit(entry);
-        // A batch makes up to CONFLICT_ATTEMPTS round trips of two requests each.
-        let limit = self.request_timeout() * 2 * CONFLICT_ATTEMPTS
-            + self
-                .generation()
-                .map_or(Duration::ZERO, GatewayGeneration::config_batch_window);
+        // A batch may wait for the gateway's write budget (a minute at most), then makes up
+        // to CONFLICT_ATTEMPTS round trips of two requests each.
+        let limit = self.request_timeout() * 2 * CONFLICT_ATTEMPTS + Duration::from_secs(120);
         match tokio::time::timeout(limit, outcome).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(GatewayError::Transient {
@@ -226,6 +272,7 @@ mod tests {
         AgentConfigEntry {
             id: id.to_owned(),
             workspace: format!("/ws/{id}"),
+            name: None,
             heartbeat: HeartbeatSettings {
                 every: every.to_owned(),
                 target: "last".to_owned(),
@@ -249,6 +296,23 @@ mod tests {
         ];
         let entries = latest_per_agent(&batch);
         assert_eq!(entries, vec![entry("a", "5m"), entry("b", "1m")]);
+    }
+
+    #[tokio::test]
+    async fn a_write_over_the_minutes_budget_waits_for_the_oldest_to_age_out() {
+        let mut recent = std::collections::VecDeque::new();
+        let v3 = Some(GatewayGeneration::V3);
+        let now = Instant::now();
+        assert!(budget_allows_at(&mut recent, v3) <= Instant::now());
+        recent.extend([now, now, now]);
+        let allowed = budget_allows_at(&mut recent, v3);
+        assert!(allowed >= now + Duration::from_secs(59), "3 a minute on v3");
+        // 30 a minute on v4: three recent writes leave room.
+        assert!(budget_allows_at(&mut recent, Some(GatewayGeneration::V4)) <= Instant::now());
+        // Writes older than a minute no longer count.
+        let mut old = std::collections::VecDeque::from([now - Duration::from_secs(61); 3]);
+        assert!(budget_allows_at(&mut old, v3) <= Instant::now());
+        assert!(old.is_empty());
     }
 
     #[test]

@@ -78,6 +78,7 @@ fn worker(id: &str) -> AgentConfigEntry {
     AgentConfigEntry {
         id: id.to_owned(),
         workspace: format!("/srv/agents/workspace-{id}"),
+        name: None,
         heartbeat: HeartbeatSettings {
             every: "10m".into(),
             target: "last".into(),

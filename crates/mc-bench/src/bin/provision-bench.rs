@@ -5,6 +5,9 @@
 //! `scripts/openclaw-gateway install`), starts the server in-process on a fresh SQLite data
 //! directory, registers the gateway as managed, creates the agents through
 //! `POST /api/v1/agents` at once, and waits until every agent's provisioning job has ended.
+//! As each job ends it checks in on the agent's behalf (`POST /api/v1/agents/{id}/heartbeat`
+//! as the admin): without a model provider a woken agent never heartbeats, and its re-wakes
+//! would load the gateway while the others are still being provisioned.
 //! It reports the wall time, the per-agent time from creation to a finished job, the job
 //! attempts and the failures.
 //!
@@ -277,6 +280,15 @@ async fn wait_settled(
             if let Some(job) =
                 newest.filter(|job| job["state"] != "pending" && job["state"] != "running")
             {
+                // Without a model provider the woken agent never heartbeats; check in on
+                // its behalf, as a running agent would, so that no re-wake loads the
+                // gateway while the others are still being provisioned.
+                api.send(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/agents/{id}/heartbeat"),
+                    Some(json!({"status": "healthy"})),
+                )
+                .await?;
                 *slot = Some(job);
             }
         }

@@ -339,7 +339,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         .gateways
         .get(gateway.id)
         .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
-    let _slot = state
+    let slot = state
         .provisioner
         .gateway_slot(gateway.id, handle.generation())
         .await;
@@ -348,6 +348,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
             return Ok(Done::default());
         };
         plan::remove(&handle, id, key).await?;
+        drop(slot);
         return Ok(Done::default());
     }
     let Some(live) = state.registry.get(job.agent_id) else {
@@ -395,6 +396,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         &context,
         job.action == ProvisionAction::Update,
         &format!("mc-provision-{}", job.id),
+        slot,
     )
     .await?;
     Ok(Done {
