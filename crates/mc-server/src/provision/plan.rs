@@ -165,6 +165,10 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
 /// Puts `agent` on the gateway with its files, wakes it and pushes its heartbeat config.
 /// `slot` (the job's share of the gateway) is given back before the config write, which
 /// waits for its batch. Returns a warning when the agent is in place but could not start when woken.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one input of the job; bundling them would only rename them"
+)]
 pub async fn upsert(
     handle: &GatewayHandle,
     templates: &Templates,
