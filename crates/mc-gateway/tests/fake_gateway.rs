@@ -844,3 +844,29 @@ async fn calls_that_rewrite_the_gateway_config_are_sent_one_at_a_time() {
     assert!(read.elapsed() < Duration::from_millis(400));
     slow.await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn a_config_write_refused_for_the_gateways_rate_limit_waits_and_goes_out_later() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.restart_after_config_patch = None;
+    options.config_write_limit = Some((1, Duration::from_secs(2)));
+    let fake = FakeGateway::start(options).await;
+    let handle = connected(&fake).await;
+    // Another client of the same device spends the budget.
+    let snapshot = handle.config_get().await.unwrap();
+    handle
+        .config_patch(
+            &json!({"tools": {"exec": {"host": "gateway"}}}),
+            snapshot.hash.as_deref(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(handle.write_agent_config(worker("mc-1")).await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "written only once the gateway's window had passed: {:?}",
+        started.elapsed()
+    );
+    assert!(fake.config()["agents"]["entries"]["mc-1"].is_object());
+}
