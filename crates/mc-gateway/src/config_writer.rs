@@ -32,8 +32,9 @@ const MAX_BATCH: usize = 500;
 /// How often a batch re-reads the config after a `baseHash` conflict before giving up.
 const CONFLICT_ATTEMPTS: u32 = 8;
 
-/// How long before an announced restart new requests are held back.
-const RESTART_LEAD: Duration = Duration::from_millis(1500);
+/// How long before an announced restart new requests are held back: long enough for the
+/// requests in flight to finish first (a busy gateway takes seconds per file write).
+const RESTART_LEAD: Duration = Duration::from_secs(5);
 
 /// How long after its announced time a restart may take (the gateway waits for running
 /// agent turns, then starts up again) before held requests are let through anyway.

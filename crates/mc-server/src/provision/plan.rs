@@ -211,9 +211,8 @@ pub async fn upsert(
         .files;
     let rendered = templates.render_files(agent, generation, context)?;
     for file in files_to_write(generation, rendered, &existing, is_update) {
-        handle
-            .agents_files_set(id, file.name, &file.content)
-            .await?;
+        // The first write can still meet the lag before a fresh agent is visible.
+        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content)).await?;
     }
     let verb = if is_update { "updated" } else { "provisioned" };
     let warning = wake(handle, agent, placement, verb, wake_key).await?;
