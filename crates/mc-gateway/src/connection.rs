@@ -184,6 +184,14 @@ impl GatewayStatus {
 /// State the connection task writes and handles read.
 struct Shared {
     status: RwLock<GatewayStatus>,
+    /// Counts successful handshakes: it moves when the gateway came back after a restart.
+    sessions: watch::Sender<u64>,
+    /// Requests hold it shared; a pause for an announced gateway restart holds it
+    /// exclusively, so that no request is in flight when the gateway drops its sockets.
+    gate: tokio::sync::RwLock<()>,
+    /// Held by each call that rewrites the gateway's config file; see
+    /// [`GatewayHandle::serialize_config_write`].
+    config_writes: tokio::sync::Mutex<()>,
     last_error: RwLock<Option<GatewayError>>,
     /// The last frame no request could be matched to because it was unreadable, and when.
     unreadable: RwLock<Option<(Instant, String)>>,
@@ -231,6 +239,8 @@ struct Command {
 struct HandleInner {
     commands: mpsc::UnboundedSender<Command>,
     _stop: watch::Sender<()>,
+    /// The batching config writer, started on first use.
+    config_writer: std::sync::OnceLock<crate::config_writer::ConfigWriter>,
 }
 
 /// A cheap, cloneable handle on one gateway's connection task.
@@ -250,6 +260,33 @@ impl std::fmt::Debug for GatewayHandle {
     }
 }
 
+/// A [`GatewayHandle`] that does not keep the connection task alive (held by the
+/// handle's own background tasks).
+#[derive(Clone)]
+pub(crate) struct WeakGatewayHandle {
+    inner: std::sync::Weak<HandleInner>,
+    shared: Arc<Shared>,
+    request_timeout: Duration,
+    display_url: Arc<str>,
+}
+
+impl WeakGatewayHandle {
+    /// The handle, while any other handle is alive.
+    pub(crate) fn upgrade(&self) -> Option<GatewayHandle> {
+        Some(GatewayHandle {
+            inner: self.inner.upgrade()?,
+            shared: self.shared.clone(),
+            request_timeout: self.request_timeout,
+            display_url: self.display_url.clone(),
+        })
+    }
+}
+
+/// Runs `future` until `deadline`; true when it finished in time.
+async fn timeout_at_instant<F: std::future::Future>(deadline: Instant, future: F) -> bool {
+    tokio::time::timeout_at(deadline, future).await.is_ok()
+}
+
 impl GatewayHandle {
     /// Starts the connection task for `config` (must be called inside a tokio runtime).
     /// Returns at once; the task connects in the background and keeps reconnecting.
@@ -259,6 +296,9 @@ impl GatewayHandle {
         let (events, _) = broadcast::channel(256);
         let shared = Arc::new(Shared {
             status: RwLock::new(GatewayStatus::initial()),
+            sessions: watch::Sender::new(0),
+            gate: tokio::sync::RwLock::new(()),
+            config_writes: tokio::sync::Mutex::new(()),
             last_error: RwLock::new(None),
             unreadable: RwLock::new(None),
             events,
@@ -267,6 +307,7 @@ impl GatewayHandle {
             inner: Arc::new(HandleInner {
                 commands,
                 _stop: stop,
+                config_writer: std::sync::OnceLock::new(),
             }),
             shared: shared.clone(),
             request_timeout: config.request_timeout,
@@ -300,6 +341,77 @@ impl GatewayHandle {
         &self.display_url
     }
 
+    /// The default timeout of one request.
+    pub fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
+    /// Runs `call`, a request that rewrites the gateway's config file (`agents.create`,
+    /// `agents.update`, `agents.delete`, `config.patch`), while no other such request of
+    /// this client is in flight. OpenClaw reads the config, awaits file work, then writes
+    /// the whole file back, without a lock: two of these in flight at once lose one
+    /// agent's entry (seen on 2026.4.2 as `unknown agent id` right after a successful
+    /// `agents.create`).
+    pub async fn serialize_config_write<T, F>(&self, call: F) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let _turn = self.shared.config_writes.lock().await;
+        call.await
+    }
+
+    /// How many handshakes have succeeded so far (it moves on every reconnect).
+    pub fn session(&self) -> u64 {
+        *self.shared.sessions.borrow()
+    }
+
+    /// The batching config writer of this gateway (started on first use).
+    pub(crate) fn config_writer(&self) -> &crate::config_writer::ConfigWriter {
+        self.inner
+            .config_writer
+            .get_or_init(|| crate::config_writer::ConfigWriter::start(self.downgrade()))
+    }
+
+    /// A handle that does not keep the connection alive.
+    fn downgrade(&self) -> WeakGatewayHandle {
+        WeakGatewayHandle {
+            inner: Arc::downgrade(&self.inner),
+            shared: self.shared.clone(),
+            request_timeout: self.request_timeout,
+            display_url: self.display_url.clone(),
+        }
+    }
+
+    /// Holds every new request back around a restart the gateway announced for `due`:
+    /// from `lead` before it until the gateway has dropped the session that was current
+    /// when the restart was announced (`session`) and a new handshake succeeded, or at most
+    /// until `bound` after `due`. Requests already in flight finish first. Nothing happens
+    /// when the gateway has reconnected since `session` already.
+    pub fn pause_for_restart(&self, session: u64, due: Instant, lead: Duration, bound: Duration) {
+        let shared = self.shared.clone();
+        let url = self.display_url.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep_until(due.checked_sub(lead).unwrap_or(due)).await;
+            let mut sessions = shared.sessions.subscribe();
+            if *sessions.borrow_and_update() != session {
+                return;
+            }
+            let paused_at = Instant::now();
+            let _closed = shared.gate.write().await;
+            let back = timeout_at_instant(
+                due + bound,
+                sessions.wait_for(|current| *current != session),
+            )
+            .await;
+            tracing::debug!(
+                gateway.url = %url,
+                back = back,
+                paused_ms = u64::try_from(paused_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "requests held back across an announced gateway restart"
+            );
+        });
+    }
+
     /// Events the gateway pushes (ticks, chat, presence), for whoever listens.
     pub fn subscribe_events(&self) -> broadcast::Receiver<EventFrame> {
         self.shared.events.subscribe()
@@ -331,6 +443,17 @@ impl GatewayHandle {
         params: Value,
         limit: Duration,
     ) -> Result<Value, GatewayError> {
+        let sent_at = Instant::now();
+        let Ok(_open) = timeout(limit, self.shared.gate.read()).await else {
+            return Err(GatewayError::Transient {
+                message: format!(
+                    "{method} timed out after {} ms waiting for {} to restart",
+                    limit.as_millis(),
+                    self.display_url
+                ),
+            });
+        };
+        let limit = limit.saturating_sub(sent_at.elapsed());
         let (reply, result) = oneshot::channel();
         let command = Command {
             method: method.to_owned(),
@@ -345,7 +468,25 @@ impl GatewayHandle {
                 ),
             });
         }
-        let sent_at = Instant::now();
+        let outcome = self.await_reply(method, result, limit, sent_at).await;
+        tracing::debug!(
+            gateway.url = %self.display_url,
+            rpc.method = method,
+            rpc.ok = outcome.is_ok(),
+            duration_ms = u64::try_from(sent_at.elapsed().as_millis()).unwrap_or(u64::MAX),
+            "gateway rpc"
+        );
+        outcome
+    }
+
+    /// Waits for the reply to a request sent at `sent_at`.
+    async fn await_reply(
+        &self,
+        method: &str,
+        result: oneshot::Receiver<Result<Value, GatewayError>>,
+        limit: Duration,
+        sent_at: Instant,
+    ) -> Result<Value, GatewayError> {
         match timeout(limit, result).await {
             Ok(Ok(outcome)) => outcome,
             Ok(Err(_)) => Err(GatewayError::Transient {
@@ -502,6 +643,7 @@ impl ConnectionTask {
             status.last_contact_at = Some(Timestamp::now());
         }
         *self.shared.last_error.write() = None;
+        self.shared.sessions.send_modify(|n| *n += 1);
     }
 
     async fn serve(&mut self, socket: Socket) -> SessionEnd {

@@ -315,6 +315,24 @@ impl GatewayError {
             .is_some_and(|m| m.contains("config changed since last load"))
     }
 
+    /// When the gateway refused a config write for its rate limit ("rate limit exceeded
+    /// for config.patch; retry after 43s"): how long it asked to wait.
+    pub fn rate_limit_retry_after(&self) -> Option<std::time::Duration> {
+        let Self::Transient { message } = self else {
+            return None;
+        };
+        let message = message.to_lowercase();
+        let (_, rest) = message.split_once("rate limit exceeded")?;
+        let seconds = rest
+            .split_once("retry after ")
+            .and_then(|(_, after)| {
+                let digits: String = after.chars().take_while(char::is_ascii_digit).collect();
+                digits.parse::<u64>().ok()
+            })
+            .unwrap_or(60);
+        Some(std::time::Duration::from_secs(seconds))
+    }
+
     /// The gateway refused to delete an agent's main session (2026.9.6 and later).
     pub fn is_main_session_delete_refused(&self) -> bool {
         self.gateway_message()

@@ -47,6 +47,8 @@ pub struct AgentConfigEntry {
     pub id: String,
     /// Its absolute workspace path.
     pub workspace: String,
+    /// Its display name, when the config should set it (instead of an `agents.update`).
+    pub name: Option<String>,
     /// Its heartbeat settings.
     pub heartbeat: HeartbeatSettings,
 }
@@ -105,6 +107,34 @@ impl GatewayGeneration {
     /// every connection.
     pub fn restarts_after_config_patch(self) -> bool {
         self == Self::V3
+    }
+
+    /// How long the config writer keeps a batch open for more agents' entries after the
+    /// first one. Longer on protocol 3, where every patch costs a restart of the gateway.
+    pub fn config_batch_window(self) -> std::time::Duration {
+        match self {
+            Self::V3 => std::time::Duration::from_millis(1500),
+            Self::V4 => std::time::Duration::from_millis(150),
+        }
+    }
+
+    /// How many config writes (`config.patch`) the gateway accepts from one device per
+    /// minute before it answers "rate limit exceeded": 3 on 2026.4.2, 30 on 2026.9.6.
+    pub fn config_writes_per_minute(self) -> u32 {
+        match self {
+            Self::V3 => 3,
+            Self::V4 => 30,
+        }
+    }
+
+    /// How many provisioning jobs may run against one gateway at once. Enough to keep the
+    /// gateway (one Node process) busy and the config batches full, few enough that a slow
+    /// gateway is not buried in requests that then time out.
+    pub fn provisioning_concurrency(self) -> usize {
+        match self {
+            Self::V3 => 8,
+            Self::V4 => 8,
+        }
     }
 
     /// Whether `sessions.delete` refuses `agent:<id>:main` keys; callers treat that refusal
@@ -175,11 +205,20 @@ impl GatewayGeneration {
                     {
                         Some(entry) => {
                             entry["workspace"] = json!(agent.workspace);
+                            if let Some(name) = &agent.name {
+                                entry["name"] = json!(name);
+                            }
                             merge_missing_or_set(entry, "heartbeat", &wanted);
                         }
-                        None => new_list.push(json!({
-                            "id": agent.id, "workspace": agent.workspace, "heartbeat": wanted,
-                        })),
+                        None => {
+                            let mut entry = json!({
+                                "id": agent.id, "workspace": agent.workspace, "heartbeat": wanted,
+                            });
+                            if let Some(name) = &agent.name {
+                                entry["name"] = json!(name);
+                            }
+                            new_list.push(entry);
+                        }
                     }
                 }
                 if new_list != list {
@@ -199,13 +238,17 @@ impl GatewayGeneration {
                 };
                 let mut changed = Map::new();
                 for agent in agents {
-                    let wanted = json!({
+                    let mut wanted = json!({
                         "workspace": agent.workspace,
                         "heartbeat": {"every": agent.heartbeat.every, "target": agent.heartbeat.target},
                     });
+                    if let Some(name) = &agent.name {
+                        wanted["name"] = json!(name);
+                    }
                     let current_entry = entries.get(&agent.id);
                     let up_to_date = current_entry.is_some_and(|e| {
                         e.get("workspace") == wanted.get("workspace")
+                            && (agent.name.is_none() || e.get("name") == wanted.get("name"))
                             && e.pointer("/heartbeat/every") == wanted.pointer("/heartbeat/every")
                             && e.pointer("/heartbeat/target") == wanted.pointer("/heartbeat/target")
                     });
@@ -265,6 +308,7 @@ mod tests {
         AgentConfigEntry {
             id: id.to_owned(),
             workspace: format!("/ws/workspace-{id}"),
+            name: None,
             heartbeat: HeartbeatSettings {
                 every: "10m".into(),
                 target: "last".into(),
@@ -346,6 +390,42 @@ mod tests {
                     .unwrap(),
                 None,
                 "{generation:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_display_name_in_an_entry_is_written_and_compared_on_both_generations() {
+        for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+            let named = AgentConfigEntry {
+                name: Some("Ada".into()),
+                ..worker("mc-1")
+            };
+            let first = generation
+                .agent_config_patch(&json!({}), std::slice::from_ref(&named))
+                .unwrap()
+                .unwrap();
+            let written = match generation {
+                GatewayGeneration::V3 => first["agents"]["list"][0]["name"].clone(),
+                GatewayGeneration::V4 => first["agents"]["entries"]["mc-1"]["name"].clone(),
+            };
+            assert_eq!(written, "Ada", "{generation:?}");
+            assert_eq!(
+                generation
+                    .agent_config_patch(&first, std::slice::from_ref(&named))
+                    .unwrap(),
+                None
+            );
+            let renamed = AgentConfigEntry {
+                name: Some("Grace".into()),
+                ..worker("mc-1")
+            };
+            assert!(
+                generation
+                    .agent_config_patch(&first, &[renamed])
+                    .unwrap()
+                    .is_some(),
+                "{generation:?}: a new name is a change"
             );
         }
     }

@@ -3,6 +3,8 @@
 //! - [`identity`]: the Ed25519 device identity, created once in the data directory.
 //! - [`connection`]: one long-lived, self-reconnecting WebSocket per gateway
 //!   ([`GatewayHandle`]) and its [`GatewayStatus`].
+//! - `config_writer`: batches many agents' config entries into one `config.patch`
+//!   ([`GatewayHandle::write_agent_config`]).
 //! - [`rpc`]: typed calls (`health`, `config.*`, `agents.*`, `sessions.*`, `chat.send`).
 //! - [`generation`]: every difference between protocol 3 and protocol 4 gateways.
 //! - [`error`]: [`GatewayError`], classified by what the operator should do.
@@ -10,6 +12,7 @@
 //! - `testing` (feature `test-support`): a protocol-faithful fake gateway and a launcher for
 //!   real OpenClaw gateways.
 
+mod config_writer;
 pub mod connection;
 pub mod error;
 pub mod generation;

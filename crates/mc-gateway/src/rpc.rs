@@ -250,6 +250,17 @@ impl GatewayHandle {
         partial: &Value,
         base_hash: Option<&str>,
     ) -> Result<ConfigPatched, GatewayError> {
+        self.serialize_config_write(self.config_patch_in_turn(partial, base_hash))
+            .await
+    }
+
+    /// `config.patch` for a caller that already holds the config-write turn
+    /// ([`GatewayHandle::serialize_config_write`]).
+    pub(crate) async fn config_patch_in_turn(
+        &self,
+        partial: &Value,
+        base_hash: Option<&str>,
+    ) -> Result<ConfigPatched, GatewayError> {
         let params = ConfigPatch {
             raw: partial.to_string(),
             base_hash: base_hash.map(str::to_owned),
@@ -294,25 +305,25 @@ impl GatewayHandle {
         })
     }
 
-    /// `agents.create`.
+    /// `agents.create` (one config write at a time, like every call that rewrites the
+    /// config: [`GatewayHandle::serialize_config_write`]).
     pub async fn agents_create(&self, params: &CreateAgent) -> Result<AgentCreated, GatewayError> {
-        self.call("agents.create", params).await
+        self.serialize_config_write(self.call("agents.create", params))
+            .await
     }
 
     /// `agents.update`.
     pub async fn agents_update(&self, params: &UpdateAgent) -> Result<(), GatewayError> {
-        self.call::<_, Value>("agents.update", params)
+        self.serialize_config_write(self.call::<_, Value>("agents.update", params))
             .await
             .map(drop)
     }
 
     /// `agents.delete`, removing the agent's files too.
     pub async fn agents_delete(&self, agent_id: &str) -> Result<AgentDeleted, GatewayError> {
-        self.call(
-            "agents.delete",
-            &serde_json::json!({"agentId": agent_id, "deleteFiles": true}),
-        )
-        .await
+        let params = serde_json::json!({"agentId": agent_id, "deleteFiles": true});
+        self.serialize_config_write(self.call("agents.delete", &params))
+            .await
     }
 
     /// `agents.files.list`.

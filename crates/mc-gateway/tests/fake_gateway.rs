@@ -78,6 +78,7 @@ fn worker(id: &str) -> AgentConfigEntry {
     AgentConfigEntry {
         id: id.to_owned(),
         workspace: format!("/srv/agents/workspace-{id}"),
+        name: None,
         heartbeat: HeartbeatSettings {
             every: "10m".into(),
             target: "last".into(),
@@ -710,4 +711,162 @@ async fn an_answer_that_is_not_json_is_named_when_the_request_times_out_and_in_t
             .is_some_and(|e| e.contains("unreadable frame")),
         "{status:?}"
     );
+}
+
+#[tokio::test]
+async fn config_writes_submitted_together_go_out_as_one_patch() {
+    for generation in BOTH {
+        let mut options = FakeGatewayOptions::new(generation);
+        options.restart_after_config_patch = None;
+        let fake = FakeGateway::start(options).await;
+        let handle = connected(&fake).await;
+        let writes = (0..12).map(|n| handle.write_agent_config(worker(&format!("mc-{n}"))));
+        for outcome in futures::future::join_all(writes).await {
+            assert!(outcome.unwrap(), "{generation:?}: the batch sent a patch");
+        }
+        assert_eq!(fake.calls_to("config.patch").len(), 1, "{generation:?}");
+        let ids = generation.configured_agent_ids(&fake.config());
+        assert_eq!(ids.len(), 12, "{generation:?}: {ids:?}");
+
+        // The same entries again: the config already says it all, so nothing is written.
+        assert!(!handle.write_agent_config(worker("mc-3")).await.unwrap());
+        assert_eq!(fake.calls_to("config.patch").len(), 1, "{generation:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_config_write_rereads_and_retries_when_another_writer_changed_the_config() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.restart_after_config_patch = None;
+    let fake = FakeGateway::start(options).await;
+    let handle = connected(&fake).await;
+    let other = connected(&fake).await;
+    // config.get answers late, so another client's write lands between read and patch.
+    fake.delay("config.get", Duration::from_millis(300));
+    let write = tokio::spawn({
+        let handle = handle.clone();
+        async move { handle.write_agent_config(worker("mc-1")).await }
+    });
+    // The write's batch window is 150 ms; its config.get is read then and answered 300 ms
+    // later.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    other
+        .agents_create(&CreateAgent {
+            name: "someone-else".into(),
+            workspace: "/srv/agents/workspace-someone-else".into(),
+        })
+        .await
+        .unwrap();
+    assert!(write.await.unwrap().unwrap());
+    assert_eq!(
+        fake.calls_to("config.patch").len(),
+        2,
+        "the first patch met a changed config, the second one was written"
+    );
+    let config = fake.config();
+    assert!(config["agents"]["entries"]["mc-1"]["heartbeat"].is_object());
+    assert!(config["agents"]["entries"]["someone-else"].is_object());
+}
+
+#[tokio::test]
+async fn requests_wait_out_the_restart_a_v3_config_patch_announces_instead_of_failing() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V3);
+    options.restart_after_config_patch =
+        Some((Duration::from_millis(300), Duration::from_millis(400)));
+    let fake = FakeGateway::start(options).await;
+    let handle = connected(&fake).await;
+    // Slow answers: without the pause some request is always in flight when it restarts.
+    fake.delay("health", Duration::from_millis(80));
+    assert!(handle.write_agent_config(worker("mc-1")).await.unwrap());
+    let busy = (0..4).map(|_| {
+        let handle = handle.clone();
+        async move {
+            let mut failures = Vec::new();
+            let started = std::time::Instant::now();
+            while started.elapsed() < Duration::from_millis(1500) {
+                if let Err(error) = handle.health().await {
+                    failures.push(error.to_string());
+                }
+            }
+            failures
+        }
+    });
+    let failures: Vec<String> = futures::future::join_all(busy)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(fake.handshakes(), 2, "the gateway restarted once");
+    assert!(failures.is_empty(), "requests failed: {failures:?}");
+}
+
+#[tokio::test]
+async fn calls_that_rewrite_the_gateway_config_are_sent_one_at_a_time() {
+    let fake = start(GatewayGeneration::V4).await;
+    let handle = connected(&fake).await;
+    fake.delay("agents.create", Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let creates = (0..3).map(|n| {
+        let handle = handle.clone();
+        async move {
+            handle
+                .agents_create(&CreateAgent {
+                    name: format!("mc-{n}"),
+                    workspace: format!("/srv/agents/workspace-mc-{n}"),
+                })
+                .await
+        }
+    });
+    for created in futures::future::join_all(creates).await {
+        created.unwrap();
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(600),
+        "three 200 ms creates overlapped: {:?}",
+        started.elapsed()
+    );
+    // Reads are not held back by a config write in flight.
+    fake.delay("agents.create", Duration::from_millis(500));
+    let slow = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            handle
+                .agents_create(&CreateAgent {
+                    name: "mc-slow".into(),
+                    workspace: "/srv/agents/workspace-mc-slow".into(),
+                })
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let read = std::time::Instant::now();
+    handle.health().await.unwrap();
+    assert!(read.elapsed() < Duration::from_millis(400));
+    slow.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn a_config_write_refused_for_the_gateways_rate_limit_waits_and_goes_out_later() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.restart_after_config_patch = None;
+    options.config_write_limit = Some((1, Duration::from_secs(2)));
+    let fake = FakeGateway::start(options).await;
+    let handle = connected(&fake).await;
+    // Another client of the same device spends the budget.
+    let snapshot = handle.config_get().await.unwrap();
+    handle
+        .config_patch(
+            &json!({"tools": {"exec": {"host": "gateway"}}}),
+            snapshot.hash.as_deref(),
+        )
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert!(handle.write_agent_config(worker("mc-1")).await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "written only once the gateway's window had passed: {:?}",
+        started.elapsed()
+    );
+    assert!(fake.config()["agents"]["entries"]["mc-1"].is_object());
 }

@@ -142,6 +142,7 @@ async fn exercise(version: &str, generation: GatewayGeneration) {
     let entry = AgentConfigEntry {
         id: agent_id.clone(),
         workspace: workspace.clone(),
+        name: None,
         heartbeat: HeartbeatSettings {
             every: "10m".into(),
             target: "last".into(),

@@ -487,6 +487,20 @@ pub trait Store: Send + Sync + 'static {
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>>;
     /// Replaces an agent's settings (not its liveness fields) and records `event`.
     async fn update_agent(&self, agent: &Agent, event: &NewActivity) -> StoreResult<()>;
+    /// Like [`Store::update_agent`], queueing `job` (the update job that puts the new
+    /// settings on the gateway) in the same transaction; returns the job's id, or `None`
+    /// (and writes nothing) when the agent does not exist.
+    async fn update_agent_with_job(
+        &self,
+        agent: &Agent,
+        event: &NewActivity,
+        job: &NewProvisionJob,
+    ) -> StoreResult<Option<i64>>;
+    /// Queues the delete job `job` in one transaction with a check that its agent still
+    /// exists (ordered against any concurrent write of that agent); returns the job's id,
+    /// or `None` (and writes nothing) when the agent does not exist. The job removes the
+    /// agent from its gateway, then from the store.
+    async fn queue_agent_delete(&self, job: &NewProvisionJob) -> StoreResult<Option<i64>>;
     /// Replaces an agent's token digest (the old token stops working) and records `event`.
     async fn set_agent_token(
         &self,

@@ -7,11 +7,13 @@ use std::sync::Arc;
 
 use common::now;
 use mc_domain::activity::{EventType, NewActivity};
+use mc_domain::agent::AgentName;
 use mc_domain::ids::{AgentId, GatewayId};
+use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use mc_store::{
-    AgentPlacement, NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJob,
-    ProvisionJobState, Store,
+    ActivityFilter, AgentPlacement, Constraint, NewProvisionJob, ProvisionAction, ProvisionAttempt,
+    ProvisionJob, ProvisionJobState, Store, StoreError,
 };
 
 on_every_backend!(
@@ -20,6 +22,8 @@ on_every_backend!(
     recording_an_outcome_stores_the_agents_error_and_placement,
     unfinished_jobs_are_the_pending_ones_claimed_or_not_in_queue_order,
     an_agent_is_stored_with_its_first_job_or_neither_is,
+    an_update_is_stored_with_its_job_or_neither_is,
+    a_delete_job_is_queued_only_while_its_agent_exists,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -261,4 +265,169 @@ async fn an_agent_is_stored_with_its_first_job_or_neither_is(store: Arc<dyn Stor
             .is_err()
     );
     assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
+}
+
+fn event(agent: AgentId, event_type: EventType) -> NewActivity {
+    NewActivity {
+        event_type,
+        message: "Recorded.".into(),
+        agent_id: Some(agent),
+        board_id: None,
+        data: None,
+        created_at: now(),
+    }
+}
+
+async fn events_of(store: &Arc<dyn Store>, agent: AgentId) -> Vec<String> {
+    store
+        .list_activity(
+            ActivityFilter {
+                agent_id: Some(agent),
+                board_id: None,
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|e| e.event_type.clone())
+        .collect()
+}
+
+async fn board(store: &Arc<dyn Store>, gateway: GatewayId) -> mc_domain::ids::BoardId {
+    let org = store.ensure_default_organization(now()).await.unwrap();
+    let board = mc_domain::board::Board {
+        id: mc_domain::ids::BoardId::new(),
+        organization_id: org,
+        name: "Ops".into(),
+        slug: mc_domain::board::Slug::parse("ops").unwrap(),
+        description: "d".into(),
+        gateway_id: gateway,
+        rules: mc_domain::board::BoardRules::default(),
+        created_at: now(),
+        updated_at: now(),
+    };
+    store.insert_board(&board).await.unwrap();
+    board.id
+}
+
+async fn an_update_is_stored_with_its_job_or_neither_is(store: Arc<dyn Store>) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let first = common::new_agent(gateway, Some(board), "first");
+    let second = common::new_agent(gateway, Some(board), "second");
+    for agent in [&first, &second] {
+        store
+            .insert_agent(agent, None, None, &event(agent.id, EventType::AgentCreated))
+            .await
+            .unwrap();
+    }
+
+    let mut renamed = first.clone();
+    renamed.name = AgentName::parse("renamed", "name").unwrap();
+    let update = job(first.id, ProvisionAction::Update);
+    let id = store
+        .update_agent_with_job(&renamed, &event(first.id, EventType::AgentUpdated), &update)
+        .await
+        .unwrap()
+        .expect("the agent exists");
+    let stored = store.agent(first.id).await.unwrap().unwrap();
+    assert_eq!(stored.name.as_str(), "renamed");
+    let jobs = store.provision_jobs(first.id).await.unwrap();
+    let queued: Vec<_> = jobs.iter().map(|j| (j.id, j.action, j.state)).collect();
+    assert_eq!(
+        queued,
+        vec![(id, ProvisionAction::Update, ProvisionJobState::Pending)]
+    );
+    assert!(
+        events_of(&store, first.id)
+            .await
+            .contains(&EventType::AgentUpdated.as_str().to_owned())
+    );
+
+    // An update the database refuses (the name is taken on the board) leaves no job.
+    let mut clash = second.clone();
+    clash.name = AgentName::parse("RENAMED", "name").unwrap();
+    let refused = store
+        .update_agent_with_job(
+            &clash,
+            &event(second.id, EventType::AgentUpdated),
+            &job(second.id, ProvisionAction::Update),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        StoreError::Conflict(Constraint::AgentNameOnBoard)
+    ));
+    assert!(store.provision_jobs(second.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.agent(second.id).await.unwrap().unwrap().name.as_str(),
+        "second"
+    );
+    assert_eq!(
+        events_of(&store, second.id).await,
+        vec![EventType::AgentCreated.as_str().to_owned()]
+    );
+
+    // An agent that no longer exists: nothing is written.
+    let gone = common::new_agent(gateway, Some(board), "gone");
+    assert_eq!(
+        store
+            .update_agent_with_job(
+                &gone,
+                &event(gone.id, EventType::AgentUpdated),
+                &job(gone.id, ProvisionAction::Update),
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.provision_jobs(gone.id).await.unwrap().is_empty());
+    assert!(events_of(&store, gone.id).await.is_empty());
+}
+
+async fn a_delete_job_is_queued_only_while_its_agent_exists(store: Arc<dyn Store>) {
+    let agent = common::new_agent(gateway(&store).await, None, "doomed");
+    store
+        .insert_agent(
+            &agent,
+            None,
+            None,
+            &event(agent.id, EventType::AgentCreated),
+        )
+        .await
+        .unwrap();
+    let delete = NewProvisionJob {
+        gateway_agent_id: Some("mc-doomed".into()),
+        session_key: Some("agent:mc-doomed:main".into()),
+        ..job(agent.id, ProvisionAction::Delete)
+    };
+    let id = store
+        .queue_agent_delete(&delete)
+        .await
+        .unwrap()
+        .expect("the agent exists");
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].id, jobs[0].action, jobs[0].state),
+        (id, ProvisionAction::Delete, ProvisionJobState::Pending)
+    );
+    assert_eq!(jobs[0].gateway_agent_id.as_deref(), Some("mc-doomed"));
+    assert_eq!(jobs[0].session_key.as_deref(), Some("agent:mc-doomed:main"));
+    assert!(
+        store.agent(agent.id).await.unwrap().is_some(),
+        "the job removes the agent, not the request"
+    );
+
+    // Deleted meanwhile (e.g. with its board): no job is left behind for it.
+    store
+        .delete_agent(agent.id, &event(agent.id, EventType::AgentDeleted))
+        .await
+        .unwrap();
+    let before = store.provision_jobs(agent.id).await.unwrap().len();
+    assert_eq!(store.queue_agent_delete(&delete).await.unwrap(), None);
+    assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), before);
 }

@@ -5,6 +5,9 @@
 //! `scripts/openclaw-gateway install`), starts the server in-process on a fresh SQLite data
 //! directory, registers the gateway as managed, creates the agents through
 //! `POST /api/v1/agents` at once, and waits until every agent's provisioning job has ended.
+//! As each job ends it checks in on the agent's behalf (`POST /api/v1/agents/{id}/heartbeat`
+//! as the admin): without a model provider a woken agent never heartbeats, and its re-wakes
+//! would load the gateway while the others are still being provisioned.
 //! It reports the wall time, the per-agent time from creation to a finished job, the job
 //! attempts and the failures.
 //!
@@ -38,6 +41,9 @@ struct Args {
     /// Give up on a gateway after this many seconds.
     #[arg(long, default_value_t = 1800)]
     timeout_seconds: u64,
+    /// Copy each gateway's own log into this directory before it stops.
+    #[arg(long)]
+    gateway_log_dir: Option<std::path::PathBuf>,
 }
 
 /// What one gateway's run measured.
@@ -57,6 +63,12 @@ struct Outcome {
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let mut outcomes = Vec::new();
     for version in &args.versions {
         eprintln!(
@@ -68,6 +80,7 @@ async fn main() -> Result<()> {
                 version,
                 args.agents,
                 Duration::from_secs(args.timeout_seconds),
+                args.gateway_log_dir.as_deref(),
             )
             .await?,
         );
@@ -111,7 +124,12 @@ impl Api {
     }
 }
 
-async fn run_one(version: &str, agents: usize, limit: Duration) -> Result<Outcome> {
+async fn run_one(
+    version: &str,
+    agents: usize,
+    limit: Duration,
+    log_dir: Option<&std::path::Path>,
+) -> Result<Outcome> {
     let gateway = RealGateway::start(version).map_err(|e| anyhow::anyhow!("{e}"))?;
     let data_dir = tempfile::tempdir()?;
     let config = ServerConfig::for_data_dir(data_dir.path());
@@ -203,6 +221,12 @@ async fn run_one(version: &str, agents: usize, limit: Duration) -> Result<Outcom
 
     let _ = stop.send(());
     serving.await??;
+    if let Some(dir) = log_dir {
+        std::fs::create_dir_all(dir)?;
+        let target = dir.join(format!("openclaw-{version}.log"));
+        std::fs::copy(gateway.home().join("gateway.log"), &target)
+            .with_context(|| format!("copying the gateway log to {}", target.display()))?;
+    }
     drop(gateway);
     Ok(outcome)
 }
@@ -256,6 +280,15 @@ async fn wait_settled(
             if let Some(job) =
                 newest.filter(|job| job["state"] != "pending" && job["state"] != "running")
             {
+                // Without a model provider the woken agent never heartbeats; check in on
+                // its behalf, as a running agent would, so that no re-wake loads the
+                // gateway while the others are still being provisioned.
+                api.send(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/agents/{id}/heartbeat"),
+                    Some(json!({"status": "healthy"})),
+                )
+                .await?;
                 *slot = Some(job);
             }
         }

@@ -77,6 +77,10 @@ pub struct FakeGatewayOptions {
     /// (the real gateways refresh their runtime config asynchronously after the write, so
     /// an `agents.update` right after the create can answer "agent not found").
     pub new_agent_lag: Duration,
+    /// At most this many `config.patch` calls per window, as the real gateways limit config
+    /// writes per device (3 per 60 s on 2026.4.2, 30 on 2026.9.6); over it they answer
+    /// `UNAVAILABLE` "rate limit exceeded for config.patch; retry after Ns". `None`: no limit.
+    pub config_write_limit: Option<(usize, Duration)>,
 }
 
 impl FakeGatewayOptions {
@@ -93,6 +97,7 @@ impl FakeGatewayOptions {
                 .then_some((Duration::from_millis(200), Duration::from_millis(300))),
             interleave_events: true,
             new_agent_lag: Duration::ZERO,
+            config_write_limit: None,
         }
     }
 }
@@ -145,6 +150,8 @@ struct State {
     last_query: Option<String>,
     drop_after_handshake: bool,
     unavailable_handshakes: usize,
+    /// When the current config-write window opened, and the writes counted in it.
+    config_writes: Option<(Instant, usize)>,
 }
 
 impl State {
@@ -264,6 +271,7 @@ impl FakeGateway {
                 last_query: None,
                 drop_after_handshake: false,
                 unavailable_handshakes: 0,
+                config_writes: None,
             }),
             addr,
             tls,
@@ -1053,6 +1061,25 @@ fn handle_method(
             }))
         }
         "config.patch" => {
+            if let Some((limit, window)) = state.options.config_write_limit {
+                let now = Instant::now();
+                let (opened, count) = match state.config_writes {
+                    Some((opened, count)) if now < opened + window => (opened, count),
+                    _ => (now, 0),
+                };
+                if count >= limit {
+                    let retry_after = opened + window - now;
+                    return Err(shape(
+                        "UNAVAILABLE",
+                        &format!(
+                            "rate limit exceeded for config.patch; retry after {}s",
+                            retry_after.as_secs_f64().ceil()
+                        ),
+                        Some(json!({"method": "config.patch"})),
+                    ));
+                }
+                state.config_writes = Some((opened, count + 1));
+            }
             check_keys(
                 params,
                 &["raw", "baseHash", "sessionKey", "note", "restartDelayMs"],
@@ -1102,10 +1129,12 @@ fn handle_method(
                 return Err(invalid(format!("invalid config: {}", problems.join("; "))));
             }
             merge_patch(&mut state.config, &patch);
-            let restart = if generation.restarts_after_config_patch() {
-                json!({"ok": true, "signal": "SIGUSR1", "delayMs": 2000, "reason": "config.patch"})
-            } else {
-                Value::Null
+            let restart = match state.options.restart_after_config_patch {
+                // Announces the restart it will really do, as the real one does.
+                Some((after, _)) if generation.restarts_after_config_patch() => {
+                    json!({"ok": true, "signal": "SIGUSR1", "delayMs": after.as_millis(), "reason": "config.patch"})
+                }
+                _ => Value::Null,
             };
             Ok(
                 json!({"ok": true, "path": "/fake/.openclaw/openclaw.json", "config": state.config, "restart": restart, "requiresRestart": generation.restarts_after_config_patch()}),

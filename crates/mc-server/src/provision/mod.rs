@@ -42,10 +42,10 @@ pub use mc_domain::liveness::MAX_WAKES;
 use mc_domain::liveness::{DEFAULT_CHECKIN_TIMEOUT_SECONDS, JobInProgress};
 use mc_domain::time::Timestamp;
 use mc_domain::token::Secret;
-use mc_gateway::{GatewayConfig, GatewayPool};
+use mc_gateway::{GatewayConfig, GatewayGeneration, GatewayPool};
 use mc_store::{NewProvisionJob, ProvisionAction, ProvisionJob};
 use parking_lot::Mutex;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use self::templates::Templates;
 use crate::error::{ApiError, ApiResult};
@@ -83,6 +83,8 @@ pub struct Provisioner {
     syncing: Mutex<HashSet<GatewayId>>,
     /// How long each lifecycle state may last.
     pub bounds: LifecycleBounds,
+    /// Per gateway, the slots its running jobs hold.
+    gateway_slots: Mutex<HashMap<GatewayId, Arc<Semaphore>>>,
 }
 
 impl Provisioner {
@@ -117,6 +119,31 @@ impl Provisioner {
             provisioner: Arc::clone(self),
             gateway,
         })
+    }
+
+    /// Waits for a free job slot on `gateway`: at most as many jobs as its generation
+    /// allows run on one gateway at once (the default generation's limit until the first
+    /// handshake tells which one it is).
+    pub async fn gateway_slot(
+        &self,
+        gateway: GatewayId,
+        generation: Option<GatewayGeneration>,
+    ) -> OwnedSemaphorePermit {
+        let slots = self
+            .gateway_slots
+            .lock()
+            .entry(gateway)
+            .or_insert_with(|| {
+                let limit = generation
+                    .unwrap_or(GatewayGeneration::V4)
+                    .provisioning_concurrency();
+                Arc::new(Semaphore::new(limit))
+            })
+            .clone();
+        slots
+            .acquire_owned()
+            .await
+            .expect("the slots of a gateway are never closed")
     }
 
     /// Wakes the runner to look at the queue.
@@ -232,7 +259,8 @@ pub fn await_first_checkin(state: &AppState, agent: &Agent) {
 }
 
 /// Queues `action` for `agent` when [`job_for`] says it needs a job; `token` is the
-/// plaintext token just minted for it, if any. Returns whether a job was queued. A new
+/// plaintext token just minted for it, if any. Returns whether a job was queued (a delete
+/// is not when the agent no longer exists). A new
 /// agent that gets no job [awaits its first check-in](await_first_checkin).
 pub async fn request(
     state: &AppState,
@@ -246,7 +274,16 @@ pub async fn request(
         }
         return Ok(false);
     };
-    let id = state.store.enqueue_provision_job(&job).await?;
+    let id = match action {
+        // Queued only while the agent exists, in one transaction with that check.
+        ProvisionAction::Delete => match state.store.queue_agent_delete(&job).await? {
+            Some(id) => id,
+            None => return Ok(false),
+        },
+        ProvisionAction::Create | ProvisionAction::Update => {
+            state.store.enqueue_provision_job(&job).await?
+        }
+    };
     queued(state, agent, id, action, token);
     Ok(true)
 }

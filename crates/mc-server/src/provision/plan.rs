@@ -1,11 +1,13 @@
 //! What a provisioning job does on a gateway, and every per-generation choice it makes.
 //!
-//! Create and update: upsert the agent (`agents.create`, "already exists" tolerated, then
-//! `agents.update` with its display name and workspace), write the workspace files
+//! Create and update: upsert the agent (`agents.create`; when it already exists,
+//! `agents.update` with its display name and workspace; a fresh one gets its display name
+//! with the config write), write the workspace files
 //! (`agents.files.set`; on update USER.md and MEMORY.md are kept when present), wake its
 //! main session (`sessions.patch` + `chat.send`), and last push its workspace and
 //! heartbeat through `config.patch` in the gateway's schema (last, because a protocol 3
-//! gateway restarts after it). Delete: `agents.delete` then `sessions.delete` (an unknown
+//! gateway restarts after it). That push goes through the gateway's config writer, which
+//! folds the entries of every job running at the time into one patch. Delete: `agents.delete` then `sessions.delete` (an unknown
 //! agent or session, and the v4 refusal to delete a main session, count as done).
 //! Every step is idempotent, so a retried job starts over from the first step.
 
@@ -161,7 +163,12 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
 }
 
 /// Puts `agent` on the gateway with its files, wakes it and pushes its heartbeat config.
-/// Returns a warning when the agent is in place but could not start when woken.
+/// `slot` (the job's share of the gateway) is given back before the config write, which
+/// waits for its batch. Returns a warning when the agent is in place but could not start when woken.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one input of the job; bundling them would only rename them"
+)]
 pub async fn upsert(
     handle: &GatewayHandle,
     templates: &Templates,
@@ -170,44 +177,55 @@ pub async fn upsert(
     context: &FileContext,
     is_update: bool,
     wake_key: &str,
+    slot: tokio::sync::OwnedSemaphorePermit,
 ) -> Result<Option<String>, ProvisionError> {
     handle.health().await?;
     let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
         message: format!("{}: no handshake completed yet", handle.url()),
     })?;
     let id = &placement.gateway_agent_id;
-    match handle
+    let created = match handle
         .agents_create(&CreateAgent {
             name: id.clone(),
             workspace: placement.workspace_path.clone(),
         })
         .await
     {
-        Ok(_) => {}
-        Err(error) if error.is_already_exists() => {}
+        Ok(_) => true,
+        Err(error) if error.is_already_exists() => false,
         Err(error) => return Err(error.into()),
-    }
-    let update = UpdateAgent {
-        agent_id: id.clone(),
-        name: Some(agent.name.to_string()),
-        workspace: Some(placement.workspace_path.clone()),
     };
-    until_agent_visible(|| handle.agents_update(&update)).await?;
-    let existing = handle.agents_files_list(id).await?.files;
+    // A fresh agent already has its workspace; its display name rides on the batched
+    // config write, saving a config rewrite (and reload) per agent. An agent that was
+    // already there may have another workspace: `agents.update` moves it.
+    if !created {
+        let update = UpdateAgent {
+            agent_id: id.clone(),
+            name: Some(agent.name.to_string()),
+            workspace: Some(placement.workspace_path.clone()),
+        };
+        until_agent_visible(|| handle.agents_update(&update)).await?;
+    }
+    let existing = until_agent_visible(|| handle.agents_files_list(id))
+        .await?
+        .files;
     let rendered = templates.render_files(agent, generation, context)?;
     for file in files_to_write(generation, rendered, &existing, is_update) {
-        handle
-            .agents_files_set(id, file.name, &file.content)
-            .await?;
+        // The first write can still meet the lag before a fresh agent is visible.
+        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content)).await?;
     }
     let verb = if is_update { "updated" } else { "provisioned" };
     let warning = wake(handle, agent, placement, verb, wake_key).await?;
+    // Waiting for the batched config write costs the gateway nothing: let the next job
+    // start its calls meanwhile.
+    drop(slot);
     handle
-        .apply_agent_config(&[AgentConfigEntry {
+        .write_agent_config(AgentConfigEntry {
             id: id.clone(),
             workspace: placement.workspace_path.clone(),
+            name: Some(agent.name.to_string()),
             heartbeat: heartbeat_of(agent),
-        }])
+        })
         .await?;
     Ok(warning)
 }

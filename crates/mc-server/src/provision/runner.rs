@@ -3,6 +3,10 @@
 //! jitter until the job's bound has passed; permanent ones end the job at once with the
 //! error in `last_provision_error`. A create or update that woke the agent starts its
 //! check-in deadline; a delete that ended (done or given up) removes the agent.
+//!
+//! Jobs run as a pipeline: whenever a job ends, the runner claims the next due one, up to
+//! [`MAX_RUNNING`] at once and each gateway's own limit, so one slow job never holds back
+//! the jobs claimed with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +26,13 @@ use crate::metrics::JobOutcome;
 use crate::services::agents::{deleted_event, rotate_token};
 use crate::state::SharedState;
 
-/// Jobs claimed (and run concurrently) per round.
-const CLAIM_BATCH: u32 = 8;
+/// Jobs running at once, across all gateways. Each gateway also has its own limit
+/// ([`mc_gateway::GatewayGeneration::provisioning_concurrency`]).
+const MAX_RUNNING: usize = 32;
+
+/// How often the runner looks again for jobs that are due but wait behind a running job of
+/// the same agent.
+const BLOCKED_RETRY: Duration = Duration::from_millis(200);
 
 /// The longest the runner sleeps without looking at the queue.
 const MAX_IDLE: Duration = Duration::from_secs(30);
@@ -62,38 +71,82 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// Runs every job due now; returns how long to wait for the next one. Stops between
-/// rounds once the server stops (with retries due back to back it would never return).
+/// Runs every job due now, each as soon as a slot is free; returns how long to wait for
+/// the next one once nothing runs. Stops claiming once the server stops, and returns when
+/// the running jobs have ended.
 async fn run_due(
     state: &SharedState,
     backoff: BackoffPolicy,
     stop: &watch::Receiver<bool>,
 ) -> Result<Duration, StoreError> {
-    loop {
+    let mut running = tokio::task::JoinSet::new();
+    let outcome = loop {
         if *stop.borrow() || stop.has_changed().is_err() {
-            return Ok(Duration::ZERO);
+            break Ok(Duration::ZERO);
         }
-        let now = Timestamp::now();
-        match state.store.next_provision_job_due().await? {
-            None => return Ok(MAX_IDLE),
-            Some(due) if due > now => {
-                let wait = u64::try_from(due.as_millis() - now.as_millis()).unwrap_or(0);
-                return Ok(Duration::from_millis(wait).min(MAX_IDLE));
+        let free = MAX_RUNNING.saturating_sub(running.len());
+        if free == 0 {
+            running.join_next().await;
+            continue;
+        }
+        let pause = match due_in(state).await {
+            Err(error) => break Err(error),
+            Ok(Some(pause)) => pause,
+            Ok(None) => {
+                let now = Timestamp::now();
+                let claimed = state
+                    .store
+                    .claim_due_provision_jobs(
+                        now,
+                        now.plus_millis(millis(LEASE)),
+                        u32::try_from(free).unwrap_or(u32::MAX),
+                    )
+                    .await;
+                match claimed {
+                    Err(error) => break Err(error),
+                    // Due, but behind another job of the same agent or claimed elsewhere.
+                    Ok(claimed) if claimed.is_empty() => BLOCKED_RETRY,
+                    Ok(claimed) => {
+                        for job in claimed {
+                            running.spawn(run_and_settle(state.clone(), backoff, job));
+                        }
+                        continue;
+                    }
+                }
             }
-            Some(_) => {}
+        };
+        if running.is_empty() {
+            break Ok(pause);
         }
-        let claimed = state
-            .store
-            .claim_due_provision_jobs(now, now.plus_millis(millis(LEASE)), CLAIM_BATCH)
-            .await?;
-        if claimed.is_empty() {
-            // Due, but behind another job of the same agent or claimed elsewhere.
-            return Ok(Duration::from_millis(200));
+        tokio::select! {
+            _ = running.join_next() => {}
+            () = tokio::time::sleep(pause) => {}
+            () = state.provisioner.queued.notified() => {}
         }
-        let runs = claimed.into_iter().map(|job| attempt(state, backoff, job));
-        for (job, attempt, woken_at) in futures::future::join_all(runs).await {
-            settle(state, &job, &attempt, woken_at).await?;
+    };
+    while running.join_next().await.is_some() {}
+    outcome
+}
+
+/// How long until the next job is due; `None` when one is due now.
+async fn due_in(state: &SharedState) -> Result<Option<Duration>, StoreError> {
+    let now = Timestamp::now();
+    Ok(match state.store.next_provision_job_due().await? {
+        None => Some(MAX_IDLE),
+        Some(due) if due > now => {
+            let wait = u64::try_from(due.as_millis() - now.as_millis()).unwrap_or(0);
+            Some(Duration::from_millis(wait).min(MAX_IDLE))
         }
+        Some(_) => None,
+    })
+}
+
+/// Runs one claimed job and records the outcome. A database failure while recording is
+/// logged; the job stays claimed until its lease ends, then runs again.
+async fn run_and_settle(state: SharedState, backoff: BackoffPolicy, job: ProvisionJob) {
+    let (job, attempt, woken_at) = self::attempt(&state, backoff, job).await;
+    if let Err(error) = settle(&state, &job, &attempt, woken_at).await {
+        tracing::warn!(job = job.id, %error, "provisioning: recording the outcome failed; the job runs again when its lease ends");
     }
 }
 
@@ -286,11 +339,16 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         .gateways
         .get(gateway.id)
         .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
+    let slot = state
+        .provisioner
+        .gateway_slot(gateway.id, handle.generation())
+        .await;
     if job.action == ProvisionAction::Delete {
         let (Some(id), Some(key)) = (&job.gateway_agent_id, &job.session_key) else {
             return Ok(Done::default());
         };
         plan::remove(&handle, id, key).await?;
+        drop(slot);
         return Ok(Done::default());
     }
     let Some(live) = state.registry.get(job.agent_id) else {
@@ -338,6 +396,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         &context,
         job.action == ProvisionAction::Update,
         &format!("mc-provision-{}", job.id),
+        slot,
     )
     .await?;
     Ok(Done {

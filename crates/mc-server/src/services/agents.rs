@@ -167,9 +167,26 @@ pub async fn update_agent(
             changed.join(", ")
         ),
     );
-    state.store.update_agent(&updated, &event).await?;
+    // The new settings and the job that puts them on the gateway are stored in one
+    // transaction.
+    let job = crate::provision::job_for(state, &updated, ProvisionAction::Update).await?;
+    let job_id = match &job {
+        Some(job) => Some(
+            state
+                .store
+                .update_agent_with_job(&updated, &event, job)
+                .await?
+                .ok_or(ApiError::NotFound("Agent not found"))?,
+        ),
+        None => {
+            state.store.update_agent(&updated, &event).await?;
+            None
+        }
+    };
     state.registry.update_profile(agent, updated.clone());
-    crate::provision::request(state, &updated, ProvisionAction::Update, None).await?;
+    if let Some(id) = job_id {
+        crate::provision::queued(state, &updated, id, ProvisionAction::Update, None);
+    }
     Ok(())
 }
 

@@ -450,3 +450,44 @@ async fn a_job_pending_across_a_server_restart_completes_with_a_freshly_minted_t
     expect_success(app.agent_heartbeat(&token, None).await).await;
     assert_eq!(gateway_status(&app, &gateway_id).await["connected"], true);
 }
+
+#[tokio::test]
+async fn agents_created_together_share_config_patches_and_no_job_trips_over_a_v3_restart() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+        eventually("the gateway to connect", || async {
+            gateway_status(&app, &gateway_id).await["connected"] == true
+        })
+        .await;
+        settled_main_agent(&app, &gateway_id).await;
+        let patches_before = gw.calls_to("config.patch").len();
+
+        let creates = (0..12).map(|n| {
+            let (app, board_id) = (&app, &board_id);
+            async move { create_agent_named(app, board_id, &unique(&format!("Worker {n}"))).await }
+        });
+        let ids = futures::future::join_all(creates).await;
+        for id in &ids {
+            let jobs = settled_jobs(&app, id, 1).await;
+            assert_eq!(jobs[0]["state"], "done", "{generation:?}: {jobs:?}");
+            assert_eq!(
+                jobs[0]["attempts"], 1,
+                "{generation:?}: a job failed on the way: {jobs:?}"
+            );
+        }
+        let configured = generation.configured_agent_ids(&gw.config());
+        for id in &ids {
+            assert!(
+                configured.contains(&format!("mc-{id}")),
+                "{generation:?}: {configured:?}"
+            );
+        }
+        let patches = gw.calls_to("config.patch").len() - patches_before;
+        assert!(
+            (1..=4).contains(&patches),
+            "{generation:?}: 12 agents took {patches} config patches"
+        );
+    }
+}

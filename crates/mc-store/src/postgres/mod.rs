@@ -618,6 +618,41 @@ async fn insert_activity(
         .map(drop)
 }
 
+/// Writes an agent's settings (not its liveness fields); returns the rows changed (0 when
+/// the agent does not exist).
+async fn write_agent_settings(tx: &mut Transaction<'_, Postgres>, a: &Agent) -> StoreResult<u64> {
+    let changed = sqlx::query(
+        "UPDATE agents SET board_id = $1, gateway_id = $2, name = $3, name_key = $4,
+           is_board_lead = $5, gateway_agent_id = $6, workspace_path = $7,
+           openclaw_session_id = $8, heartbeat_interval_seconds = $9,
+           heartbeat_missing_tolerance = $10, identity_profile = $11::jsonb,
+           identity_template = $12, soul_template = $13, last_provision_error = $14,
+           updated_at = $15
+         WHERE id = $16",
+    )
+    .bind(a.board_id.map(|b| b.as_uuid()))
+    .bind(a.gateway_id.as_uuid())
+    .bind(a.name.as_str())
+    .bind(a.name.key())
+    .bind(a.is_board_lead)
+    .bind(&a.gateway_agent_id)
+    .bind(&a.workspace_path)
+    .bind(&a.openclaw_session_id)
+    .bind(i64::from(a.heartbeat_config.interval_seconds))
+    .bind(i64::from(a.heartbeat_config.missing_tolerance))
+    .bind(profile_json(a))
+    .bind(&a.identity_template)
+    .bind(&a.soul_template)
+    .bind(&a.last_provision_error)
+    .bind(tz(a.updated_at))
+    .bind(a.id.as_uuid())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    Ok(changed)
+}
+
 async fn delete_agents_returning(
     tx: &mut Transaction<'_, Postgres>,
     sql: &str,
@@ -993,37 +1028,43 @@ impl Store for PostgresStore {
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "UPDATE agents SET board_id = $1, gateway_id = $2, name = $3, name_key = $4,
-               is_board_lead = $5, gateway_agent_id = $6, workspace_path = $7,
-               openclaw_session_id = $8, heartbeat_interval_seconds = $9,
-               heartbeat_missing_tolerance = $10, identity_profile = $11::jsonb,
-               identity_template = $12, soul_template = $13, last_provision_error = $14,
-               updated_at = $15
-             WHERE id = $16",
-        )
-        .bind(a.board_id.map(|b| b.as_uuid()))
-        .bind(a.gateway_id.as_uuid())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(tz(a.updated_at))
-        .bind(a.id.as_uuid())
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
+        write_agent_settings(&mut tx, a).await?;
         insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(())
+    }
+
+    async fn update_agent_with_job(
+        &self,
+        a: &Agent,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin().await?;
+        if write_agent_settings(&mut tx, a).await? == 0 {
+            return Ok(None);
+        }
+        let id = provision_jobs::insert_job(&mut *tx, job).await?;
+        insert_activity(&mut tx, event, &self.recorded_here).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(id))
+    }
+
+    async fn queue_agent_delete(&self, job: &crate::NewProvisionJob) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin().await?;
+        // The row lock orders this against a concurrent delete or update of the agent.
+        let exists: Option<i32> =
+            sqlx::query_scalar("SELECT 1 FROM agents WHERE id = $1 FOR UPDATE")
+                .bind(job.agent_id.as_uuid())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let id = provision_jobs::insert_job(&mut *tx, job).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(id))
     }
 
     async fn set_agent_token(

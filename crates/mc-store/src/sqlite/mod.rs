@@ -355,6 +355,40 @@ async fn insert_activity(
     })
 }
 
+/// Writes an agent's settings (not its liveness fields); returns the rows changed (0 when
+/// the agent does not exist).
+async fn write_agent_settings(tx: &mut Transaction<'_, Sqlite>, a: &Agent) -> StoreResult<u64> {
+    let changed = sqlx::query(
+        "UPDATE agents SET board_id = ?, gateway_id = ?, name = ?, name_key = ?,
+           is_board_lead = ?, gateway_agent_id = ?, workspace_path = ?,
+           openclaw_session_id = ?, heartbeat_interval_seconds = ?,
+           heartbeat_missing_tolerance = ?, identity_profile = ?, identity_template = ?,
+           soul_template = ?, last_provision_error = ?, updated_at = ?
+         WHERE id = ?",
+    )
+    .bind(a.board_id.map(|b| b.to_string()))
+    .bind(a.gateway_id.to_string())
+    .bind(a.name.as_str())
+    .bind(a.name.key())
+    .bind(a.is_board_lead)
+    .bind(&a.gateway_agent_id)
+    .bind(&a.workspace_path)
+    .bind(&a.openclaw_session_id)
+    .bind(i64::from(a.heartbeat_config.interval_seconds))
+    .bind(i64::from(a.heartbeat_config.missing_tolerance))
+    .bind(rows::profile_json(a))
+    .bind(&a.identity_template)
+    .bind(&a.soul_template)
+    .bind(&a.last_provision_error)
+    .bind(ms(a.updated_at))
+    .bind(a.id.to_string())
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?
+    .rows_affected();
+    Ok(changed)
+}
+
 async fn delete_agents_returning(
     tx: &mut Transaction<'_, Sqlite>,
     sql: &str,
@@ -730,36 +764,42 @@ impl Store for SqliteStore {
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
         let mut rtx = self.begin_recording().await?;
-        sqlx::query(
-            "UPDATE agents SET board_id = ?, gateway_id = ?, name = ?, name_key = ?,
-               is_board_lead = ?, gateway_agent_id = ?, workspace_path = ?,
-               openclaw_session_id = ?, heartbeat_interval_seconds = ?,
-               heartbeat_missing_tolerance = ?, identity_profile = ?, identity_template = ?,
-               soul_template = ?, last_provision_error = ?, updated_at = ?
-             WHERE id = ?",
-        )
-        .bind(a.board_id.map(|b| b.to_string()))
-        .bind(a.gateway_id.to_string())
-        .bind(a.name.as_str())
-        .bind(a.name.key())
-        .bind(a.is_board_lead)
-        .bind(&a.gateway_agent_id)
-        .bind(&a.workspace_path)
-        .bind(&a.openclaw_session_id)
-        .bind(i64::from(a.heartbeat_config.interval_seconds))
-        .bind(i64::from(a.heartbeat_config.missing_tolerance))
-        .bind(rows::profile_json(a))
-        .bind(&a.identity_template)
-        .bind(&a.soul_template)
-        .bind(&a.last_provision_error)
-        .bind(ms(a.updated_at))
-        .bind(a.id.to_string())
-        .execute(&mut *rtx.tx)
-        .await
-        .map_err(map_err)?;
+        write_agent_settings(&mut rtx.tx, a).await?;
         rtx.record(std::slice::from_ref(event)).await?;
         rtx.commit().await?;
         Ok(())
+    }
+
+    async fn update_agent_with_job(
+        &self,
+        a: &Agent,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<Option<i64>> {
+        let mut rtx = self.begin_recording().await?;
+        if write_agent_settings(&mut rtx.tx, a).await? == 0 {
+            return Ok(None);
+        }
+        let id = provision_jobs::insert_job(&mut *rtx.tx, job).await?;
+        rtx.record(std::slice::from_ref(event)).await?;
+        rtx.commit().await?;
+        Ok(Some(id))
+    }
+
+    async fn queue_agent_delete(&self, job: &crate::NewProvisionJob) -> StoreResult<Option<i64>> {
+        // The one writer connection orders this against every other write of the agent.
+        let mut rtx = self.begin_recording().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM agents WHERE id = ?")
+            .bind(job.agent_id.to_string())
+            .fetch_optional(&mut *rtx.tx)
+            .await
+            .map_err(map_err)?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let id = provision_jobs::insert_job(&mut *rtx.tx, job).await?;
+        rtx.commit().await?;
+        Ok(Some(id))
     }
 
     async fn set_agent_token(
