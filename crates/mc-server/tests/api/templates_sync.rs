@@ -457,8 +457,6 @@ async fn a_gateway_that_stops_answering_mid_sync_fails_the_agents_not_the_reques
     settled_main_agent(&app, &gateway_id).await;
     let worker = create_agent_named(&app, &board_id, &unique("Worker")).await;
     settled_jobs(&app, &worker, 1).await;
-    let key = format!("mc-{worker}");
-    let token = token_on(&gw, &key, GatewayGeneration::V4);
     gw.hang("agents.files.set");
 
     let started = Instant::now();
@@ -479,8 +477,9 @@ async fn a_gateway_that_stops_answering_mid_sync_fails_the_agents_not_the_reques
             .is_some_and(|n| n.contains("update job was queued")),
         "{result}"
     );
-    // The token was kept, so the agent still works with what its workspace holds.
-    expect_success(app.agent_heartbeat(&token, None).await).await;
+    // The sync itself kept the token (`token_rotated` is false above). No heartbeat with
+    // it is checked here: the update job the sync queued mints a fresh token when it
+    // starts, which may already have happened.
 }
 
 #[tokio::test]
