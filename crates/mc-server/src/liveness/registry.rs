@@ -349,6 +349,33 @@ impl Registry {
         self.events_notify.notify_one();
     }
 
+    /// Moves the agent's published status to `to` and queues the one event of that
+    /// transition (`event_type` and `message` as `status_transition` worded them).
+    fn push_transition(
+        &self,
+        agent_id: AgentId,
+        profile: &Agent,
+        live: &mut LiveState,
+        to: AgentStatus,
+        (event_type, message): (EventType, String),
+        now: Timestamp,
+    ) {
+        let from = live.published;
+        self.push_event(
+            agent_id,
+            from,
+            NewActivity {
+                event_type,
+                message,
+                agent_id: Some(agent_id),
+                board_id: profile.board_id,
+                data: Some(json!({"from": from.as_str(), "to": to.as_str()})),
+                created_at: now,
+            },
+        );
+        live.published = to;
+    }
+
     /// Resolves when events wait to be written.
     pub async fn events_waiting(&self) {
         self.events_notify.notified().await;
@@ -382,25 +409,7 @@ impl Registry {
         // Checked in: the wait after a wake (or the verdict that it never came) ends. Its
         // entry in the check-in index is dropped when it comes due.
         live.checkin = None;
-        let status = live.facts(tolerance).liveness_status(now);
-        if status != live.published {
-            let (event_type, message) =
-                status_transition(profile.name.as_str(), live.published, status, None);
-            self.push_event(
-                agent.id,
-                live.published,
-                NewActivity {
-                    event_type,
-                    message,
-                    agent_id: Some(agent.id),
-                    board_id: profile.board_id,
-                    data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
-                    created_at: now,
-                },
-            );
-            live.published = status;
-        }
-        self.mark_dirty(agent, &mut live);
+        self.publish_change(agent, &profile, &mut live, now, None);
         let to_schedule = match (live.scheduled, live.facts(tolerance).silence_deadline()) {
             (None, Some(deadline)) => {
                 live.scheduled = Some(deadline);
@@ -444,19 +453,7 @@ impl Registry {
                 Some(reason) => format!("{} is {}: {reason}.", profile.name, status.as_str()),
                 None => default_message,
             };
-            self.push_event(
-                agent.id,
-                live.published,
-                NewActivity {
-                    event_type,
-                    message,
-                    agent_id: Some(agent.id),
-                    board_id: profile.board_id,
-                    data: Some(json!({"from": live.published.as_str(), "to": status.as_str()})),
-                    created_at: now,
-                },
-            );
-            live.published = status;
+            self.push_transition(agent.id, profile, live, status, (event_type, message), now);
         }
         self.mark_dirty(agent, live);
     }
@@ -706,25 +703,20 @@ impl Registry {
                     reschedule.push(((again, agent.id), Arc::clone(&agent)));
                 }
                 Some(_) => {
-                    let (event_type, message) = status_transition(
+                    let worded = status_transition(
                         profile.name.as_str(),
                         live.published,
                         AgentStatus::Offline,
                         Some(tolerance),
                     );
-                    self.push_event(
+                    self.push_transition(
                         agent.id,
-                        live.published,
-                        NewActivity {
-                            event_type,
-                            message,
-                            agent_id: Some(agent.id),
-                            board_id: profile.board_id,
-                            data: Some(json!({"from": live.published.as_str(), "to": "offline"})),
-                            created_at: now,
-                        },
+                        &profile,
+                        &mut live,
+                        AgentStatus::Offline,
+                        worded,
+                        now,
                     );
-                    live.published = AgentStatus::Offline;
                     self.mark_dirty(&agent, &mut live);
                     went_offline += 1;
                 }
