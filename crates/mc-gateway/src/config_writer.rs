@@ -210,22 +210,13 @@ async fn read_and_patch(
     entries: &[AgentConfigEntry],
 ) -> Result<bool, GatewayError> {
     let session = handle.session();
-    let snapshot = handle.config_get().await?;
-    let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
-        message: format!("{}: no handshake completed yet", handle.url()),
-    })?;
-    let patch = generation
-        .agent_config_patch(&snapshot.config, entries)
-        .map_err(|e| GatewayError::Rejected {
-            method: "config.get".to_owned(),
-            code: "UNEXPECTED_CONFIG".to_owned(),
-            message: e.to_string(),
-        })?;
-    let Some(patch) = patch else {
+    let plan = handle.plan_agent_config(entries).await?;
+    let generation = plan.generation;
+    let Some(patch) = plan.patch else {
         return Ok(false);
     };
     let patched = handle
-        .config_patch_in_turn(&patch, snapshot.hash.as_deref())
+        .config_patch_in_turn(&patch, plan.base_hash.as_deref())
         .await?;
     if generation.restarts_after_config_patch()
         && let Some(delay) = announced_restart(patched.restart.as_ref())

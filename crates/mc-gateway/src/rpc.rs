@@ -54,6 +54,17 @@ pub struct Health {
     pub raw: Value,
 }
 
+/// What one `config.get` says must change for a set of agents' entries.
+#[derive(Debug)]
+pub(crate) struct AgentConfigPlan {
+    /// The generation the patch is written for.
+    pub generation: GatewayGeneration,
+    /// The patch to send; `None` when nothing differs.
+    pub patch: Option<Value>,
+    /// The hash of the config read, to send as `baseHash`.
+    pub base_hash: Option<String>,
+}
+
 /// `config.get` result.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct ConfigSnapshot {
@@ -279,24 +290,38 @@ impl GatewayHandle {
     ) -> Result<bool, GatewayError> {
         let mut retried = false;
         loop {
-            let snapshot = self.config_get().await?;
-            let generation = self.generation_or_error()?;
-            let patch = generation
-                .agent_config_patch(&snapshot.config, agents)
-                .map_err(|e| GatewayError::Rejected {
-                    method: "config.get".to_owned(),
-                    code: "UNEXPECTED_CONFIG".to_owned(),
-                    message: e.to_string(),
-                })?;
-            let Some(patch) = patch else {
+            let plan = self.plan_agent_config(agents).await?;
+            let Some(patch) = plan.patch else {
                 return Ok(false);
             };
-            match self.config_patch(&patch, snapshot.hash.as_deref()).await {
+            match self.config_patch(&patch, plan.base_hash.as_deref()).await {
                 Ok(_) => return Ok(true),
                 Err(error) if error.is_stale_config() && !retried => retried = true,
                 Err(error) => return Err(error),
             }
         }
+    }
+
+    /// Reads the config once and computes the patch that gives `agents` their entries in
+    /// the connected generation's schema.
+    pub(crate) async fn plan_agent_config(
+        &self,
+        agents: &[AgentConfigEntry],
+    ) -> Result<AgentConfigPlan, GatewayError> {
+        let snapshot = self.config_get().await?;
+        let generation = self.generation_or_error()?;
+        let patch = generation
+            .agent_config_patch(&snapshot.config, agents)
+            .map_err(|e| GatewayError::Rejected {
+                method: "config.get".to_owned(),
+                code: "UNEXPECTED_CONFIG".to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(AgentConfigPlan {
+            generation,
+            patch,
+            base_hash: snapshot.hash,
+        })
     }
 
     fn generation_or_error(&self) -> Result<GatewayGeneration, GatewayError> {
