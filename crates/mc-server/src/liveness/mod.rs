@@ -255,22 +255,6 @@ impl Engine {
                 }
             })
         };
-        let folder = {
-            let engine = Arc::clone(self);
-            let mut stopped = stopped.clone();
-            tokio::spawn(async move {
-                let mut interval =
-                    tokio::time::interval_at(tokio::time::Instant::now() + fold_every, fold_every);
-                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                loop {
-                    tokio::select! {
-                        _ = interval.tick() => {}
-                        _ = stopped.changed() => break,
-                    }
-                    engine.fold_log().await;
-                }
-            })
-        };
         let ticker = {
             let engine = Arc::clone(self);
             let mut stopped = stopped.clone();
@@ -289,8 +273,29 @@ impl Engine {
                 }
             })
         };
-        let mut handles = vec![flusher, folder, ticker];
-        if self.store.is_shared() {
+        let mut handles = vec![flusher, ticker];
+        // Only an unshared store logs plain heartbeats (see `Registry::take_pending`), so
+        // only it has a log to fold; a shared one follows the other replicas' events.
+        if !self.store.is_shared() {
+            handles.push({
+                let engine = Arc::clone(self);
+                let mut stopped = stopped.clone();
+                tokio::spawn(async move {
+                    let mut interval = tokio::time::interval_at(
+                        tokio::time::Instant::now() + fold_every,
+                        fold_every,
+                    );
+                    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    loop {
+                        tokio::select! {
+                            _ = interval.tick() => {}
+                            _ = stopped.changed() => break,
+                        }
+                        engine.fold_log().await;
+                    }
+                })
+            });
+        } else {
             let engine = Arc::clone(self);
             let mut stopped = stopped;
             let mut feed = self.store.subscribe_activity();
