@@ -312,6 +312,25 @@ struct Done {
     woke: bool,
 }
 
+/// The agent a create or update job is for: from memory, else from the database. A job
+/// can be claimed before the request that created its agent has put it in memory, or on a
+/// replica that has not followed the creation yet; only an agent gone from the database is
+/// deleted.
+async fn job_agent(
+    state: &SharedState,
+    id: mc_domain::ids::AgentId,
+) -> Result<Option<Arc<LiveAgent>>, ProvisionError> {
+    if let Some(live) = state.registry.get(id) {
+        return Ok(Some(live));
+    }
+    let stored = state
+        .store
+        .stored_agents(&[id])
+        .await
+        .map_err(|e| ProvisionError::Store(e.to_string()))?;
+    Ok(stored.into_iter().next().map(|s| state.registry.upsert(s)))
+}
+
 /// The job's plan.
 async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionError> {
     let store_failed = |e: StoreError| ProvisionError::Store(e.to_string());
@@ -351,7 +370,7 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         drop(slot);
         return Ok(Done::default());
     }
-    let Some(live) = state.registry.get(job.agent_id) else {
+    let Some(live) = job_agent(state, job.agent_id).await? else {
         // Deleted meanwhile: its delete job cleans up.
         return Ok(Done::default());
     };

@@ -233,6 +233,51 @@ impl TestApp {
             .and_then(|agent| agent.last_seen_at)
     }
 
+    /// Stores a new agent named `name` and its create job through a second store on the
+    /// test database, as another replica sharing it would (this server's memory does not
+    /// know the agent); returns the agent's id.
+    pub async fn store_agent_with_create_job(
+        &self,
+        board_id: &str,
+        gateway_id: &str,
+        name: &str,
+    ) -> String {
+        use mc_domain::activity::{EventType, NewActivity};
+        use mc_domain::agent::{Agent, AgentName};
+        use mc_store::ProvisionAction;
+        let now = Timestamp::now();
+        let name = AgentName::parse(name, "name").expect("a valid name");
+        let gateway_id = gateway_id.parse().expect("a gateway id");
+        let agent = Agent::new(
+            Some(board_id.parse().expect("a board id")),
+            gateway_id,
+            name,
+            now,
+        );
+        let event = NewActivity {
+            event_type: EventType::AgentCreated,
+            message: format!("Agent {} was created elsewhere.", agent.name),
+            agent_id: Some(agent.id),
+            board_id: agent.board_id,
+            data: None,
+            created_at: now,
+        };
+        let job = mc_store::NewProvisionJob {
+            agent_id: agent.id,
+            gateway_id,
+            action: ProvisionAction::Create,
+            gateway_agent_id: None,
+            session_key: None,
+            requested_at: now,
+        };
+        self.second_store()
+            .await
+            .insert_agent_with_job(&agent, None, None, &event, &job)
+            .await
+            .expect("the agent and its job are stored");
+        agent.id.to_string()
+    }
+
     async fn second_store(&self) -> std::sync::Arc<dyn mc_store::Store> {
         let mut config = ServerConfig::for_data_dir(self.data_dir.path());
         config.database_url.clone_from(&self.database_url);

@@ -491,3 +491,25 @@ async fn agents_created_together_share_config_patches_and_no_job_trips_over_a_v3
         );
     }
 }
+
+#[tokio::test]
+async fn a_job_for_an_agent_this_server_has_not_in_memory_still_provisions_it() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    settled_main_agent(&app, &gateway_id).await;
+    // Stored with its job, but not (yet) in this server's memory: another replica's
+    // creation, or this server's own in the moment before its request registers it.
+    let elsewhere = app
+        .store_agent_with_create_job(&board_id, &gateway_id, &unique("Elsewhere"))
+        .await;
+    // A job created here wakes the runner, which claims every due job.
+    let here = create_agent_named(&app, &board_id, &unique("Here")).await;
+    settled_jobs(&app, &here, 1).await;
+    let jobs = settled_jobs(&app, &elsewhere, 1).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert!(
+        gw.file(&format!("mc-{elsewhere}"), "AGENTS.md").is_some(),
+        "the job provisioned the agent on the gateway"
+    );
+}
