@@ -108,7 +108,7 @@ impl Provisioner {
     }
 
     /// Forgets the token kept for `agent`.
-    fn forget_token(&self, agent: AgentId) {
+    pub fn forget_token(&self, agent: AgentId) {
         self.tokens.lock().remove(&agent);
     }
 

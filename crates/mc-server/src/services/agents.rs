@@ -104,12 +104,18 @@ pub async fn create_agent(
     // The agent and the job that provisions it are stored in one transaction.
     let job = crate::provision::job_for(state, &agent, ProvisionAction::Create).await?;
     let job_id = match &job {
-        Some(job) => Some(
-            state
+        Some(job) => {
+            // The runner may claim the job the moment it is stored: its token is waiting.
+            state.provisioner.hand_token(agent.id, token.clone());
+            let stored = state
                 .store
                 .insert_agent_with_job(&agent, Some(token.digest()), spend, &event, job)
-                .await?,
-        ),
+                .await;
+            if stored.is_err() {
+                state.provisioner.forget_token(agent.id);
+            }
+            Some(stored?)
+        }
         None => {
             state
                 .store
