@@ -43,10 +43,10 @@ struct LiveState {
     removed: bool,
     /// Provisioning jobs queued or running, by queue id.
     jobs: Vec<(i64, JobInProgress)>,
-    /// The newest job known to have ended. An agent's jobs run one at a time in queue
-    /// order, so news that a job at or below it was queued comes late (the job ended
-    /// before the note of its queueing arrived) and changes nothing.
-    last_finished_job: i64,
+    /// The last few jobs known to have ended: news that one of them was queued comes late
+    /// (a runner claimed and finished it before the note of its queueing arrived) and
+    /// changes nothing.
+    finished_jobs: Vec<i64>,
     /// The check-in awaited after a wake (in the check-in index under its deadline), or
     /// given up on.
     checkin: Option<Checkin>,
@@ -215,15 +215,29 @@ pub struct DueCheckin {
     pub wakes: u32,
 }
 
+/// How many ended jobs an agent remembers (see `LiveState::finished_jobs`).
+const FINISHED_JOBS_KEPT: usize = 8;
+
 /// Notes job `job` of kind `kind` as queued, unless it is noted already or has ended;
 /// false when nothing changed.
 fn note_job(live: &mut LiveState, job: i64, kind: JobInProgress) -> bool {
     let known = live.jobs.iter().any(|(id, _)| *id == job);
-    if live.removed || known || job <= live.last_finished_job {
+    if live.removed || known || live.finished_jobs.contains(&job) {
         return false;
     }
     live.jobs.push((job, kind));
     true
+}
+
+/// Notes that job `job` ended: it no longer shows in the status.
+fn end_job(live: &mut LiveState, job: i64) {
+    live.jobs.retain(|(id, _)| *id != job);
+    if !live.finished_jobs.contains(&job) {
+        if live.finished_jobs.len() == FINISHED_JOBS_KEPT {
+            live.finished_jobs.remove(0);
+        }
+        live.finished_jobs.push(job);
+    }
 }
 
 impl Registry {
@@ -294,7 +308,7 @@ impl Registry {
                 scheduled: None,
                 removed: false,
                 jobs: Vec::new(),
-                last_finished_job: 0,
+                finished_jobs: Vec::new(),
                 checkin: None,
                 newest_transition: 0,
             }),
@@ -516,8 +530,7 @@ impl Registry {
         if live.removed {
             return;
         }
-        live.jobs.retain(|(id, _)| *id != job);
-        live.last_finished_job = live.last_finished_job.max(job);
+        end_job(&mut live, job);
         if live.last_seen_at <= stored_seen {
             live.checkin = checkin;
             live.written.checkin = checkin;
@@ -573,8 +586,7 @@ impl Registry {
         if live.removed {
             return;
         }
-        live.jobs.retain(|(id, _)| *id != job);
-        live.last_finished_job = live.last_finished_job.max(job);
+        end_job(&mut live, job);
         if let Some((woken_at, deadline)) = woken {
             let checked_in = live.last_seen_at.is_some_and(|seen| seen >= woken_at);
             live.checkin = (!checked_in).then_some(Checkin::Awaiting { deadline, wakes: 1 });
@@ -1469,9 +1481,12 @@ mod tests {
         registry.follow_job_queued(live.id(), 7, JobInProgress::Update);
         assert_eq!(live.job_in_progress(), None);
         assert_eq!(live.view(t0).status, AgentStatus::Healthy);
+        // Another job that ended does not hide one whose id is lower (committed later).
+        registry.job_finished(&live, 9, None, None, t0);
         registry.follow_job_queued(live.id(), 8, JobInProgress::Update);
         registry.follow_job_queued(live.id(), 8, JobInProgress::Update);
         assert_eq!(live.live.lock().jobs, [(8, JobInProgress::Update)]);
+        assert_eq!(live.view(t0).status, AgentStatus::Updating);
     }
 
     #[test]
