@@ -33,6 +33,24 @@ pub enum JobInProgress {
     Delete,
 }
 
+impl JobInProgress {
+    /// The wire name of the job's action: `create`, `update` or `delete`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+
+    /// The job kind with wire name `name`, if there is one.
+    pub fn from_wire(name: &str) -> Option<Self> {
+        [Self::Create, Self::Update, Self::Delete]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+}
+
 /// The wait for an agent's heartbeat after Mission Control woke it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Checkin {

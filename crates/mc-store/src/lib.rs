@@ -21,7 +21,7 @@ use mc_domain::board::Board;
 use mc_domain::enrollment::{EnrollmentRefusal, EnrollmentToken};
 use mc_domain::gateway::Gateway;
 use mc_domain::ids::{AgentId, BoardId, EnrollmentTokenId, GatewayId, OrganizationId, WebhookId};
-use mc_domain::liveness::Checkin;
+use mc_domain::liveness::{Checkin, JobInProgress};
 use mc_domain::page::{Page, PageRequest};
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, TokenDigest};
@@ -278,6 +278,15 @@ impl ProvisionAction {
         [Self::Create, Self::Update, Self::Delete]
             .into_iter()
             .find(|a| a.as_str() == text)
+    }
+
+    /// How a job of this action shows in its agent's status and progress events.
+    pub const fn kind(self) -> JobInProgress {
+        match self {
+            Self::Create => JobInProgress::Create,
+            Self::Update => JobInProgress::Update,
+            Self::Delete => JobInProgress::Delete,
+        }
     }
 }
 
@@ -623,7 +632,8 @@ pub trait Store: Send + Sync + 'static {
     /// How many provisioning jobs are pending.
     async fn pending_provision_jobs(&self) -> StoreResult<u64>;
 
-    /// Queues a provisioning job; returns its id.
+    /// Queues a provisioning job, recording `agent.provision.queued` in the same
+    /// transaction (as every method that queues a job does); returns its id.
     async fn enqueue_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64>;
     /// Claims up to `limit` pending jobs due at `now` until `lease_until`, skipping jobs
     /// behind an earlier pending job of the same agent; in queue order.
@@ -634,7 +644,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> StoreResult<Vec<ProvisionJob>>;
     /// Records an attempt (one more attempt counted), releases the claim and stores the
-    /// agent's `last_provision_error` (and placement, when given) in the same transaction.
+    /// agent's `last_provision_error` (and placement, when given) in the same transaction,
+    /// with the attempt's progress event (`agent.provision.retrying`, `.done` or
+    /// `.failed`, carrying the error, next attempt and placement).
     async fn record_provision_attempt(&self, attempt: &ProvisionAttempt) -> StoreResult<()>;
     /// When the earliest pending provisioning job is due, claimed ones included.
     async fn next_provision_job_due(&self) -> StoreResult<Option<Timestamp>>;
@@ -650,6 +662,70 @@ pub trait Store: Send + Sync + 'static {
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).
     fn subscribe_activity(&self) -> tokio::sync::broadcast::Receiver<ActivityEvent>;
+}
+
+/// The progress events of provisioning jobs, recorded by both backends in the transaction
+/// that queues a job or records its attempt, so that the log (and every replica following
+/// it) never disagrees with the queue.
+mod job_events {
+    use mc_domain::activity::{JobPlacement, JobProgress, JobStep, JobSubject, NewActivity};
+    use mc_domain::ids::BoardId;
+
+    use crate::{NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJobState};
+
+    /// The agent's name and board as stored, when it still exists.
+    pub(crate) type StoredSubject = Option<(String, Option<BoardId>)>;
+
+    fn subject(agent_id: mc_domain::ids::AgentId, stored: &StoredSubject) -> JobSubject<'_> {
+        JobSubject {
+            agent_id,
+            board_id: stored.as_ref().and_then(|(_, board)| *board),
+            name: stored.as_ref().map(|(name, _)| name.as_str()),
+        }
+    }
+
+    /// `agent.provision.queued` for the job `id` just stored.
+    pub(crate) fn queued(job: &NewProvisionJob, id: i64, stored: &StoredSubject) -> NewActivity {
+        JobProgress {
+            job: id,
+            action: job.action.kind(),
+            attempt: 0,
+            step: JobStep::Queued,
+        }
+        .event(subject(job.agent_id, stored), job.requested_at)
+    }
+
+    /// The event of an attempt of a job of `action`, which has now made `attempts`.
+    pub(crate) fn attempted(
+        attempt: &ProvisionAttempt,
+        action: ProvisionAction,
+        attempts: u32,
+        stored: &StoredSubject,
+    ) -> NewActivity {
+        let error = attempt.error.as_deref().unwrap_or("unknown error");
+        let step = match attempt.state {
+            ProvisionJobState::Pending => JobStep::Retrying {
+                error,
+                next_attempt_at: attempt.next_attempt_at.unwrap_or(attempt.attempted_at),
+            },
+            ProvisionJobState::Done => JobStep::Done {
+                warning: attempt.error.as_deref(),
+                placement: attempt.placement.as_ref().map(|p| JobPlacement {
+                    gateway_agent_id: &p.gateway_agent_id,
+                    workspace_path: &p.workspace_path,
+                    session_key: &p.session_key,
+                }),
+            },
+            ProvisionJobState::Failed => JobStep::Failed { error },
+        };
+        JobProgress {
+            job: attempt.job_id,
+            action: action.kind(),
+            attempt: attempts,
+            step,
+        }
+        .event(subject(attempt.agent_id, stored), attempt.attempted_at)
+    }
 }
 
 /// How a [`LivenessWrite`]'s check-in maps onto the stored columns, for both backends.

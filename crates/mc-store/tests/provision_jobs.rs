@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 
 use common::now;
-use mc_domain::activity::{EventType, NewActivity};
+use mc_domain::activity::{ActivityEvent, EventType, NewActivity};
 use mc_domain::agent::AgentName;
 use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::page::PageRequest;
@@ -15,6 +15,7 @@ use mc_store::{
     ActivityFilter, AgentPlacement, Constraint, NewProvisionJob, ProvisionAction, ProvisionAttempt,
     ProvisionJob, ProvisionJobState, Store, StoreError,
 };
+use serde_json::json;
 
 on_every_backend!(
     jobs_of_one_agent_run_in_order_and_other_agents_do_not_wait,
@@ -24,6 +25,9 @@ on_every_backend!(
     an_agent_is_stored_with_its_first_job_or_neither_is,
     an_update_is_stored_with_its_job_or_neither_is,
     a_delete_job_is_queued_only_while_its_agent_exists,
+    every_way_of_queueing_a_job_records_its_queued_event_with_it,
+    each_recorded_attempt_records_its_progress_event_with_it,
+    progress_events_are_published_on_the_feed_once_committed,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -265,6 +269,11 @@ async fn an_agent_is_stored_with_its_first_job_or_neither_is(store: Arc<dyn Stor
             .is_err()
     );
     assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
+    assert_eq!(
+        events_of(&store, agent.id).await,
+        ["agent.provision.queued", "agent.created"],
+        "nor a second queued event"
+    );
 }
 
 fn event(agent: AgentId, event_type: EventType) -> NewActivity {
@@ -430,4 +439,262 @@ async fn a_delete_job_is_queued_only_while_its_agent_exists(store: Arc<dyn Store
     let before = store.provision_jobs(agent.id).await.unwrap().len();
     assert_eq!(store.queue_agent_delete(&delete).await.unwrap(), None);
     assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), before);
+}
+
+/// Every event about `agent`, oldest first.
+async fn recorded(store: &Arc<dyn Store>, agent: AgentId) -> Vec<ActivityEvent> {
+    let mut events = store
+        .list_activity(
+            ActivityFilter {
+                agent_id: Some(agent),
+                board_id: None,
+            },
+            PageRequest::default(),
+        )
+        .await
+        .unwrap()
+        .items;
+    events.reverse();
+    events
+}
+
+/// The `agent.provision.*` events about `agent`, oldest first, as `(type, data)`.
+async fn progress_of(store: &Arc<dyn Store>, agent: AgentId) -> Vec<(String, serde_json::Value)> {
+    recorded(store, agent)
+        .await
+        .into_iter()
+        .filter(|e| e.event_type.starts_with("agent.provision."))
+        .map(|e| (e.event_type, e.data.unwrap_or_default()))
+        .collect()
+}
+
+fn queued_data(job: i64, action: &str) -> serde_json::Value {
+    json!({"job": job, "action": action, "attempt": 0})
+}
+
+async fn every_way_of_queueing_a_job_records_its_queued_event_with_it(store: Arc<dyn Store>) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let agent = common::new_agent(gateway, Some(board), "worker");
+    let create = store
+        .insert_agent_with_job(
+            &agent,
+            None,
+            None,
+            &event(agent.id, EventType::AgentCreated),
+            &job(agent.id, ProvisionAction::Create),
+        )
+        .await
+        .unwrap();
+    let mut renamed = agent.clone();
+    renamed.name = AgentName::parse("renamed", "name").unwrap();
+    let update = store
+        .update_agent_with_job(
+            &renamed,
+            &event(agent.id, EventType::AgentUpdated),
+            &job(agent.id, ProvisionAction::Update),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    let again = store
+        .enqueue_provision_job(&job(agent.id, ProvisionAction::Update))
+        .await
+        .unwrap();
+    let delete = store
+        .queue_agent_delete(&job(agent.id, ProvisionAction::Delete))
+        .await
+        .unwrap()
+        .unwrap();
+
+    let events = recorded(&store, agent.id).await;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        [
+            "agent.created",
+            "agent.provision.queued",
+            "agent.updated",
+            "agent.provision.queued",
+            "agent.provision.queued",
+            "agent.provision.queued",
+        ],
+        "each job's event right after the change that queued it"
+    );
+    let queued: Vec<&ActivityEvent> = events
+        .iter()
+        .filter(|e| e.event_type == "agent.provision.queued")
+        .collect();
+    let data: Vec<_> = queued.iter().map(|e| e.data.clone().unwrap()).collect();
+    assert_eq!(
+        data,
+        [
+            queued_data(create, "create"),
+            queued_data(update, "update"),
+            queued_data(again, "update"),
+            queued_data(delete, "delete"),
+        ]
+    );
+    for event in &queued {
+        assert_eq!(event.board_id, Some(board), "on the agent's board");
+        assert_eq!(event.created_at, now(), "when it was requested");
+    }
+    assert!(
+        queued[0].message.contains("worker") && queued[1].message.contains("renamed"),
+        "named as stored in the same transaction: {:?}",
+        queued.iter().map(|e| &e.message).collect::<Vec<_>>()
+    );
+}
+
+async fn each_recorded_attempt_records_its_progress_event_with_it(store: Arc<dyn Store>) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let agent = common::new_agent(gateway, Some(board), "worker");
+    let id = store
+        .insert_agent_with_job(
+            &agent,
+            None,
+            None,
+            &event(agent.id, EventType::AgentCreated),
+            &job(agent.id, ProvisionAction::Create),
+        )
+        .await
+        .unwrap();
+
+    let claimed = claim(&store, now()).await;
+    let mut retry = outcome(&claimed[0], ProvisionJobState::Pending);
+    retry.error = Some("create failed, retrying: connection refused".into());
+    retry.next_attempt_at = Some(now().plus_millis(5_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+
+    let claimed = claim(&store, now().plus_millis(5_000)).await;
+    let mut done = outcome(&claimed[0], ProvisionJobState::Done);
+    done.attempted_at = now().plus_millis(6_000);
+    done.placement = Some(AgentPlacement {
+        gateway_agent_id: "mc-x".into(),
+        workspace_path: "/ws/workspace-mc-x".into(),
+        session_key: "agent:mc-x:main".into(),
+    });
+    store.record_provision_attempt(&done).await.unwrap();
+
+    let update = store
+        .enqueue_provision_job(&job(agent.id, ProvisionAction::Update))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    let mut failed = outcome(&claimed[0], ProvisionJobState::Failed);
+    failed.error = Some("update failed: token rejected by the gateway".into());
+    store.record_provision_attempt(&failed).await.unwrap();
+
+    assert_eq!(
+        progress_of(&store, agent.id).await,
+        [
+            (
+                "agent.provision.queued".to_owned(),
+                queued_data(id, "create")
+            ),
+            (
+                "agent.provision.retrying".to_owned(),
+                json!({
+                    "job": id, "action": "create", "attempt": 1,
+                    "error": "create failed, retrying: connection refused",
+                    "next_attempt_at": now().plus_millis(5_000).to_rfc3339(),
+                })
+            ),
+            (
+                "agent.provision.done".to_owned(),
+                json!({
+                    "job": id, "action": "create", "attempt": 2,
+                    "placement": {
+                        "gateway_agent_id": "mc-x",
+                        "workspace_path": "/ws/workspace-mc-x",
+                        "openclaw_session_id": "agent:mc-x:main",
+                    },
+                })
+            ),
+            (
+                "agent.provision.queued".to_owned(),
+                queued_data(update, "update")
+            ),
+            (
+                "agent.provision.failed".to_owned(),
+                json!({
+                    "job": update, "action": "update", "attempt": 1,
+                    "error": "update failed: token rejected by the gateway",
+                })
+            ),
+        ]
+    );
+    let events = recorded(&store, agent.id).await;
+    let done_event = events
+        .iter()
+        .find(|e| e.event_type == "agent.provision.done")
+        .unwrap();
+    assert_eq!(
+        done_event.created_at,
+        now().plus_millis(6_000),
+        "when it ended"
+    );
+    assert_eq!(done_event.board_id, Some(board));
+    // The agent's row changed in the same transaction as each event.
+    let stored = store.agent(agent.id).await.unwrap().unwrap();
+    assert_eq!(stored.gateway_agent_id.as_deref(), Some("mc-x"));
+    assert_eq!(stored.last_provision_error, failed.error);
+
+    // A clean-up job that outlives its agent still reports, naming the agent by id.
+    store
+        .delete_agent(agent.id, &event(agent.id, EventType::AgentDeleted))
+        .await
+        .unwrap();
+    let cleanup = store
+        .enqueue_provision_job(&job(agent.id, ProvisionAction::Delete))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    store
+        .record_provision_attempt(&outcome(&claimed[0], ProvisionJobState::Done))
+        .await
+        .unwrap();
+    let last = recorded(&store, agent.id).await.pop().unwrap();
+    assert_eq!(last.event_type, "agent.provision.done");
+    assert_eq!(
+        last.data,
+        Some(json!({"job": cleanup, "action": "delete", "attempt": 1}))
+    );
+    assert!(
+        last.message.contains(&agent.id.to_string()),
+        "{}",
+        last.message
+    );
+    assert_eq!(last.board_id, None);
+}
+
+async fn progress_events_are_published_on_the_feed_once_committed(store: Arc<dyn Store>) {
+    let mut feed = store.subscribe_activity();
+    let agent = AgentId::new();
+    let id = store
+        .enqueue_provision_job(&job(agent, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    store
+        .record_provision_attempt(&outcome(&claimed[0], ProvisionJobState::Done))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..2 {
+        let event = tokio::time::timeout(std::time::Duration::from_secs(10), feed.recv())
+            .await
+            .expect("the feed delivers within 10 s")
+            .unwrap();
+        assert_eq!(event.agent_id, Some(agent));
+        seen.push((event.event_type, event.data.unwrap()["job"].clone()));
+    }
+    assert_eq!(
+        seen,
+        [
+            ("agent.provision.queued".to_owned(), json!(id)),
+            ("agent.provision.done".to_owned(), json!(id)),
+        ]
+    );
 }

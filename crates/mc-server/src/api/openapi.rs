@@ -35,7 +35,7 @@ use super::{health, v1};
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::list_deliveries,
     ),
-    components(schemas(v1::OkResponse)),
+    components(schemas(v1::OkResponse, activity::EventTypeName)),
     modifiers(&Security),
     security(("admin_token" = []), ("agent_token" = [])),
 )]
@@ -162,6 +162,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_document_lists_every_event_type_the_filters_and_subscriptions_accept() {
+        let listed = &document()["components"]["schemas"]["EventTypeName"]["enum"];
+        let names: Vec<&str> = mc_domain::activity::EventType::ALL
+            .iter()
+            .map(|t| t.as_str())
+            .collect();
+        assert_eq!(listed, &json!(names));
+        assert!(names.contains(&"agent.provision.failed"));
+        let read = &document()["components"]["schemas"]["ActivityEventRead"];
+        assert_eq!(
+            read["properties"]["event_type"]["$ref"],
+            "#/components/schemas/EventTypeName"
+        );
     }
 
     #[test]

@@ -21,9 +21,10 @@
 //!   replica that holds the leadership lock marks agents offline, and only after reading
 //!   the due agents again (their heartbeats may have gone to another replica); the others
 //!   keep such agents under watch, to take over when the leader dies. Each replica follows
-//!   the event feed for what other replicas changed, and looks a token it does not know up
-//!   in the database once. On a database of its own a process always leads and does none
-//!   of the extra reads.
+//!   the event feed for what other replicas changed (provisioning jobs they queued or ran
+//!   included: `updating` / `deleting`, placement and `last_provision_error` show on every
+//!   replica), and looks a token it does not know up in the database once. On a database
+//!   of its own a process always leads and does none of the extra reads.
 
 mod registry;
 mod unknown_tokens;
@@ -174,8 +175,8 @@ impl Engine {
     }
 
     /// Follows the event feed (replicas sharing the database): agents created, changed,
-    /// re-tokened or deleted by other replicas, and their transitions, so this replica
-    /// answers any request about any agent.
+    /// re-tokened or deleted by other replicas, their transitions and their provisioning
+    /// jobs, so this replica answers any request about any agent.
     async fn follow(&self, event: ActivityEvent) {
         // This replica's own events are in memory already (an own transition applied
         // again could even move the status back past a newer one still being written).
@@ -202,12 +203,50 @@ impl Engine {
             Some(EventType::AgentStatusChanged(to)) => {
                 self.registry
                     .follow_transition(id, event.id, to, event.created_at);
+                let reason = event.data.as_ref().and_then(|d| d.get("reason"));
+                if let Some(reason) = reason.and_then(|r| r.as_str()) {
+                    self.registry.follow_provision_error(id, reason);
+                }
+            }
+            // Jobs queued or run elsewhere show here too; their outcome (placement,
+            // `last_provision_error`, the check-in wait) is read from the agent's row,
+            // which the same transaction (or, for the wait, an earlier one) wrote.
+            Some(EventType::ProvisionQueued) => {
+                if let Some((job, kind)) = event.provision_job() {
+                    self.registry.follow_job_queued(id, job, kind);
+                }
+            }
+            Some(EventType::ProvisionRetrying) => match self.store.stored_agents(&[id]).await {
+                Ok(stored) => {
+                    for agent in stored {
+                        self.registry.upsert(agent);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(agent.id = %id, %error, "feed: cannot read a provisioned agent");
+                }
+            },
+            Some(EventType::ProvisionDone | EventType::ProvisionFailed) => {
+                let Some((job, _)) = event.provision_job() else {
+                    return;
+                };
+                match self.store.stored_agents(&[id]).await {
+                    Ok(stored) => {
+                        for agent in stored {
+                            self.registry.follow_job_finished(agent, job);
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(agent.id = %id, %error, "feed: cannot read a provisioned agent");
+                    }
+                }
             }
             _ => {}
         }
     }
 
-    /// After the feed dropped events (this replica fell behind): every agent is read again.
+    /// After the feed dropped events (this replica fell behind): every agent and every
+    /// unfinished provisioning job is read again.
     async fn resync(&self) {
         match self.store.all_agents().await {
             Ok(stored) => {
@@ -216,6 +255,16 @@ impl Engine {
                 }
             }
             Err(error) => tracing::warn!(%error, "feed: cannot reload the agents"),
+        }
+        match self.store.unfinished_provision_jobs().await {
+            Ok(jobs) => {
+                let jobs: Vec<_> = jobs
+                    .iter()
+                    .map(|job| (job.agent_id, job.id, job.action.kind()))
+                    .collect();
+                self.registry.sync_jobs(&jobs);
+            }
+            Err(error) => tracing::warn!(%error, "feed: cannot reload the provisioning jobs"),
         }
     }
 

@@ -43,6 +43,10 @@ struct LiveState {
     removed: bool,
     /// Provisioning jobs queued or running, by queue id.
     jobs: Vec<(i64, JobInProgress)>,
+    /// The last few jobs known to have ended: news that one of them was queued comes late
+    /// (a runner claimed and finished it before the note of its queueing arrived) and
+    /// changes nothing.
+    finished_jobs: Vec<i64>,
     /// The check-in awaited after a wake (in the check-in index under its deadline), or
     /// given up on.
     checkin: Option<Checkin>,
@@ -211,6 +215,31 @@ pub struct DueCheckin {
     pub wakes: u32,
 }
 
+/// How many ended jobs an agent remembers (see `LiveState::finished_jobs`).
+const FINISHED_JOBS_KEPT: usize = 8;
+
+/// Notes job `job` of kind `kind` as queued, unless it is noted already or has ended;
+/// false when nothing changed.
+fn note_job(live: &mut LiveState, job: i64, kind: JobInProgress) -> bool {
+    let known = live.jobs.iter().any(|(id, _)| *id == job);
+    if live.removed || known || live.finished_jobs.contains(&job) {
+        return false;
+    }
+    live.jobs.push((job, kind));
+    true
+}
+
+/// Notes that job `job` ended: it no longer shows in the status.
+fn end_job(live: &mut LiveState, job: i64) {
+    live.jobs.retain(|(id, _)| *id != job);
+    if !live.finished_jobs.contains(&job) {
+        if live.finished_jobs.len() == FINISHED_JOBS_KEPT {
+            live.finished_jobs.remove(0);
+        }
+        live.finished_jobs.push(job);
+    }
+}
+
 impl Registry {
     /// Builds the index from stored agents and the provisioning jobs in progress
     /// (`(agent, job id, kind)`). Restart grace: an agent that was not offline when the
@@ -279,6 +308,7 @@ impl Registry {
                 scheduled: None,
                 removed: false,
                 jobs: Vec::new(),
+                finished_jobs: Vec::new(),
                 checkin: None,
                 newest_transition: 0,
             }),
@@ -350,17 +380,23 @@ impl Registry {
     }
 
     /// Moves the agent's published status to `to` and queues the one event of that
-    /// transition (`event_type` and `message` as `status_transition` worded them).
+    /// transition (`event_type` and `message` as `status_transition` worded them). A
+    /// `reason` (the agent's new `last_provision_error`) goes into the event's data, so
+    /// that replicas following the feed show it too.
     fn push_transition(
         &self,
-        agent_id: AgentId,
         profile: &Agent,
         live: &mut LiveState,
         to: AgentStatus,
         (event_type, message): (EventType, String),
+        reason: Option<&str>,
         now: Timestamp,
     ) {
-        let from = live.published;
+        let (agent_id, from) = (profile.id, live.published);
+        let mut data = json!({"from": from.as_str(), "to": to.as_str()});
+        if let Some(reason) = reason {
+            data["reason"] = json!(reason);
+        }
         self.push_event(
             agent_id,
             from,
@@ -369,7 +405,7 @@ impl Registry {
                 message,
                 agent_id: Some(agent_id),
                 board_id: profile.board_id,
-                data: Some(json!({"from": from.as_str(), "to": to.as_str()})),
+                data: Some(data),
                 created_at: now,
             },
         );
@@ -453,20 +489,84 @@ impl Registry {
                 Some(reason) => format!("{} is {}: {reason}.", profile.name, status.as_str()),
                 None => default_message,
             };
-            self.push_transition(agent.id, profile, live, status, (event_type, message), now);
+            let worded = (event_type, message);
+            self.push_transition(profile, live, status, worded, reason, now);
         }
         self.mark_dirty(agent, live);
     }
 
-    /// Records that provisioning job `job` of kind `kind` was queued for the agent.
+    /// Records that provisioning job `job` of kind `kind` was queued for the agent (unless
+    /// it has ended already: a runner may claim a job the moment it is stored).
     pub fn job_queued(&self, agent: &Arc<LiveAgent>, job: i64, kind: JobInProgress) {
         let profile = agent.profile();
+        let mut live = agent.live.lock();
+        if !note_job(&mut live, job, kind) {
+            return;
+        }
+        self.publish_change(agent, &profile, &mut live, Timestamp::now(), None);
+    }
+
+    /// Follows a job that another replica queued (from the feed): it shows in the agent's
+    /// status here too. Publishes nothing and writes nothing: the replica that queued the
+    /// job recorded what changed.
+    pub fn follow_job_queued(&self, id: AgentId, job: i64, kind: JobInProgress) {
+        if let Some(agent) = self.get(id) {
+            note_job(&mut agent.live.lock(), job, kind);
+        }
+    }
+
+    /// Follows the end of job `job`, which another replica ran (from the feed), with the
+    /// agent as stored when the end was recorded: its settings (placement,
+    /// `last_provision_error`) and the check-in wait the job started, which the runner
+    /// made durable first. The wait only shows in the status: it is not put in this
+    /// replica's check-in index, as the leading replica reads waits from the database and
+    /// acts on them once. This replica's own newer heartbeat wins over the stored wait.
+    /// Publishes nothing and writes nothing.
+    pub fn follow_job_finished(&self, stored: StoredAgent, job: i64) {
+        let stored_seen = stored.agent.last_seen_at;
+        let checkin = stored.checkin;
+        let agent = self.upsert(stored);
         let mut live = agent.live.lock();
         if live.removed {
             return;
         }
-        live.jobs.push((job, kind));
-        self.publish_change(agent, &profile, &mut live, Timestamp::now(), None);
+        end_job(&mut live, job);
+        if live.last_seen_at <= stored_seen {
+            live.checkin = checkin;
+            live.written.checkin = checkin;
+        } else if matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
+            live.checkin = None;
+        }
+    }
+
+    /// Follows a transition whose event gives a reason (another replica gave up on the
+    /// agent's check-in, or its job): the reason is the agent's `last_provision_error`.
+    pub fn follow_provision_error(&self, id: AgentId, reason: &str) {
+        let Some(agent) = self.get(id) else {
+            return;
+        };
+        let profile = agent.profile();
+        if profile.last_provision_error.as_deref() == Some(reason) {
+            return;
+        }
+        let mut updated = (*profile).clone();
+        updated.last_provision_error = Some(reason.to_owned());
+        *agent.profile.write() = Arc::new(updated);
+    }
+
+    /// Makes every agent's jobs in progress those of `unfinished` (`(agent, job, kind)`, as
+    /// the database lists them): after this replica fell behind the feed and may have
+    /// missed jobs queued or ended elsewhere. A scan of every agent, for that rare case.
+    pub fn sync_jobs(&self, unfinished: &[(AgentId, i64, JobInProgress)]) {
+        let mut by_agent: std::collections::HashMap<AgentId, Vec<(i64, JobInProgress)>> =
+            std::collections::HashMap::new();
+        for (agent, job, kind) in unfinished {
+            by_agent.entry(*agent).or_default().push((*job, *kind));
+        }
+        for entry in &self.by_id {
+            let mut live = entry.value().live.lock();
+            live.jobs = by_agent.remove(entry.key()).unwrap_or_default();
+        }
     }
 
     /// Records that job `job` ended. With `woken` (the job woke the agent at `woken_at`),
@@ -486,7 +586,7 @@ impl Registry {
         if live.removed {
             return;
         }
-        live.jobs.retain(|(id, _)| *id != job);
+        end_job(&mut live, job);
         if let Some((woken_at, deadline)) = woken {
             let checked_in = live.last_seen_at.is_some_and(|seen| seen >= woken_at);
             live.checkin = (!checked_in).then_some(Checkin::Awaiting { deadline, wakes: 1 });
@@ -590,9 +690,17 @@ impl Registry {
         adopted
     }
 
-    /// Records another wake: the agent has until `deadline` to check in. False when the
-    /// agent checked in (or was removed) meanwhile.
-    pub fn rewoken(&self, agent: &Arc<LiveAgent>, wakes: u32, deadline: Timestamp) -> bool {
+    /// Records another wake: the agent has until `deadline` to check in. `sent`, the
+    /// event saying the wake went out, is written with the next batch, the one that stores
+    /// the new wait. False (and nothing recorded) when the agent checked in (or was
+    /// removed) meanwhile.
+    pub fn rewoken(
+        &self,
+        agent: &Arc<LiveAgent>,
+        wakes: u32,
+        deadline: Timestamp,
+        sent: Option<NewActivity>,
+    ) -> bool {
         let mut live = agent.live.lock();
         if live.removed || !matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
             return false;
@@ -600,6 +708,10 @@ impl Registry {
         let checkin = Checkin::Awaiting { deadline, wakes };
         live.checkin = Some(checkin);
         self.mark_dirty(agent, &mut live);
+        if let Some(sent) = sent {
+            let from = live.published;
+            self.push_event(agent.id, from, sent);
+        }
         drop(live);
         self.index_checkin(agent, Some(checkin));
         true
@@ -710,11 +822,11 @@ impl Registry {
                         Some(tolerance),
                     );
                     self.push_transition(
-                        agent.id,
                         &profile,
                         &mut live,
                         AgentStatus::Offline,
                         worded,
+                        None,
                         now,
                     );
                     self.mark_dirty(&agent, &mut live);
@@ -1150,7 +1262,7 @@ mod tests {
         assert!(registry.due_checkins(t0.plus_millis(999)).is_empty());
         let due = registry.due_checkins(t0.plus_seconds(1));
         assert_eq!(due.iter().map(|d| d.wakes).collect::<Vec<_>>(), [1]);
-        assert!(registry.rewoken(&live, 2, t0.plus_seconds(2)));
+        assert!(registry.rewoken(&live, 2, t0.plus_seconds(2), None));
         assert!(registry.due_checkins(t0.plus_millis(1500)).is_empty());
         assert_eq!(registry.due_checkins(t0.plus_seconds(2))[0].wakes, 2);
         assert!(registry.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
@@ -1355,5 +1467,165 @@ mod tests {
         // Already taken from the in-memory index in this pass: not twice.
         let again = registry.adopt_due_checkins(vec![with_wait(&elsewhere, 1)], &adopted);
         assert!(again.is_empty());
+    }
+
+    #[test]
+    fn a_job_noted_after_it_ended_changes_nothing() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        // The runner claimed and finished job 7 before its queueing was noted.
+        registry.job_finished(&live, 7, None, None, t0);
+        registry.job_queued(&live, 7, JobInProgress::Update);
+        registry.follow_job_queued(live.id(), 7, JobInProgress::Update);
+        assert_eq!(live.job_in_progress(), None);
+        assert_eq!(live.view(t0).status, AgentStatus::Healthy);
+        // Another job that ended does not hide one whose id is lower (committed later).
+        registry.job_finished(&live, 9, None, None, t0);
+        registry.follow_job_queued(live.id(), 8, JobInProgress::Update);
+        registry.follow_job_queued(live.id(), 8, JobInProgress::Update);
+        assert_eq!(live.live.lock().jobs, [(8, JobInProgress::Update)]);
+        assert_eq!(live.view(t0).status, AgentStatus::Updating);
+    }
+
+    #[test]
+    fn a_job_another_replica_queued_and_ran_shows_here_and_its_end_brings_the_stored_agent() {
+        let registry = Registry::default();
+        let settings = agent(10);
+        let live = registry.insert(settings.clone(), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.take_pending(true);
+        registry.follow_job_queued(live.id(), 3, JobInProgress::Create);
+        assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
+        registry.follow_job_queued(live.id(), 4, JobInProgress::Update);
+        assert_eq!(live.view(t0).status, AgentStatus::Updating);
+
+        // Job 3 ended elsewhere: placed, woken, awaiting its check-in (stored first).
+        let mut placed = settings;
+        placed.gateway_agent_id = Some("mc-1".into());
+        placed.last_provision_error = Some("the agent did not start".into());
+        let wait = Checkin::Awaiting {
+            deadline: t0.plus_seconds(30),
+            wakes: 1,
+        };
+        registry.follow_job_finished(
+            StoredAgent {
+                agent: placed,
+                token_digest: None,
+                checkin: Some(wait),
+            },
+            3,
+        );
+        let profile = live.profile();
+        assert_eq!(profile.gateway_agent_id.as_deref(), Some("mc-1"));
+        assert_eq!(
+            profile.last_provision_error.as_deref(),
+            Some("the agent did not start")
+        );
+        assert_eq!(live.live.lock().checkin, Some(wait));
+        assert_eq!(
+            live.view(t0).status,
+            AgentStatus::Updating,
+            "job 4 still runs"
+        );
+        registry.follow_job_finished(stored(live.profile().as_ref().clone(), None), 4);
+        assert_eq!(
+            live.view(t0).status,
+            AgentStatus::Offline,
+            "the stored agent has no wait any more"
+        );
+        // A follower starts no wake cycle of its own and records nothing.
+        assert!(registry.due_checkins(t0.plus_seconds(60)).is_empty());
+        assert!(registry.take_pending(true).is_empty());
+    }
+
+    #[test]
+    fn a_heartbeat_this_replica_saw_after_the_stored_one_wins_over_the_stored_wait() {
+        let registry = Registry::default();
+        let settings = agent(10);
+        let live = registry.insert(settings.clone(), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.follow_job_finished(
+            StoredAgent {
+                agent: settings,
+                token_digest: None,
+                checkin: Some(Checkin::Awaiting {
+                    deadline: t0.plus_seconds(30),
+                    wakes: 1,
+                }),
+            },
+            1,
+        );
+        assert_eq!(live.live.lock().checkin, None);
+        assert_eq!(live.view(t0).status, AgentStatus::Healthy);
+    }
+
+    #[test]
+    fn a_transition_with_a_reason_carries_it_and_a_follower_shows_it_as_the_error() {
+        let leader = Registry::default();
+        let settings = agent(10);
+        let live = leader.insert(settings.clone(), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        leader.job_queued(&live, 1, JobInProgress::Create);
+        leader.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        assert!(leader.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
+        let batch = leader.take_pending(true);
+        let data = batch.events[0].activity.data.clone().unwrap();
+        assert_eq!(
+            data,
+            json!({"from": "provisioning", "to": "offline", "reason": "never checked in"})
+        );
+
+        let follower = Registry::default();
+        let there = follower.insert(settings, None);
+        follower.follow_provision_error(there.id(), "never checked in");
+        assert_eq!(
+            there.profile().last_provision_error.as_deref(),
+            Some("never checked in")
+        );
+        assert!(follower.take_pending(true).is_empty());
+    }
+
+    #[test]
+    fn a_wake_sent_again_is_recorded_in_the_batch_that_stores_the_new_wait() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.job_queued(&live, 1, JobInProgress::Create);
+        registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
+        registry.take_pending(true);
+        let sent = mc_domain::activity::wakeup_sent(
+            live.id(),
+            None,
+            "a",
+            2,
+            t0.plus_seconds(2),
+            t0.plus_seconds(1),
+        );
+        assert!(registry.rewoken(&live, 2, t0.plus_seconds(2), Some(sent)));
+        let batch = registry.take_pending(true);
+        assert_eq!(event_types(&batch), ["agent.wakeup.sent"]);
+        assert_eq!(batch.events[0].transition, None, "not a transition");
+        assert_eq!(
+            batch.writes[0].checkin,
+            Some(Checkin::Awaiting {
+                deadline: t0.plus_seconds(2),
+                wakes: 2
+            })
+        );
+        assert_eq!(registry.transitions().iter().sum::<u64>(), 0);
+    }
+
+    #[test]
+    fn resyncing_the_jobs_takes_the_stored_list_as_it_is() {
+        let registry = Registry::default();
+        let a = registry.insert(agent(10), None);
+        let b = registry.insert(agent(10), None);
+        registry.follow_job_queued(a.id(), 1, JobInProgress::Update);
+        registry.sync_jobs(&[(b.id(), 2, JobInProgress::Delete)]);
+        assert_eq!(a.job_in_progress(), None, "ended while this replica lagged");
+        assert_eq!(b.job_in_progress(), Some(JobInProgress::Delete));
     }
 }

@@ -9,6 +9,9 @@
 //! behind like `last_seen_at`, flushed at once when a deadline is set), so they survive a
 //! restart.
 //!
+//! Each wake sent again is recorded as `agent.wakeup.sent`, in the write-behind batch that
+//! stores the new wait.
+//!
 //! With several replicas on one database, only the leading one acts on deadlines: it also
 //! reads the waits that came due from the database (another replica's job may have started
 //! them, or a replica that died), and re-reads the agents first, as another replica may
@@ -17,6 +20,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use mc_domain::activity::wakeup_sent;
 use mc_domain::time::Timestamp;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -149,13 +153,24 @@ async fn handle_due(state: &SharedState, due: DueCheckin) {
             tracing::warn!(agent = %agent.id(), %reason, "check-in: could not wake the agent again");
             state
                 .registry
-                .rewoken(&agent, wakes + 1, after(Timestamp::now(), timeout));
+                .rewoken(&agent, wakes + 1, after(Timestamp::now(), timeout), None);
         }
         Ok(()) => {
             tracing::info!(agent = %agent.id(), wake = wakes + 1, "check-in: woke the agent again");
+            let now = Timestamp::now();
+            let deadline = after(now, timeout);
+            let profile = agent.profile();
+            let sent = wakeup_sent(
+                agent.id(),
+                profile.board_id,
+                profile.name.as_str(),
+                wakes + 1,
+                deadline,
+                now,
+            );
             state
                 .registry
-                .rewoken(&agent, wakes + 1, after(Timestamp::now(), timeout));
+                .rewoken(&agent, wakes + 1, deadline, Some(sent));
         }
     }
 }

@@ -1300,3 +1300,29 @@ async fn pages_carry_a_strict_content_security_policy_and_assets_are_embedded() 
         assert!(asset.text().await.unwrap().len() > 1000);
     }
 }
+
+#[tokio::test]
+async fn the_live_views_listen_to_every_event_type_and_can_show_every_status() {
+    let app = TestApp::spawn().await;
+    let script = app
+        .request(Method::GET, "/assets/app.js", Auth::None)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // An `EventSource` only hears the event types it names: a missing one would leave a
+    // row `updating` after its job ended, or the feed without the job's progress.
+    for event_type in mc_domain::activity::EventType::ALL {
+        let name = format!("\"{}\"", event_type.as_str());
+        assert!(script.contains(&name), "app.js does not listen to {name}");
+    }
+    for status in mc_domain::agent::AgentStatus::ALL {
+        let label = format!("{}: \"", status.as_str());
+        assert!(
+            script.contains(&label),
+            "app.js has no icon or label for {status:?}"
+        );
+    }
+}

@@ -16,7 +16,7 @@ use crate::gateway_fixtures::{
     board_on_fake, create_agent_named, credential, provision_jobs, quick_gateway_settings,
     settled_jobs,
 };
-use crate::helpers::{TestApp, eventually, expect_json, expect_success, unique};
+use crate::helpers::{TestApp, eventually, expect_json, expect_success, timestamp, unique};
 
 /// The check-in timeout of these tests.
 const CHECKIN: Duration = Duration::from_millis(1000);
@@ -129,6 +129,21 @@ async fn an_agent_that_never_checks_in_is_woken_three_times_then_offline_with_th
             .is_some_and(|m| m.contains(NEVER_CHECKED_IN)),
         "{offline:?}"
     );
+    assert_eq!(
+        offline[0]["data"],
+        json!({"from": "provisioning", "to": "offline", "reason": NEVER_CHECKED_IN})
+    );
+    // Each wake sent again is on the log: the job's own wake was the first.
+    let sent = events_of(&app, &id, "agent.wakeup.sent").await;
+    let counted: Vec<&Value> = sent.iter().map(|e| &e["data"]["wake"]).collect();
+    assert_eq!(counted, [&json!(2), &json!(3)], "{sent:?}");
+    for event in &sent {
+        assert_eq!(event["data"]["max_wakes"], 3);
+        let deadline = timestamp(&event["data"]["checkin_deadline"]);
+        let at = timestamp(&event["created_at"]);
+        assert_eq!(deadline.as_millis() - at.as_millis(), 1000, "{event}");
+        assert!(event["message"].as_str().is_some_and(|m| m.ends_with('.')));
+    }
 
     // Nothing more happens: no fourth wake.
     tokio::time::sleep(CHECKIN * 2).await;

@@ -13,6 +13,7 @@ mod lifecycle;
 mod liveness;
 mod metrics;
 mod outage;
+mod provision_events;
 mod provisioning;
 mod real_gateway_provisioning;
 mod reprovision;

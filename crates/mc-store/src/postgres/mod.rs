@@ -1044,8 +1044,8 @@ impl Store for PostgresStore {
         if write_agent_settings(&mut tx, a).await? == 0 {
             return Ok(None);
         }
-        let id = provision_jobs::insert_job(&mut *tx, job).await?;
-        insert_activity(&mut tx, event, &self.recorded_here).await?;
+        let (id, queued) = provision_jobs::queue_job(&mut tx, job).await?;
+        insert_activities(&mut tx, &[event.clone(), queued], &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(id))
     }
@@ -1062,7 +1062,8 @@ impl Store for PostgresStore {
         if exists.is_none() {
             return Ok(None);
         }
-        let id = provision_jobs::insert_job(&mut *tx, job).await?;
+        let (id, queued) = provision_jobs::queue_job(&mut tx, job).await?;
+        insert_activities(&mut tx, &[queued], &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(id))
     }
@@ -1505,11 +1506,16 @@ impl PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(map_err)?;
+        let mut events = vec![event.clone()];
         let job_id = match job {
-            Some(job) => Some(provision_jobs::insert_job(&mut *tx, job).await?),
+            Some(job) => {
+                let (id, queued) = provision_jobs::queue_job(&mut tx, job).await?;
+                events.push(queued);
+                Some(id)
+            }
             None => None,
         };
-        insert_activity(&mut tx, event, &self.recorded_here).await?;
+        insert_activities(&mut tx, &events, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(job_id)
     }

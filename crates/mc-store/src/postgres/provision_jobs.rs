@@ -2,14 +2,16 @@
 //! replicas sharing the database never run the same job at once.
 
 use chrono::{DateTime, Utc};
-use mc_domain::ids::AgentId;
+use mc_domain::activity::NewActivity;
+use mc_domain::ids::{AgentId, BoardId};
 use mc_domain::time::Timestamp;
-use sqlx::Row as _;
 use sqlx::postgres::PgRow;
+use sqlx::{PgConnection, Row as _};
 use uuid::Uuid;
 
 use super::rows::to_timestamptz as tz;
-use super::{PostgresStore, map_err};
+use super::{PostgresStore, insert_activities, map_err};
+use crate::job_events::{self, StoredSubject};
 use crate::{
     NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState,
     StoreError, StoreResult,
@@ -52,11 +54,12 @@ fn job_from_row(row: &PgRow) -> StoreResult<ProvisionJob> {
     })
 }
 
-/// Queues a job through `executor` (the pool, or a transaction it is part of).
-pub(super) async fn insert_job<'e>(
-    executor: impl sqlx::PgExecutor<'e>,
+/// Queues a job in the caller's transaction; returns its id and its
+/// `agent.provision.queued` event, for the caller to record in that transaction.
+pub(super) async fn queue_job(
+    conn: &mut PgConnection,
     job: &NewProvisionJob,
-) -> StoreResult<i64> {
+) -> StoreResult<(i64, NewActivity)> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO provision_jobs
            (agent_id, gateway_id, action, gateway_agent_id, session_key, state, attempts,
@@ -70,15 +73,35 @@ pub(super) async fn insert_job<'e>(
     .bind(&job.gateway_agent_id)
     .bind(&job.session_key)
     .bind(tz(job.requested_at))
-    .fetch_one(executor)
+    .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    Ok(id)
+    let subject = stored_subject(conn, job.agent_id).await?;
+    Ok((id, job_events::queued(job, id, &subject)))
+}
+
+/// The agent's name and board as stored now, for a job's events.
+async fn stored_subject(conn: &mut PgConnection, agent_id: AgentId) -> StoreResult<StoredSubject> {
+    let row = sqlx::query("SELECT name, board_id FROM agents WHERE id = $1")
+        .bind(agent_id.as_uuid())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let board: Option<Uuid> = row.try_get("board_id").map_err(map_err)?;
+    Ok(Some((name, board.map(BoardId::from))))
 }
 
 impl PostgresStore {
     pub(super) async fn insert_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64> {
-        insert_job(&self.pool, job).await
+        let mut tx = self.begin().await?;
+        let (id, queued) = queue_job(&mut tx, job).await?;
+        insert_activities(&mut tx, &[queued], &self.recorded_here).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(id)
     }
 
     pub(super) async fn claim_provision_jobs(
@@ -123,19 +146,20 @@ impl PostgresStore {
         attempt: &ProvisionAttempt,
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        sqlx::query(
+        let updated = sqlx::query(
             "UPDATE provision_jobs
                 SET state = $1, attempts = attempts + 1, last_error = $2,
                     next_attempt_at = coalesce($3, next_attempt_at), claimed_until = NULL,
                     updated_at = $4
-              WHERE id = $5",
+              WHERE id = $5
+             RETURNING action, attempts",
         )
         .bind(attempt.state.as_str())
         .bind(&attempt.error)
         .bind(attempt.next_attempt_at.map(tz))
         .bind(tz(attempt.attempted_at))
         .bind(attempt.job_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *tx)
         .await
         .map_err(map_err)?;
         sqlx::query("UPDATE agents SET last_provision_error = $1 WHERE id = $2")
@@ -157,6 +181,19 @@ impl PostgresStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
+        }
+        if let Some(row) = updated {
+            let action: String = row.try_get("action").map_err(map_err)?;
+            let action =
+                ProvisionAction::from_stored(&action).ok_or_else(|| StoreError::Corrupt {
+                    table: "provision_jobs",
+                    reason: format!("unknown action {action:?}"),
+                })?;
+            let attempts = u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
+                .unwrap_or(u32::MAX);
+            let subject = stored_subject(&mut tx, attempt.agent_id).await?;
+            let event = job_events::attempted(attempt, action, attempts, &subject);
+            insert_activities(&mut tx, &[event], &self.recorded_here).await?;
         }
         tx.commit().await.map_err(map_err)?;
         Ok(())

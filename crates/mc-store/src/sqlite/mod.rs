@@ -780,8 +780,8 @@ impl Store for SqliteStore {
         if write_agent_settings(&mut rtx.tx, a).await? == 0 {
             return Ok(None);
         }
-        let id = provision_jobs::insert_job(&mut *rtx.tx, job).await?;
-        rtx.record(std::slice::from_ref(event)).await?;
+        let (id, queued) = provision_jobs::queue_job(&mut rtx.tx, job).await?;
+        rtx.record([event, &queued]).await?;
         rtx.commit().await?;
         Ok(Some(id))
     }
@@ -797,7 +797,8 @@ impl Store for SqliteStore {
         if exists.is_none() {
             return Ok(None);
         }
-        let id = provision_jobs::insert_job(&mut *rtx.tx, job).await?;
+        let (id, queued) = provision_jobs::queue_job(&mut rtx.tx, job).await?;
+        rtx.record([&queued]).await?;
         rtx.commit().await?;
         Ok(Some(id))
     }
@@ -1349,11 +1350,15 @@ impl SqliteStore {
         .execute(&mut *rtx.tx)
         .await
         .map_err(map_err)?;
+        rtx.record(std::slice::from_ref(event)).await?;
         let job_id = match job {
-            Some(job) => Some(provision_jobs::insert_job(&mut *rtx.tx, job).await?),
+            Some(job) => {
+                let (id, queued) = provision_jobs::queue_job(&mut rtx.tx, job).await?;
+                rtx.record([&queued]).await?;
+                Some(id)
+            }
             None => None,
         };
-        rtx.record(std::slice::from_ref(event)).await?;
         rtx.commit().await?;
         Ok(job_id)
     }

@@ -1,12 +1,15 @@
 //! The provisioning job queue on SQLite.
 
-use mc_domain::ids::AgentId;
+use mc_domain::activity::NewActivity;
+use mc_domain::ids::{AgentId, BoardId};
 use mc_domain::time::Timestamp;
 use sqlx::Row as _;
+use sqlx::SqliteConnection;
 use sqlx::sqlite::SqliteRow;
 
 use super::rows::parse_id;
 use super::{SqliteStore, map_err, ms};
+use crate::job_events::{self, StoredSubject};
 use crate::{
     NewProvisionJob, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState,
     StoreError, StoreResult,
@@ -42,11 +45,12 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<ProvisionJob> {
     })
 }
 
-/// Queues a job through `executor` (the pool, or a transaction it is part of).
-pub(super) async fn insert_job<'e>(
-    executor: impl sqlx::SqliteExecutor<'e>,
+/// Queues a job in the caller's transaction; returns its id and its
+/// `agent.provision.queued` event, for the caller to record in that transaction.
+pub(super) async fn queue_job(
+    conn: &mut SqliteConnection,
     job: &NewProvisionJob,
-) -> StoreResult<i64> {
+) -> StoreResult<(i64, NewActivity)> {
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO provision_jobs
            (agent_id, gateway_id, action, gateway_agent_id, session_key, state, attempts,
@@ -62,15 +66,41 @@ pub(super) async fn insert_job<'e>(
     .bind(ms(job.requested_at))
     .bind(ms(job.requested_at))
     .bind(ms(job.requested_at))
-    .fetch_one(executor)
+    .fetch_one(&mut *conn)
     .await
     .map_err(map_err)?;
-    Ok(id)
+    let subject = stored_subject(conn, job.agent_id).await?;
+    Ok((id, job_events::queued(job, id, &subject)))
+}
+
+/// The agent's name and board as stored now, for a job's events.
+async fn stored_subject(
+    conn: &mut SqliteConnection,
+    agent_id: AgentId,
+) -> StoreResult<StoredSubject> {
+    let row = sqlx::query("SELECT name, board_id FROM agents WHERE id = ?")
+        .bind(agent_id.to_string())
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(map_err)?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let name: String = row.try_get("name").map_err(map_err)?;
+    let board: Option<String> = row.try_get("board_id").map_err(map_err)?;
+    let board = board
+        .map(|b| parse_id::<BoardId>(&b, "agents"))
+        .transpose()?;
+    Ok(Some((name, board)))
 }
 
 impl SqliteStore {
     pub(super) async fn insert_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64> {
-        insert_job(&self.writer, job).await
+        let mut rtx = self.begin_recording().await?;
+        let (id, queued) = queue_job(&mut rtx.tx, job).await?;
+        rtx.record([&queued]).await?;
+        rtx.commit().await?;
+        Ok(id)
     }
 
     pub(super) async fn claim_provision_jobs(
@@ -110,26 +140,27 @@ impl SqliteStore {
         &self,
         attempt: &ProvisionAttempt,
     ) -> StoreResult<()> {
-        let mut tx = self.begin().await?;
-        sqlx::query(
+        let mut rtx = self.begin_recording().await?;
+        let updated = sqlx::query(
             "UPDATE provision_jobs
                 SET state = ?, attempts = attempts + 1, last_error = ?,
                     next_attempt_at = coalesce(?, next_attempt_at), claimed_until = NULL,
                     updated_at = ?
-              WHERE id = ?",
+              WHERE id = ?
+             RETURNING action, attempts",
         )
         .bind(attempt.state.as_str())
         .bind(&attempt.error)
         .bind(attempt.next_attempt_at.map(ms))
         .bind(ms(attempt.attempted_at))
         .bind(attempt.job_id)
-        .execute(&mut *tx)
+        .fetch_optional(&mut *rtx.tx)
         .await
         .map_err(map_err)?;
         sqlx::query("UPDATE agents SET last_provision_error = ? WHERE id = ?")
             .bind(&attempt.error)
             .bind(attempt.agent_id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?;
         if let Some(placement) = &attempt.placement {
@@ -142,11 +173,24 @@ impl SqliteStore {
             .bind(&placement.workspace_path)
             .bind(&placement.session_key)
             .bind(attempt.agent_id.to_string())
-            .execute(&mut *tx)
+            .execute(&mut *rtx.tx)
             .await
             .map_err(map_err)?;
         }
-        tx.commit().await.map_err(map_err)?;
+        if let Some(row) = updated {
+            let action: String = row.try_get("action").map_err(map_err)?;
+            let action =
+                ProvisionAction::from_stored(&action).ok_or_else(|| StoreError::Corrupt {
+                    table: "provision_jobs",
+                    reason: format!("unknown action {action:?}"),
+                })?;
+            let attempts = u32::try_from(row.try_get::<i64, _>("attempts").map_err(map_err)?)
+                .unwrap_or(u32::MAX);
+            let subject = stored_subject(&mut rtx.tx, attempt.agent_id).await?;
+            let event = job_events::attempted(attempt, action, attempts, &subject);
+            rtx.record([&event]).await?;
+        }
+        rtx.commit().await?;
         Ok(())
     }
 

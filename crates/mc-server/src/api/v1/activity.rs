@@ -2,13 +2,15 @@
 
 use axum::Json;
 use axum::extract::State;
-use mc_domain::activity::ActivityEvent;
+use mc_domain::activity::{ActivityEvent, EventType};
 use mc_domain::ids::{AgentId, BoardId};
 use mc_domain::time::Timestamp;
 use mc_store::ActivityFilter;
 use serde::Serialize;
 use serde_json::Value;
-use utoipa::ToSchema;
+use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{PartialSchema, ToSchema};
 use uuid::Uuid;
 
 use super::PageOf;
@@ -17,12 +19,37 @@ use crate::error::{ApiError, ApiResult};
 use crate::extract::QueryParams;
 use crate::state::SharedState;
 
+/// The wire name of an event type in the OpenAPI document: a string, one of every
+/// [`EventType`] (so the document lists them all, from the one list the filters and
+/// webhook subscriptions accept).
+#[derive(Debug)]
+pub struct EventTypeName;
+
+impl PartialSchema for EventTypeName {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some(
+                "What happened: an agent's own change (`agent.created`, `agent.updated`, \
+                 `agent.deleted`, `agent.token_rotated`), a liveness transition \
+                 (`agent.provisioning`, `agent.healthy`, `agent.degraded`, `agent.offline`), \
+                 a provisioning job's progress (`agent.provision.*`, data `{job, action, \
+                 attempt}` and, where they apply, `error`, `next_attempt_at`, `placement`) or \
+                 a wake sent again to an agent that did not check in (`agent.wakeup.sent`).",
+            ))
+            .enum_values(Some(EventType::ALL.iter().map(|t| t.as_str())))
+            .into()
+    }
+}
+
+impl ToSchema for EventTypeName {}
+
 /// One recorded event.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ActivityEventRead {
     /// Monotonically increasing id (the event-stream resume point).
     id: i64,
-    /// E.g. `agent.created`, `agent.offline`.
+    #[schema(value_type = EventTypeName)]
     event_type: String,
     /// One sentence.
     message: String,

@@ -268,7 +268,7 @@ fn respond(
 /// Streams activity events as they are recorded (`text/event-stream`).
 #[utoipa::path(get, path = "/api/v1/activity/stream", tags = ["activity", "agent-main", "agent-lead", "agent-worker"],
     params(("agent_id" = Option<Uuid>, Query), ("board_id" = Option<Uuid>, Query),
-        ("event_types" = Option<String>, Query, description = "Comma-separated event types, e.g. `agent.offline,agent.healthy`"),
+        ("event_types" = Option<String>, Query, description = "Comma-separated event types (see the `EventTypeName` schema), e.g. `agent.offline,agent.healthy` or `agent.provision.failed`"),
         ("last_event_id" = Option<i64>, Query, description = "Resume after this event id (the `Last-Event-ID` header wins)"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses((status = 200, content_type = "text/event-stream", body = ActivityEventRead,
@@ -283,11 +283,11 @@ pub async fn activity_stream(
     respond(&caller, state, &headers, &query, Payload::Activity)
 }
 
-/// Streams agent events (created, updated, deleted, every liveness transition), each with
-/// the agent as it is now.
+/// Streams agent events (created, updated, deleted, every liveness transition, each
+/// provisioning job's progress and wakes sent again), each with the agent as it is now.
 #[utoipa::path(get, path = "/api/v1/agents/stream", tags = ["agents", "agent-main", "agent-lead"],
     params(("agent_id" = Option<Uuid>, Query), ("board_id" = Option<Uuid>, Query),
-        ("event_types" = Option<String>, Query, description = "Comma-separated event types, e.g. `agent.offline,agent.healthy`"),
+        ("event_types" = Option<String>, Query, description = "Comma-separated event types (see the `EventTypeName` schema), e.g. `agent.offline,agent.healthy` or `agent.provision.failed`"),
         ("last_event_id" = Option<i64>, Query, description = "Resume after this event id (the `Last-Event-ID` header wins)"),
         ("Last-Event-ID" = Option<i64>, Header, description = "Resume after this event id")),
     responses((status = 200, content_type = "text/event-stream", body = AgentStreamMessage,

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::activity::EventTypeName;
 use super::{OkResponse, PageOf};
 use crate::auth::Admin;
 use crate::error::{ApiError, ApiResult};
@@ -24,6 +25,7 @@ pub struct WebhookRead {
     /// Where deliveries are posted.
     url: String,
     /// The event types delivered; empty means every event.
+    #[schema(value_type = Vec<EventTypeName>)]
     event_types: Vec<&'static str>,
     /// Whether new events are delivered.
     enabled: bool,
@@ -57,6 +59,7 @@ pub struct WebhookCreate {
     /// Event types to deliver, e.g. `["agent.offline", "agent.healthy"]`; absent or empty
     /// means every event.
     #[serde(default)]
+    #[schema(value_type = Vec<EventTypeName>)]
     event_types: Vec<String>,
     /// HMAC-SHA256 key for `X-MC-Signature` (at least 16 characters; write-only).
     secret: String,
@@ -68,6 +71,7 @@ pub struct WebhookCreate {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct WebhookUpdate {
     url: Option<String>,
+    #[schema(value_type = Option<Vec<EventTypeName>>)]
     event_types: Option<Vec<String>>,
     secret: Option<String>,
     enabled: Option<bool>,
@@ -80,6 +84,7 @@ pub struct DeliveryRead {
     id: i64,
     /// The activity event delivered.
     event_id: i64,
+    #[schema(value_type = EventTypeName)]
     event_type: String,
     /// `pending`, `delivered` or `failed` (given up).
     status: &'static str,

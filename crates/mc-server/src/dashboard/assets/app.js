@@ -2,10 +2,16 @@
 // times, copy buttons and instant name search. Progressive: every page works without it.
 "use strict";
 (function () {
+  // Every event type (mc_domain::activity::EventType::ALL): a job's progress changes the
+  // agent's status too (queued: updating or deleting; done or failed: back).
   var AGENT_EVENTS = ["agent.created", "agent.updated", "agent.deleted", "agent.token_rotated",
-    "agent.provisioning", "agent.healthy", "agent.degraded", "agent.offline"];
-  var ICONS = { healthy: "\u25CF", degraded: "\u25B2", offline: "\u2715", provisioning: "\u25CC" };
-  var LABELS = { healthy: "Healthy", degraded: "Degraded", offline: "Offline", provisioning: "Provisioning" };
+    "agent.provisioning", "agent.healthy", "agent.degraded", "agent.offline",
+    "agent.provision.queued", "agent.provision.retrying", "agent.provision.done",
+    "agent.provision.failed", "agent.wakeup.sent"];
+  var ICONS = { healthy: "\u25CF", degraded: "\u25B2", offline: "\u2715", provisioning: "\u25CC",
+    updating: "\u21BB", deleting: "\u232B" };
+  var LABELS = { healthy: "Healthy", degraded: "Degraded", offline: "Offline", provisioning: "Provisioning",
+    updating: "Updating", deleting: "Deleting" };
 
   function ago(ms) {
     var s = Math.max(0, Math.floor((Date.now() - ms) / 1000));
