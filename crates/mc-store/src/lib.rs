@@ -453,12 +453,17 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Page<Board>>;
     /// Replaces a board's mutable fields.
     async fn update_board(&self, board: &Board) -> StoreResult<()>;
-    /// Deletes a board with its agents and enrollment tokens, recording `events`.
-    /// Returns the deleted agents' ids, or `None` when the board did not exist.
+    /// Deletes a board with its agents and enrollment tokens, recording `events` and
+    /// queueing `cleanup` (the delete jobs that remove its agents from their gateway; they
+    /// need no agent row to run) in the same transaction, each with its
+    /// `agent.provision.queued` event: a board is never deleted without its clean-up, nor
+    /// the clean-up queued without the deletion. Returns the deleted agents' ids, or `None`
+    /// (and writes nothing) when the board did not exist.
     async fn delete_board(
         &self,
         id: BoardId,
         events: &[NewActivity],
+        cleanup: &[NewProvisionJob],
     ) -> StoreResult<Option<Vec<AgentId>>>;
 
     /// Inserts an agent with its token digest and creation event; when `spend` is given,

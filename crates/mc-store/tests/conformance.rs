@@ -658,10 +658,10 @@ async fn deleting_a_board_deletes_its_agents_and_reports_them(store: Arc<dyn Sto
         .insert_agent(&a, None, None, &event(None))
         .await
         .unwrap();
-    let deleted = store.delete_board(board, &[]).await.unwrap();
+    let deleted = store.delete_board(board, &[], &[]).await.unwrap();
     assert_eq!(deleted, Some(vec![a.id]));
     assert_eq!(store.agent(a.id).await.unwrap(), None);
-    assert_eq!(store.delete_board(board, &[]).await.unwrap(), None);
+    assert_eq!(store.delete_board(board, &[], &[]).await.unwrap(), None);
     assert_eq!(store.delete_gateway(gw, &[]).await.unwrap(), Some(vec![]));
 }
 

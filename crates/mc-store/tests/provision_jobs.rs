@@ -25,6 +25,7 @@ on_every_backend!(
     an_agent_is_stored_with_its_first_job_or_neither_is,
     an_update_is_stored_with_its_job_or_neither_is,
     a_delete_job_is_queued_only_while_its_agent_exists,
+    a_board_is_deleted_with_the_clean_up_jobs_of_its_agents_or_neither_happens,
     every_way_of_queueing_a_job_records_its_queued_event_with_it,
     each_recorded_attempt_records_its_progress_event_with_it,
     progress_events_are_published_on_the_feed_once_committed,
@@ -431,7 +432,8 @@ async fn a_delete_job_is_queued_only_while_its_agent_exists(store: Arc<dyn Store
         "the job removes the agent, not the request"
     );
 
-    // Deleted meanwhile (e.g. with its board): no job is left behind for it.
+    // Deleted meanwhile (e.g. by its board's deletion, which queues its own clean-up): no
+    // job is left behind for it.
     store
         .delete_agent(agent.id, &event(agent.id, EventType::AgentDeleted))
         .await
@@ -439,6 +441,97 @@ async fn a_delete_job_is_queued_only_while_its_agent_exists(store: Arc<dyn Store
     let before = store.provision_jobs(agent.id).await.unwrap().len();
     assert_eq!(store.queue_agent_delete(&delete).await.unwrap(), None);
     assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), before);
+}
+
+async fn a_board_is_deleted_with_the_clean_up_jobs_of_its_agents_or_neither_happens(
+    store: Arc<dyn Store>,
+) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let (first, other) = (
+        common::new_agent(gateway, Some(board), "first"),
+        common::new_agent(gateway, None, "elsewhere"),
+    );
+    for agent in [&first, &other] {
+        store
+            .insert_agent(agent, None, None, &event(agent.id, EventType::AgentCreated))
+            .await
+            .unwrap();
+    }
+    let cleanup = |agent: &mc_domain::agent::Agent| NewProvisionJob {
+        gateway_id: gateway,
+        gateway_agent_id: Some(format!("mc-{}", agent.id)),
+        session_key: Some(format!("agent:mc-{}:main", agent.id)),
+        ..job(agent.id, ProvisionAction::Delete)
+    };
+
+    // A board that does not exist: nothing is queued, recorded or deleted.
+    let missing = mc_domain::ids::BoardId::new();
+    assert_eq!(
+        store
+            .delete_board(
+                missing,
+                &[event(other.id, EventType::AgentDeleted)],
+                &[cleanup(&other)],
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.provision_jobs(other.id).await.unwrap().is_empty());
+    assert_eq!(events_of(&store, other.id).await, ["agent.created"]);
+    assert!(store.agent(other.id).await.unwrap().is_some());
+
+    let deleted = store
+        .delete_board(
+            board,
+            &[event(first.id, EventType::AgentDeleted)],
+            &[cleanup(&first)],
+        )
+        .await
+        .unwrap();
+    assert_eq!(deleted, Some(vec![first.id]));
+    assert_eq!(store.agent(first.id).await.unwrap(), None);
+    assert_eq!(store.board(board).await.unwrap(), None);
+    let jobs = store.provision_jobs(first.id).await.unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!(
+        (jobs[0].action, jobs[0].state, jobs[0].gateway_id),
+        (ProvisionAction::Delete, ProvisionJobState::Pending, gateway)
+    );
+    assert_eq!(
+        jobs[0].gateway_agent_id.as_deref(),
+        Some(format!("mc-{}", first.id).as_str())
+    );
+    assert_eq!(
+        jobs[0].session_key.as_deref(),
+        Some(format!("agent:mc-{}:main", first.id).as_str())
+    );
+
+    // The queued event, recorded while the agent still existed, names it and its board.
+    let events = recorded(&store, first.id).await;
+    let types: Vec<&str> = events.iter().map(|e| e.event_type.as_str()).collect();
+    assert_eq!(
+        types,
+        ["agent.created", "agent.provision.queued", "agent.deleted"]
+    );
+    assert_eq!(events[1].data, Some(queued_data(jobs[0].id, "delete")));
+    assert_eq!(events[1].board_id, Some(board));
+    assert!(events[1].message.contains("first"), "{}", events[1].message);
+
+    // The job runs without the agent's row.
+    let claimed = claim(&store, now()).await;
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, jobs[0].id);
+    store
+        .record_provision_attempt(&outcome(&claimed[0], ProvisionJobState::Done))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.provision_jobs(first.id).await.unwrap()[0].state,
+        ProvisionJobState::Done
+    );
+    assert!(store.agent(other.id).await.unwrap().is_some());
 }
 
 /// Every event about `agent`, oldest first.

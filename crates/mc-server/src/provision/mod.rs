@@ -211,19 +211,29 @@ pub async fn job_for(
         true => state.store.gateway(agent.gateway_id).await?,
         false => None,
     };
-    let Some(gateway) = gateway.filter(|g| g.url.is_managed()) else {
-        return Ok(None);
-    };
-    let placement = plan::placement_of(agent, &gateway);
+    Ok(gateway.and_then(|gateway| job_on(agent, &gateway, action)))
+}
+
+/// Like [`job_for`], with the agent's gateway already read (`gateway` is the one
+/// `agent.gateway_id` names).
+pub fn job_on(
+    agent: &Agent,
+    gateway: &Gateway,
+    action: ProvisionAction,
+) -> Option<NewProvisionJob> {
+    if !agent.is_mc_agent || !gateway.url.is_managed() {
+        return None;
+    }
+    let placement = plan::placement_of(agent, gateway);
     let delete = action == ProvisionAction::Delete;
-    Ok(Some(NewProvisionJob {
+    Some(NewProvisionJob {
         agent_id: agent.id,
         gateway_id: gateway.id,
         action,
         gateway_agent_id: delete.then(|| placement.gateway_agent_id.clone()),
         session_key: delete.then(|| placement.session_key.clone()),
         requested_at: Timestamp::now(),
-    }))
+    })
 }
 
 /// Records that job `job` (of `action`) was stored for `agent`: keeps `token` (the

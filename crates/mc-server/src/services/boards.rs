@@ -1,12 +1,18 @@
-//! Creating and changing boards: the validation rules shared by the REST API and the
-//! dashboard.
+//! Creating, changing and deleting boards: the validation rules shared by the REST API
+//! and the dashboard, and what deleting a board does to its agents.
+
+use std::collections::{HashMap, HashSet};
 
 use mc_domain::board::{Board, BoardRules, Slug, required_text};
 use mc_domain::ids::{BoardId, GatewayId};
+use mc_domain::liveness::JobInProgress;
+use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
 use mc_domain::{FieldError, ValidationErrors};
+use mc_store::{AgentFilter, ProvisionAction};
 
 use crate::error::{ApiError, ApiResult};
+use crate::services::agents::deleted_event;
 use crate::state::AppState;
 
 /// Fields of a board to create or change; `None` leaves a field as it is. On create,
@@ -205,4 +211,76 @@ pub async fn load_board(state: &AppState, id: BoardId) -> ApiResult<Board> {
         .await?
         .filter(|b| b.organization_id == state.organization_id)
         .ok_or(ApiError::NotFound("Board not found"))
+}
+
+/// Deletes a board with its agents and enrollment tokens; 404 when it does not exist.
+///
+/// The agents leave Mission Control at once (their tokens stop working; one
+/// `agent.deleted` event each). Those Mission Control created on a managed gateway get a
+/// delete job that removes them from the gateway afterwards, stored in the transaction that
+/// deletes the board, so that no crash can delete the board and lose the clean-up. An
+/// agent whose own delete job is queued already is left to that job.
+pub async fn delete_board(state: &AppState, id: BoardId) -> ApiResult<()> {
+    load_board(state, id).await?;
+    // As stored rather than as this replica has followed them: an agent another replica
+    // created a moment ago is deleted too, so it needs its event and its clean-up.
+    let agents = state
+        .store
+        .list_agents(
+            AgentFilter {
+                board_id: Some(id),
+                gateway_id: None,
+            },
+            PageRequest {
+                limit: u32::MAX,
+                offset: 0,
+            },
+        )
+        .await?
+        .items;
+    let mut gateways = HashMap::new();
+    for agent in &agents {
+        if agent.is_mc_agent && !gateways.contains_key(&agent.gateway_id) {
+            let gateway = state.store.gateway(agent.gateway_id).await?;
+            gateways.insert(agent.gateway_id, gateway);
+        }
+    }
+    let mut events = Vec::with_capacity(agents.len());
+    let mut cleanup = Vec::new();
+    for agent in &agents {
+        let removing = state
+            .registry
+            .get(agent.id)
+            .is_some_and(|live| live.job_in_progress() == Some(JobInProgress::Delete));
+        let job = gateways
+            .get(&agent.gateway_id)
+            .and_then(Option::as_ref)
+            .filter(|_| !removing)
+            .and_then(|gateway| crate::provision::job_on(agent, gateway, ProvisionAction::Delete));
+        let reason = match (&job, removing) {
+            (Some(_), _) => " with its board; a delete job removes it from its gateway",
+            (None, true) => " with its board; its delete job removes it from its gateway",
+            (None, false) => " with its board",
+        };
+        events.push(deleted_event(agent, reason));
+        cleanup.extend(job);
+    }
+    let deleted = state
+        .store
+        .delete_board(id, &events, &cleanup)
+        .await?
+        .ok_or(ApiError::NotFound("Board not found"))?;
+    let known: HashSet<_> = agents.iter().map(|agent| agent.id).collect();
+    for agent in deleted {
+        if !known.contains(&agent) {
+            // Created in the moment between the read above and the deletion.
+            tracing::warn!(agent.id = %agent, board.id = %id, "an agent created while its board was deleted went with it; no job removes it from its gateway");
+        }
+        state.provisioner.forget_token(agent);
+        state.registry.remove(agent);
+    }
+    if !cleanup.is_empty() {
+        state.provisioner.notify();
+    }
+    Ok(())
 }

@@ -133,12 +133,22 @@ pub async fn update_gateway(
     Ok(gateway)
 }
 
-/// How long deleting a managed gateway may spend removing its main agent from it.
-const MAIN_AGENT_REMOVAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long deleting a managed gateway may spend removing one agent from it.
+const AGENT_REMOVAL_LIMIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An agent to remove from a gateway before the gateway is deleted.
+struct Removal {
+    /// How the refusal names it when its removal fails.
+    who: String,
+    gateway_agent_id: String,
+    session_key: String,
+}
 
 /// Deletes a gateway with its main agents; 409 while boards use it, 404 when it is gone.
-/// A managed gateway's main agents are removed from the gateway first; when that fails the
-/// answer is 409 and nothing is deleted.
+/// A managed gateway's main agents, and the agents of deleted boards whose delete jobs have
+/// not removed them yet, are removed from the gateway first (once the gateway is gone,
+/// those jobs have nothing left to contact); when that fails the answer is 409 and nothing
+/// is deleted.
 pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
     let gateway = state
         .store
@@ -149,24 +159,27 @@ pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
     let main_agents = state
         .registry
         .agents_where(|agent| agent.gateway_id == id && agent.is_gateway_main());
-    if gateway.url.is_managed() && !main_agents.is_empty() {
-        let boards = state
-            .store
-            .list_boards(
-                state.organization_id,
-                Some(id),
-                PageRequest {
-                    limit: 1,
-                    offset: 0,
-                },
-            )
-            .await?;
-        if boards.total > 0 {
-            return Err(
-                mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into(),
-            );
+    if gateway.url.is_managed() {
+        let removals = removals_before_deleting(state, &gateway, &main_agents).await?;
+        if !removals.is_empty() {
+            let boards = state
+                .store
+                .list_boards(
+                    state.organization_id,
+                    Some(id),
+                    PageRequest {
+                        limit: 1,
+                        offset: 0,
+                    },
+                )
+                .await?;
+            if boards.total > 0 {
+                return Err(
+                    mc_store::StoreError::Conflict(mc_store::Constraint::GatewayHasBoards).into(),
+                );
+            }
+            remove_agents(state, &gateway, &removals).await?;
         }
-        remove_main_agents(state, &gateway, &main_agents).await?;
     }
     let events: Vec<_> = main_agents
         .iter()
@@ -184,33 +197,66 @@ pub async fn delete_gateway(state: &AppState, id: GatewayId) -> ApiResult<()> {
     Ok(())
 }
 
-/// Removes a managed gateway's main agents from it, within [`MAIN_AGENT_REMOVAL_LIMIT`].
-async fn remove_main_agents(
+/// What deleting the managed `gateway` removes from it first: its main agents, and the
+/// agents that pending delete jobs still have to remove (e.g. those of a deleted board).
+async fn removals_before_deleting(
     state: &AppState,
     gateway: &Gateway,
-    agents: &[Arc<Agent>],
-) -> ApiResult<()> {
-    let refused = |why: String| {
+    main_agents: &[Arc<Agent>],
+) -> ApiResult<Vec<Removal>> {
+    let mut removals: Vec<Removal> = main_agents
+        .iter()
+        .map(|agent| {
+            let placement = plan::placement_of(agent, gateway);
+            Removal {
+                who: "the gateway's main agent".to_owned(),
+                gateway_agent_id: placement.gateway_agent_id,
+                session_key: placement.session_key,
+            }
+        })
+        .collect();
+    let pending = state.store.unfinished_provision_jobs().await?;
+    for job in pending {
+        let (Some(gateway_agent_id), Some(session_key)) = (job.gateway_agent_id, job.session_key)
+        else {
+            continue;
+        };
+        let known = removals
+            .iter()
+            .any(|removal| removal.gateway_agent_id == gateway_agent_id);
+        if job.gateway_id == gateway.id && job.action == ProvisionAction::Delete && !known {
+            removals.push(Removal {
+                who: format!("agent {} (delete job {})", job.agent_id, job.id),
+                gateway_agent_id,
+                session_key,
+            });
+        }
+    }
+    Ok(removals)
+}
+
+/// Removes `removals` from the managed `gateway`, each within [`AGENT_REMOVAL_LIMIT`].
+async fn remove_agents(state: &AppState, gateway: &Gateway, removals: &[Removal]) -> ApiResult<()> {
+    let refused = |who: &str, why: String| {
         ApiError::Conflict(format!(
-            "the gateway's main agent could not be removed from the gateway ({why}); nothing was deleted. Retry when the gateway is reachable, or clear the gateway's url to delete it without contacting it."
+            "{who} could not be removed from the gateway ({why}); nothing was deleted. Retry when the gateway is reachable, or clear the gateway's url to delete it without contacting it."
         ))
     };
     crate::provision::connect_gateway(&state.gateways, gateway);
-    let handle = state
-        .gateways
-        .get(gateway.id)
-        .ok_or_else(|| refused("no connection".to_owned()))?;
-    for agent in agents {
-        let placement = plan::placement_of(agent, gateway);
-        let removal = plan::remove(&handle, &placement.gateway_agent_id, &placement.session_key);
-        match tokio::time::timeout(MAIN_AGENT_REMOVAL_LIMIT, removal).await {
+    let handle = state.gateways.get(gateway.id).ok_or_else(|| {
+        let who = removals.first().map_or("an agent", |removal| &removal.who);
+        refused(who, "no connection".to_owned())
+    })?;
+    for removal in removals {
+        let attempt = plan::remove(&handle, &removal.gateway_agent_id, &removal.session_key);
+        match tokio::time::timeout(AGENT_REMOVAL_LIMIT, attempt).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(refused(error.to_string())),
+            Ok(Err(error)) => return Err(refused(&removal.who, error.to_string())),
             Err(_) => {
-                return Err(refused(format!(
-                    "no answer within {} s",
-                    MAIN_AGENT_REMOVAL_LIMIT.as_secs()
-                )));
+                return Err(refused(
+                    &removal.who,
+                    format!("no answer within {} s", AGENT_REMOVAL_LIMIT.as_secs()),
+                ));
             }
         }
     }

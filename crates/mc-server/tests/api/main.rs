@@ -6,6 +6,7 @@ mod boards_gateways;
 mod browser;
 mod dashboard;
 mod enrollment;
+mod gateway_cleanup;
 mod gateway_fixtures;
 mod heartbeat;
 mod helpers;

@@ -924,8 +924,16 @@ impl Store for PostgresStore {
         &self,
         id: BoardId,
         events: &[NewActivity],
+        cleanup: &[crate::NewProvisionJob],
     ) -> StoreResult<Option<Vec<AgentId>>> {
         let mut tx = self.begin().await?;
+        // Queued while the agents still exist, so that each queued event names its agent
+        // and board.
+        let mut recorded = Vec::with_capacity(cleanup.len() + events.len());
+        for job in cleanup {
+            recorded.push(provision_jobs::queue_job(&mut tx, job).await?.1);
+        }
+        recorded.extend_from_slice(events);
         let agents = delete_agents_returning(
             &mut tx,
             "DELETE FROM agents WHERE board_id = $1 RETURNING id",
@@ -941,7 +949,7 @@ impl Store for PostgresStore {
         if deleted == 0 {
             return Ok(None);
         }
-        insert_activities(&mut tx, events, &self.recorded_here).await?;
+        insert_activities(&mut tx, &recorded, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(Some(agents))
     }

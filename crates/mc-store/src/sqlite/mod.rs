@@ -649,8 +649,15 @@ impl Store for SqliteStore {
         &self,
         id: BoardId,
         events: &[NewActivity],
+        cleanup: &[crate::NewProvisionJob],
     ) -> StoreResult<Option<Vec<AgentId>>> {
         let mut rtx = self.begin_recording().await?;
+        // Queued while the agents still exist, so that each queued event names its agent
+        // and board.
+        let mut queued = Vec::with_capacity(cleanup.len());
+        for job in cleanup {
+            queued.push(provision_jobs::queue_job(&mut rtx.tx, job).await?.1);
+        }
         let agents = delete_agents_returning(
             &mut rtx.tx,
             "DELETE FROM agents WHERE board_id = ? RETURNING id",
@@ -666,6 +673,7 @@ impl Store for SqliteStore {
         if deleted == 0 {
             return Ok(None);
         }
+        rtx.record(&queued).await?;
         rtx.record(events).await?;
         rtx.commit().await?;
         Ok(Some(agents))

@@ -11,9 +11,8 @@ use uuid::Uuid;
 
 use super::{OkResponse, PageOf};
 use crate::auth::Admin;
-use crate::error::{ApiError, ApiResult};
+use crate::error::ApiResult;
 use crate::extract::{ApiJson, QueryParams, path_id};
-use crate::services::agents::deleted_event;
 use crate::services::boards::{self as service, BoardFields};
 use crate::state::SharedState;
 
@@ -165,25 +164,6 @@ pub async fn delete_board(
     State(state): State<SharedState>,
     Path(board_id): Path<String>,
 ) -> ApiResult<Json<OkResponse>> {
-    let id = path_id(&board_id, "board_id")?;
-    load_board(&state, id).await?;
-    let agents = state
-        .registry
-        .agents_where(|agent| agent.board_id == Some(id));
-    let events: Vec<_> = agents
-        .iter()
-        .map(|agent| deleted_event(agent, " with its board"))
-        .collect();
-    let deleted = state
-        .store
-        .delete_board(id, &events)
-        .await?
-        .ok_or(ApiError::NotFound("Board not found"))?;
-    for agent in deleted {
-        state.registry.remove(agent);
-    }
-    for agent in &agents {
-        crate::provision::request(&state, agent, mc_store::ProvisionAction::Delete, None).await?;
-    }
+    service::delete_board(&state, path_id(&board_id, "board_id")?).await?;
     Ok(Json(OkResponse::ok()))
 }

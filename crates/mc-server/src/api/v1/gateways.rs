@@ -252,12 +252,13 @@ pub async fn update_gateway(
 }
 
 /// Deletes a gateway (409 while boards use it) with its main agent. On a managed gateway
-/// the main agent is removed from the gateway first; when that fails (the gateway is
-/// unreachable) the answer is 409 and nothing is deleted: retry later, or clear the
-/// gateway's url to delete it without contacting it.
+/// the main agent, and any agent of a deleted board that its delete job has not removed
+/// yet, are removed from the gateway first; when that fails (the gateway is unreachable)
+/// the answer is 409 and nothing is deleted: retry later, or clear the gateway's url to
+/// delete it without contacting it.
 #[utoipa::path(delete, path = "/api/v1/gateways/{gateway_id}", tag = "gateways",
     params(("gateway_id" = Uuid, Path)), responses((status = 200, body = OkResponse), (status = 404),
-        (status = 409, description = "Boards still use the gateway, or its main agent could not be removed from it")))]
+        (status = 409, description = "Boards still use the gateway, or an agent could not be removed from it")))]
 pub async fn delete_gateway(
     _: Admin,
     State(state): State<SharedState>,
