@@ -8,6 +8,7 @@
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
 //! - [`templates`] renders the workspace files.
 //! - [`sync`] rewrites every agent's files on one gateway (a template sync).
+//! - [`token`] decides which token a workspace is written with (jobs and template sync).
 //! - [`checkin`] bounds the wait after a wake: an agent that does not heartbeat within
 //!   the check-in timeout is woken again, up to [`MAX_WAKES`] wakes in all, then it is
 //!   offline with `last_provision_error` saying why.
@@ -20,16 +21,21 @@
 //! (and the job) that the gateway may still have it.
 //!
 //! The agent token: provisioning writes the plaintext token into the workspace, and only
-//! its digest is stored. A token minted when the agent is created is handed to the runner
-//! in memory ([`Provisioner::hand_token`]); a job that finds none (an update, or any job
-//! after a restart) mints a fresh one through the rotate path, which records
-//! `agent.token_rotated`. Plaintext tokens never reach the database.
+//! its digest is stored. A token minted when the agent is created, or rotated at an
+//! operator's request, is handed to the runner in memory ([`Provisioner::hand_token`]). A
+//! job that finds none (an update, or any job after a restart) reads the agent's
+//! credentials file back from the gateway first and keeps the token there while it is the
+//! agent's current one ([`token::keep_or_mint`]); only a file without it mints a fresh one
+//! through the rotate path, which records `agent.token_rotated`. A gateway failing the job
+//! therefore never takes away the agent's working token. Plaintext tokens never reach the
+//! database.
 
 pub mod checkin;
 pub mod plan;
 pub mod runner;
 pub mod sync;
 pub mod templates;
+pub mod token;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -100,6 +106,18 @@ impl Provisioner {
     /// Keeps `token` (just minted for `agent`) for the agent's next job.
     pub fn hand_token(&self, agent: AgentId, token: Secret) {
         self.tokens.lock().insert(agent, token);
+    }
+
+    /// Forgets the token kept for `agent` when it is one of `spent` (the tokens a job that
+    /// ended started with or wrote); a token handed meanwhile, for a later job, stays.
+    pub fn forget_spent_token(&self, agent: AgentId, spent: &[Option<&Secret>]) {
+        let mut tokens = self.tokens.lock();
+        if tokens
+            .get(&agent)
+            .is_some_and(|held| spent.contains(&Some(held)))
+        {
+            tokens.remove(&agent);
+        }
     }
 
     /// The token kept for `agent`, if any.

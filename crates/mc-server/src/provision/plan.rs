@@ -2,18 +2,22 @@
 //!
 //! Create and update: upsert the agent (`agents.create`; when it already exists,
 //! `agents.update` with its display name and workspace; a fresh one gets its display name
-//! with the config write), write the workspace files
-//! (`agents.files.set`; on update USER.md and MEMORY.md are kept when present), wake its
-//! main session (`sessions.patch` + `chat.send`), and last push its workspace and
-//! heartbeat through `config.patch` in the gateway's schema (last, because a protocol 3
-//! gateway restarts after it). That push goes through the gateway's config writer, which
-//! folds the entries of every job running at the time into one patch. Delete: `agents.delete` then `sessions.delete` (an unknown
-//! agent or session, and the v4 refusal to delete a main session, count as done).
+//! with the config write) and list its files ([`place`]); then, with the token the runner
+//! chose (reading the credentials file back when it holds no fresh one), [`finish`]: write
+//! the workspace files (`agents.files.set`; on update USER.md and MEMORY.md are kept when
+//! present), wake its main session (`sessions.patch` + `chat.send`), and last push its
+//! workspace and heartbeat through `config.patch` in the gateway's schema (last, because a
+//! protocol 3 gateway restarts after it). That push goes through the gateway's config
+//! writer, which folds the entries of every job running at the time into one patch.
+//! Delete: `agents.delete` then `sessions.delete` (an unknown agent or session, and the v4
+//! refusal to delete a main session, count as done).
 //! Every step is idempotent, so a retried job starts over from the first step.
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
-use mc_gateway::rpc::{ChatSend, CreateAgent, UpdateAgent, until_agent_visible};
+use mc_gateway::rpc::{
+    ChatSend, CreateAgent, UpdateAgent, WorkspaceFileEntry, until_agent_visible,
+};
 use mc_gateway::{
     AgentConfigEntry, GatewayError, GatewayGeneration, GatewayHandle, HeartbeatSettings,
 };
@@ -138,7 +142,7 @@ pub fn heartbeat_of(agent: &Agent) -> HeartbeatSettings {
 pub fn files_to_write(
     generation: GatewayGeneration,
     rendered: Vec<WorkspaceFile>,
-    existing: &[mc_gateway::rpc::WorkspaceFileEntry],
+    existing: &[WorkspaceFileEntry],
     is_update: bool,
 ) -> Vec<WorkspaceFile> {
     let present = |name: &str| existing.iter().any(|f| f.name == name && !f.missing);
@@ -162,23 +166,23 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
         .contains("agent failed before reply")
 }
 
-/// Puts `agent` on the gateway with its files, wakes it and pushes its heartbeat config.
-/// `slot` (the job's share of the gateway) is given back before the config write, which
-/// waits for its batch. Returns a warning when the agent is in place but could not start when woken.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "each argument is one input of the job; bundling them would only rename them"
-)]
-pub async fn upsert(
+/// An agent in place on its gateway, ready for its workspace files.
+#[derive(Debug)]
+pub struct Placed {
+    /// The gateway's generation, from its handshake.
+    pub generation: GatewayGeneration,
+    /// The workspace files the gateway already has for the agent.
+    existing: Vec<WorkspaceFileEntry>,
+}
+
+/// Puts `agent` on the gateway: `agents.create`, or `agents.update` when it is already
+/// there, then reads which workspace files it has. Its files are written by [`finish`],
+/// once the caller knows which token they carry.
+pub async fn place(
     handle: &GatewayHandle,
-    templates: &Templates,
     agent: &Agent,
     placement: &AgentPlacement,
-    context: &FileContext,
-    is_update: bool,
-    wake_key: &str,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) -> Result<Option<String>, ProvisionError> {
+) -> Result<Placed, ProvisionError> {
     handle.health().await?;
     let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
         message: format!("{}: no handshake completed yet", handle.url()),
@@ -209,8 +213,35 @@ pub async fn upsert(
     let existing = until_agent_visible(|| handle.agents_files_list(id))
         .await?
         .files;
+    Ok(Placed {
+        generation,
+        existing,
+    })
+}
+
+/// Writes the workspace files of an agent [`place`]d on the gateway, wakes it and pushes
+/// its heartbeat config. `slot` (the job's share of the gateway) is given back before the
+/// config write, which waits for its batch. Returns a warning when the agent is in place
+/// but could not start when woken.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one input of the job; bundling them would only rename them"
+)]
+pub async fn finish(
+    handle: &GatewayHandle,
+    templates: &Templates,
+    agent: &Agent,
+    placement: &AgentPlacement,
+    placed: Placed,
+    context: &FileContext,
+    is_update: bool,
+    wake_key: &str,
+    slot: tokio::sync::OwnedSemaphorePermit,
+) -> Result<Option<String>, ProvisionError> {
+    let id = &placement.gateway_agent_id;
+    let generation = placed.generation;
     let rendered = templates.render_files(agent, generation, context)?;
-    for file in files_to_write(generation, rendered, &existing, is_update) {
+    for file in files_to_write(generation, rendered, &placed.existing, is_update) {
         // The first write can still meet the lag before a fresh agent is visible.
         until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content)).await?;
     }

@@ -195,6 +195,9 @@ async fn an_update_a_gateway_down_for_good_never_takes_ends_out_of_updating_with
     let error = read["last_provision_error"].as_str().unwrap_or_default();
     assert!(error.starts_with("update gave up after "), "{read}");
     assert!(error.contains(" in 2 s: "), "{read}");
+    // The gateway never answered, so no token was minted: the agent's own still works.
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 0);
 }
 
 #[tokio::test]

@@ -513,3 +513,175 @@ async fn a_job_for_an_agent_this_server_has_not_in_memory_still_provisions_it() 
         "the job provisioned the agent on the gateway"
     );
 }
+
+/// The file holding the credentials on a gateway of `generation`.
+fn credentials_file(generation: GatewayGeneration) -> &'static str {
+    match generation {
+        GatewayGeneration::V3 => "TOOLS.md",
+        GatewayGeneration::V4 => "AGENTS.md",
+    }
+}
+
+/// The token in agent `id`'s credentials file on the fake gateway.
+fn workspace_token(gw: &FakeGateway, id: &str, generation: GatewayGeneration) -> String {
+    let text = gw
+        .file(&format!("mc-{id}"), credentials_file(generation))
+        .expect("the credentials file");
+    credential(&text, "AUTH_TOKEN").expect("an AUTH_TOKEN line")
+}
+
+#[tokio::test]
+async fn an_update_keeps_the_token_in_the_workspace_and_records_no_rotation() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let token = workspace_token(&gw, &id, generation);
+
+        let renamed = unique("Renamed");
+        expect_success(app.patch_agent(&id, &json!({"name": renamed})).await).await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+        let agents_md = gw
+            .file(&format!("mc-{id}"), "AGENTS.md")
+            .expect("AGENTS.md");
+        assert!(agents_md.contains(&renamed), "the update ran: {agents_md}");
+        assert_eq!(
+            workspace_token(&gw, &id, generation),
+            token,
+            "{generation:?}"
+        );
+        expect_success(app.agent_heartbeat(&token, None).await).await;
+        assert_eq!(
+            app.count_events(&id, "agent.token_rotated").await,
+            0,
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agents_token_keeps_working_while_its_update_fails_mid_write() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let token = workspace_token(&gw, &id, GatewayGeneration::V4);
+
+    gw.garble("agents.files.set", Garbage::MalformedResponse);
+    expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    eventually("the update to fail a write and retry", || async {
+        provision_jobs(&app, &id).await.get(1).is_some_and(|job| {
+            job["state"] == "pending"
+                && job["attempts"].as_u64() >= Some(2)
+                && job["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("agents.files.set"))
+        })
+    })
+    .await;
+    // The job read the token back and kept it: the agent is not locked out meanwhile.
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+
+    gw.stop_garbling();
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "done", "{jobs:?}");
+    assert_eq!(workspace_token(&gw, &id, GatewayGeneration::V4), token);
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 0);
+}
+
+#[tokio::test]
+async fn an_update_whose_workspace_lost_the_current_token_writes_a_new_one() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let old = workspace_token(&gw, &id, generation);
+        let file = credentials_file(generation);
+        let key = format!("mc-{id}");
+        match generation {
+            // Someone deleted TOOLS.md on the gateway host ...
+            GatewayGeneration::V3 => assert!(gw.set_file(&key, file, None)),
+            // ... or put another token into AGENTS.md.
+            GatewayGeneration::V4 => {
+                let edited = gw
+                    .file(&key, file)
+                    .expect("AGENTS.md")
+                    .replace(&old, "not-the-real-token");
+                assert!(gw.set_file(&key, file, Some(&edited)));
+            }
+        }
+
+        expect_success(
+            app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+                .await,
+        )
+        .await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+        let new = workspace_token(&gw, &id, generation);
+        assert_ne!(new, old, "{generation:?}");
+        expect_success(app.agent_heartbeat(&new, None).await).await;
+        assert_eq!(
+            app.agent_heartbeat(&old, None).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{generation:?}"
+        );
+        assert_eq!(
+            app.count_events(&id, "agent.token_rotated").await,
+            1,
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_rotated_while_an_update_runs_is_the_one_written_last() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let key = format!("mc-{id}");
+    let writes_before = gw
+        .calls_to("agents.files.set")
+        .iter()
+        .filter(|p| p["agentId"] == key.as_str())
+        .count();
+
+    gw.delay("agents.files.set", std::time::Duration::from_millis(300));
+    expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    eventually("the update to be writing files", || async {
+        gw.calls_to("agents.files.set")
+            .iter()
+            .filter(|p| p["agentId"] == key.as_str())
+            .count()
+            > writes_before
+    })
+    .await;
+    let rotated = app.new_token_for(&id).await;
+
+    let jobs = settled_jobs(&app, &id, 3).await;
+    assert!(jobs.iter().all(|j| j["state"] == "done"), "{jobs:?}");
+    assert_eq!(workspace_token(&gw, &id, GatewayGeneration::V4), rotated);
+    expect_success(app.agent_heartbeat(&rotated, None).await).await;
+    assert_eq!(
+        app.count_events(&id, "agent.token_rotated").await,
+        1,
+        "only the operator's rotation"
+    );
+}
