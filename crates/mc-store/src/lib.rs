@@ -508,6 +508,17 @@ pub trait Store: Send + Sync + 'static {
         token_digest: TokenDigest,
         event: &NewActivity,
     ) -> StoreResult<bool>;
+    /// Like [`Store::set_agent_token`], queueing `job` (the update job that writes the new
+    /// token into the agent's workspace) in the same transaction; returns the job's id, or
+    /// `None` (and writes nothing) when the agent does not exist. A token the database
+    /// refuses leaves neither the token nor the job.
+    async fn set_agent_token_with_job(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+        job: &NewProvisionJob,
+    ) -> StoreResult<Option<i64>>;
     /// Deletes an agent and records `event`; false when it did not exist.
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
 

@@ -11,6 +11,7 @@ use mc_domain::agent::AgentName;
 use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
 use mc_store::{
     ActivityFilter, AgentPlacement, Constraint, NewProvisionJob, ProvisionAction, ProvisionAttempt,
     ProvisionJob, ProvisionJobState, Store, StoreError,
@@ -24,6 +25,7 @@ on_every_backend!(
     an_agent_is_stored_with_its_first_job_or_neither_is,
     an_update_is_stored_with_its_job_or_neither_is,
     a_delete_job_is_queued_only_while_its_agent_exists,
+    a_token_rotation_is_stored_with_its_job_or_neither_is,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -430,4 +432,88 @@ async fn a_delete_job_is_queued_only_while_its_agent_exists(store: Arc<dyn Store
     let before = store.provision_jobs(agent.id).await.unwrap().len();
     assert_eq!(store.queue_agent_delete(&delete).await.unwrap(), None);
     assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), before);
+}
+
+/// Whose token `digest` is, as stored.
+async fn holder_of(store: &Arc<dyn Store>, digest: TokenDigest) -> Option<AgentId> {
+    store
+        .agent_by_token(digest)
+        .await
+        .unwrap()
+        .map(|stored| stored.agent.id)
+}
+
+async fn a_token_rotation_is_stored_with_its_job_or_neither_is(store: Arc<dyn Store>) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let agent = common::new_agent(gateway, Some(board), "rotated");
+    let other = common::new_agent(gateway, Some(board), "other");
+    let (first, taken) = (
+        TokenDigest::of("first token"),
+        TokenDigest::of("taken token"),
+    );
+    for (a, digest) in [(&agent, first), (&other, taken)] {
+        store
+            .insert_agent(a, Some(digest), None, &event(a.id, EventType::AgentCreated))
+            .await
+            .unwrap();
+    }
+
+    let second = TokenDigest::of("second token");
+    let rotated = event(agent.id, EventType::AgentTokenRotated);
+    let update = job(agent.id, ProvisionAction::Update);
+    let id = store
+        .set_agent_token_with_job(agent.id, second, &rotated, &update)
+        .await
+        .unwrap()
+        .expect("the agent exists");
+    assert_eq!(holder_of(&store, second).await, Some(agent.id));
+    assert_eq!(
+        holder_of(&store, first).await,
+        None,
+        "the old token is dead"
+    );
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    let queued: Vec<_> = jobs.iter().map(|j| (j.id, j.action, j.state)).collect();
+    assert_eq!(
+        queued,
+        vec![(id, ProvisionAction::Update, ProvisionJobState::Pending)]
+    );
+    let rotated_type = EventType::AgentTokenRotated.as_str().to_owned();
+    assert_eq!(events_of(&store, agent.id).await[0], rotated_type);
+
+    // A token the database refuses (another agent holds it) leaves neither the token nor
+    // a job nor the event behind.
+    let events_before = events_of(&store, agent.id).await;
+    let refused = store
+        .set_agent_token_with_job(agent.id, taken, &rotated, &update)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        StoreError::Conflict(Constraint::TokenDigest)
+    ));
+    assert_eq!(holder_of(&store, second).await, Some(agent.id));
+    assert_eq!(holder_of(&store, taken).await, Some(other.id));
+    assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
+    assert_eq!(events_of(&store, agent.id).await, events_before);
+
+    // An agent that no longer exists: nothing is written.
+    let gone = common::new_agent(gateway, Some(board), "gone");
+    let fresh = TokenDigest::of("fresh token");
+    assert_eq!(
+        store
+            .set_agent_token_with_job(
+                gone.id,
+                fresh,
+                &event(gone.id, EventType::AgentTokenRotated),
+                &job(gone.id, ProvisionAction::Update),
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.provision_jobs(gone.id).await.unwrap().is_empty());
+    assert!(events_of(&store, gone.id).await.is_empty());
+    assert_eq!(holder_of(&store, fresh).await, None);
 }

@@ -103,9 +103,20 @@ impl Provisioner {
         }
     }
 
-    /// Keeps `token` (just minted for `agent`) for the agent's next job.
-    pub fn hand_token(&self, agent: AgentId, token: Secret) {
-        self.tokens.lock().insert(agent, token);
+    /// Keeps `token` (just minted for `agent`) for the agent's next job; returns the token
+    /// it replaces, if any.
+    pub fn hand_token(&self, agent: AgentId, token: Secret) -> Option<Secret> {
+        self.tokens.lock().insert(agent, token)
+    }
+
+    /// Puts back `previous` (what [`Provisioner::hand_token`] returned) when the token
+    /// handed over it was never stored.
+    pub fn restore_token(&self, agent: AgentId, previous: Option<Secret>) {
+        let mut tokens = self.tokens.lock();
+        match previous {
+            Some(token) => tokens.insert(agent, token),
+            None => tokens.remove(&agent),
+        };
     }
 
     /// Forgets the token kept for `agent` when it is one of `spent` (the tokens a job that
