@@ -350,6 +350,8 @@ pub struct ProvisionJob {
     pub last_error: Option<String>,
     /// When it is (or was last) due.
     pub next_attempt_at: Timestamp,
+    /// When it first reached its gateway (its retry bound counts from then); `None` before.
+    pub first_attempt_at: Option<Timestamp>,
     /// When it was queued.
     pub created_at: Timestamp,
     /// Its last change.
@@ -657,6 +659,9 @@ pub trait Store: Send + Sync + 'static {
     /// Sets an agent's `last_provision_error` (`None` clears it); false when the agent
     /// does not exist.
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool>;
+    /// Records that job `id` reached its gateway for the first time at `at`; an earlier
+    /// record is kept.
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()>;
 
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).

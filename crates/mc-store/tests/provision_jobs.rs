@@ -26,6 +26,7 @@ on_every_backend!(
     an_update_is_stored_with_its_job_or_neither_is,
     a_delete_job_is_queued_only_while_its_agent_exists,
     a_token_rotation_is_stored_with_its_job_or_neither_is,
+    a_jobs_first_attempt_is_recorded_once_and_kept_across_retries,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -516,4 +517,33 @@ async fn a_token_rotation_is_stored_with_its_job_or_neither_is(store: Arc<dyn St
     assert!(store.provision_jobs(gone.id).await.unwrap().is_empty());
     assert!(events_of(&store, gone.id).await.is_empty());
     assert_eq!(holder_of(&store, fresh).await, None);
+}
+
+async fn a_jobs_first_attempt_is_recorded_once_and_kept_across_retries(store: Arc<dyn Store>) {
+    let agent = AgentId::new();
+    let id = store
+        .enqueue_provision_job(&job(agent, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    assert_eq!(claimed[0].id, id);
+    assert_eq!(claimed[0].first_attempt_at, None, "queued, never attempted");
+
+    let started = now().plus_millis(5_000);
+    store.mark_provision_job_started(id, started).await.unwrap();
+    store
+        .mark_provision_job_started(id, started.plus_millis(1_000))
+        .await
+        .unwrap();
+    let mut retry = outcome(&claimed[0], ProvisionJobState::Pending);
+    retry.next_attempt_at = Some(now().plus_millis(10_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+
+    let again = claim(&store, now().plus_millis(10_000)).await;
+    assert_eq!(again[0].first_attempt_at, Some(started));
+    assert_eq!(again[0].created_at, now());
+    assert_eq!(
+        store.provision_jobs(agent).await.unwrap()[0].first_attempt_at,
+        Some(started)
+    );
 }

@@ -14,9 +14,10 @@
 //!   offline with `last_provision_error` saying why.
 //!
 //! Every lifecycle state is bounded. A job shows as `provisioning` (a never-seen agent),
-//! `updating` or `deleting` while it is queued or running, and a job gives up once its
-//! bound ([`LifecycleBounds::job_timeout`]) has passed since it was requested; a create or
-//! update that woke the agent is followed by the check-in deadline. A delete that gives up
+//! `updating` or `deleting` while it is queued or running (a queued job has the runner
+//! behind it), and a job gives up once its bound ([`LifecycleBounds::job_timeout`]) has
+//! passed since its first attempt (waiting in the queue behind other jobs costs none of
+//! it); a create or update that woke the agent is followed by the check-in deadline. A delete that gives up
 //! still removes the agent from Mission Control, recording in the `agent.deleted` event
 //! (and the job) that the gateway may still have it.
 //!
@@ -62,7 +63,7 @@ use crate::state::AppState;
 pub struct LifecycleBounds {
     /// How long an agent has after each wake to check in (heartbeat).
     pub checkin_timeout: Duration,
-    /// How long a provisioning job may keep retrying, from its request.
+    /// How long a provisioning job may keep retrying, from its first attempt.
     pub job_timeout: Duration,
 }
 

@@ -260,7 +260,10 @@ async fn attempt(
             let delay = backoff.delay(job.attempts + 1);
             let bound = state.provisioner.bounds.job_timeout;
             let next = attempted_at.plus_millis(millis(delay));
-            if next > super::after(job.created_at, bound) {
+            // Counted from the first attempt, so that waiting in the queue behind other jobs
+            // costs none of it; a job that never reached its gateway counts from its request.
+            let since = progress.first_attempt_at.unwrap_or(job.created_at);
+            if next > super::after(since, bound) {
                 tracing::warn!(job = job.id, agent = %job.agent_id, %error, "provisioning gave up: its bound has passed");
                 record.state = ProvisionJobState::Failed;
                 record.error = Some(format!(
@@ -341,6 +344,8 @@ async fn job_agent(
 /// What an attempt got to, whatever its outcome.
 #[derive(Debug, Default)]
 struct Progress {
+    /// When the job first reached its gateway (in this attempt or an earlier one).
+    first_attempt_at: Option<Timestamp>,
     /// The token the workspace files are written with.
     written: Option<Secret>,
 }
@@ -380,6 +385,18 @@ async fn run(
         .provisioner
         .gateway_slot(gateway.id, handle.generation())
         .await;
+    progress.first_attempt_at = Some(match job.first_attempt_at {
+        Some(at) => at,
+        None => {
+            let now = Timestamp::now();
+            state
+                .store
+                .mark_provision_job_started(job.id, now)
+                .await
+                .map_err(store_failed)?;
+            now
+        }
+    });
     if job.action == ProvisionAction::Delete {
         let (Some(id), Some(key)) = (&job.gateway_agent_id, &job.session_key) else {
             return Ok(Done::default());

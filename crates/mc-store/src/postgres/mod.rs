@@ -1472,6 +1472,10 @@ impl Store for PostgresStore {
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
         self.write_provision_error(id, error).await
     }
+
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        self.mark_started(id, at).await
+    }
 }
 
 impl PostgresStore {

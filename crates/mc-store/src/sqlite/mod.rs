@@ -1264,6 +1264,10 @@ impl Store for SqliteStore {
         self.write_provision_error(id, error).await
     }
 
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        self.mark_started(id, at).await
+    }
+
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
         self.feed.subscribe()
     }

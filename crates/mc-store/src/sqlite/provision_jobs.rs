@@ -13,7 +13,7 @@ use crate::{
 };
 
 const JOB_COLUMNS: &str = "id, agent_id, gateway_id, action, gateway_agent_id, session_key, \
-     state, attempts, last_error, next_attempt_at, created_at, updated_at";
+     state, attempts, last_error, next_attempt_at, first_attempt_at, created_at, updated_at";
 
 fn job_from_row(row: &SqliteRow) -> StoreResult<ProvisionJob> {
     let corrupt = |reason: String| StoreError::Corrupt {
@@ -37,6 +37,10 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<ProvisionJob> {
             .unwrap_or(u32::MAX),
         last_error: row.try_get("last_error").map_err(map_err)?,
         next_attempt_at: Timestamp::from_millis(row.try_get("next_attempt_at").map_err(map_err)?),
+        first_attempt_at: row
+            .try_get::<Option<i64>, _>("first_attempt_at")
+            .map_err(map_err)?
+            .map(Timestamp::from_millis),
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(map_err)?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at").map_err(map_err)?),
     })
@@ -197,5 +201,18 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn mark_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE provision_jobs SET first_attempt_at = coalesce(first_attempt_at, ?)
+              WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 }

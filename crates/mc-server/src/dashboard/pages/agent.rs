@@ -537,6 +537,7 @@ mod tests {
             attempts: 0,
             last_error: None,
             next_attempt_at: at,
+            first_attempt_at: None,
             created_at: at,
             updated_at: at,
         }
