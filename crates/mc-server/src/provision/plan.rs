@@ -166,6 +166,26 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
         .contains("agent failed before reply")
 }
 
+/// Maps a call's failure for the agent `id`, which the job has just put on the gateway: when
+/// the gateway still does not know it after [`mc_gateway::rpc::NEW_AGENT_SETTLE`], its
+/// config entry was overwritten after it was written (an older config write the gateway
+/// was still finishing landed over it, e.g. one whose connection a restart had closed).
+/// That is worth another attempt, which creates it again, rather than losing the agent.
+pub fn vanished(id: &str) -> impl Fn(GatewayError) -> GatewayError + '_ {
+    move |error| {
+        if error.is_missing_agent() {
+            GatewayError::Transient {
+                message: format!(
+                    "{error}: the gateway lost agent {id} after it was put there (an older \
+                     config write landed over it); the next attempt puts it back"
+                ),
+            }
+        } else {
+            error
+        }
+    }
+}
+
 /// An agent in place on its gateway, ready for its workspace files.
 #[derive(Debug)]
 pub struct Placed {
@@ -208,10 +228,13 @@ pub async fn place(
             name: Some(agent.name.to_string()),
             workspace: Some(placement.workspace_path.clone()),
         };
-        until_agent_visible(|| handle.agents_update(&update)).await?;
+        until_agent_visible(|| handle.agents_update(&update))
+            .await
+            .map_err(vanished(id))?;
     }
     let existing = until_agent_visible(|| handle.agents_files_list(id))
-        .await?
+        .await
+        .map_err(vanished(id))?
         .files;
     Ok(Placed {
         generation,
@@ -243,7 +266,9 @@ pub async fn finish(
     let rendered = templates.render_files(agent, generation, context)?;
     for file in files_to_write(generation, rendered, &placed.existing, is_update) {
         // The first write can still meet the lag before a fresh agent is visible.
-        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content)).await?;
+        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content))
+            .await
+            .map_err(vanished(id))?;
     }
     let verb = if is_update { "updated" } else { "provisioned" };
     let warning = wake(handle, agent, placement, verb, wake_key).await?;

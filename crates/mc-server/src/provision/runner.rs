@@ -437,7 +437,9 @@ async fn run(
             )
             .await
             .map_err(|error| match error {
-                TokenError::Read(error) => ProvisionError::Gateway(error),
+                TokenError::Read(error) => {
+                    ProvisionError::Gateway(plan::vanished(&placement.gateway_agent_id)(error))
+                }
                 TokenError::Mint(error) => ProvisionError::Store(error.to_string()),
             })?;
             if choice.rotated {

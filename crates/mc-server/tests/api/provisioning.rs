@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::gateway_fixtures::{
     WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, gateway_status,
-    managed_board, provision_jobs, settled_jobs, spawn_provisioning_app,
+    managed_board, provision_jobs, settled_jobs, settled_jobs_within, spawn_provisioning_app,
 };
 use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, unique};
 use crate::templates_sync::settled_main_agent;
@@ -684,4 +684,104 @@ async fn a_token_rotated_while_an_update_runs_is_the_one_written_last() {
         1,
         "only the operator's rotation"
     );
+}
+
+#[tokio::test]
+async fn an_agent_created_while_a_timed_out_create_is_still_writing_is_not_lost() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    settled_main_agent(&app, &gateway_id).await;
+    // The first create outlasts the client's 700 ms request timeout: the gateway is still
+    // writing its config (read before the next create) when the next create is sent.
+    gw.lag_next_config_write("agents.create", std::time::Duration::from_millis(1500));
+    let slow = create_agent_named(&app, &board_id, &unique("Slow")).await;
+    eventually("the slow create to reach the gateway", || async {
+        gw.calls_to("agents.create")
+            .iter()
+            .any(|p| p["name"] == format!("mc-{slow}"))
+    })
+    .await;
+    let next = create_agent_named(&app, &board_id, &unique("Next")).await;
+
+    for id in [&slow, &next] {
+        let jobs = settled_jobs(&app, id, 1).await;
+        assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    }
+    eventually("the slow create to land", || async {
+        gw.unlanded_config_writes() == 0
+    })
+    .await;
+    for id in [&slow, &next] {
+        assert!(
+            gw.agent_ids().contains(&format!("mc-{id}")),
+            "{id} is on the gateway: {:?}",
+            gw.agent_ids()
+        );
+    }
+    assert!(
+        provision_jobs(&app, &slow).await[0]["attempts"].as_u64() >= Some(2),
+        "the slow create timed out once"
+    );
+    assert_eq!(
+        provision_jobs(&app, &next).await[0]["attempts"],
+        1,
+        "the next agent was never lost"
+    );
+}
+
+/// How long the tests of a gateway slower to see an agent than a call waits for it wait:
+/// the settle time, a retry, and the rest of the job.
+const SLOW_GATEWAY: std::time::Duration = std::time::Duration::from_secs(45);
+
+#[tokio::test]
+async fn an_agent_the_gateway_sees_only_after_the_settle_time_is_retried_not_failed() {
+    // 2026.9.6 under load: the runtime config lists a new agent only at its next reload,
+    // which can come later than the 20 s a call waits for it.
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = mc_gateway::rpc::NEW_AGENT_SETTLE + std::time::Duration::from_secs(3);
+    let gw = FakeGateway::start(options).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    let jobs = settled_jobs_within(&app, &id, 1, SLOW_GATEWAY).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert!(jobs[0]["attempts"].as_u64() >= Some(2), "{jobs:?}");
+    assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
+}
+
+#[tokio::test]
+async fn an_agent_lost_to_a_config_write_landing_after_a_reconnect_is_put_back() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = std::time::Duration::from_secs(2);
+    let gw = FakeGateway::start(options).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    settled_main_agent(&app, &gateway_id).await;
+    // A create whose connection drops (as a protocol 3 gateway's restart drops it) is still
+    // written by the gateway afterwards, over the config the next create wrote meanwhile,
+    // before the gateway showed that next agent.
+    gw.lag_next_config_write("agents.create", std::time::Duration::from_secs(1));
+    let interrupted = create_agent_named(&app, &board_id, &unique("Interrupted")).await;
+    eventually("the interrupted create to reach the gateway", || async {
+        gw.calls_to("agents.create")
+            .iter()
+            .any(|p| p["name"] == format!("mc-{interrupted}"))
+    })
+    .await;
+    gw.drop_connections();
+    let overwritten = create_agent_named(&app, &board_id, &unique("Overwritten")).await;
+
+    for id in [&interrupted, &overwritten] {
+        let jobs = settled_jobs_within(&app, id, 1, SLOW_GATEWAY).await;
+        assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+        assert!(gw.agent_ids().contains(&format!("mc-{id}")));
+        assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
+    }
+    let creates = gw
+        .calls_to("agents.create")
+        .iter()
+        .filter(|p| p["name"] == format!("mc-{overwritten}"))
+        .count();
+    assert!(creates >= 2, "the lost agent was created again ({creates})");
 }
