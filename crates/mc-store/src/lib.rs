@@ -639,7 +639,8 @@ pub trait Store: Send + Sync + 'static {
     /// Queues a provisioning job; returns its id.
     async fn enqueue_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64>;
     /// Claims up to `limit` pending jobs due at `now` until `lease_until`, skipping jobs
-    /// behind an earlier pending job of the same agent; in queue order.
+    /// behind an earlier pending job of the same agent; jobs under way (with a first
+    /// attempt) are chosen before jobs not yet started. Returned in queue order.
     async fn claim_due_provision_jobs(
         &self,
         now: Timestamp,

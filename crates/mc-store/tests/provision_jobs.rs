@@ -27,6 +27,7 @@ on_every_backend!(
     a_delete_job_is_queued_only_while_its_agent_exists,
     a_token_rotation_is_stored_with_its_job_or_neither_is,
     a_jobs_first_attempt_is_recorded_once_and_kept_across_retries,
+    a_retry_is_claimed_before_jobs_not_yet_started_that_were_due_earlier,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -546,4 +547,45 @@ async fn a_jobs_first_attempt_is_recorded_once_and_kept_across_retries(store: Ar
         store.provision_jobs(agent).await.unwrap()[0].first_attempt_at,
         Some(started)
     );
+}
+
+async fn a_retry_is_claimed_before_jobs_not_yet_started_that_were_due_earlier(
+    store: Arc<dyn Store>,
+) {
+    // A burst of new jobs, all due now, and one job of it that has started and failed.
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        let id = store
+            .enqueue_provision_job(&job(AgentId::new(), ProvisionAction::Create))
+            .await
+            .unwrap();
+        burst.push(id);
+    }
+    let started = store
+        .claim_due_provision_jobs(now(), now().plus_millis(60_000), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(started.id, burst[0]);
+    store
+        .mark_provision_job_started(started.id, now())
+        .await
+        .unwrap();
+    let mut retry = outcome(&started, ProvisionJobState::Pending);
+    retry.next_attempt_at = Some(now().plus_millis(1_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+
+    // Its retry is due later than the others, and is claimed first all the same.
+    let claimed = store
+        .claim_due_provision_jobs(now().plus_millis(1_000), now().plus_millis(60_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, started.id);
+    let rest: Vec<i64> = claim(&store, now().plus_millis(1_000))
+        .await
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(rest, burst[1..]);
 }

@@ -6,6 +6,7 @@
 //!   transient gateway errors are retried with capped exponential backoff and jitter,
 //!   permanent ones are recorded at once in the agent's `last_provision_error`.
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
+//! - [`slots`] limits the jobs talking to one gateway at once, retries first.
 //! - [`templates`] renders the workspace files.
 //! - [`sync`] rewrites every agent's files on one gateway (a template sync).
 //! - [`token`] decides which token a workspace is written with (jobs and template sync).
@@ -34,6 +35,7 @@
 pub mod checkin;
 pub mod plan;
 pub mod runner;
+pub mod slots;
 pub mod sync;
 pub mod templates;
 pub mod token;
@@ -52,8 +54,9 @@ use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayGeneration, GatewayPool};
 use mc_store::{NewProvisionJob, ProvisionAction, ProvisionJob};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
+use self::slots::{GatewaySlots, SlotPermit, Turn};
 use self::templates::Templates;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -91,7 +94,7 @@ pub struct Provisioner {
     /// How long each lifecycle state may last.
     pub bounds: LifecycleBounds,
     /// Per gateway, the slots its running jobs hold.
-    gateway_slots: Mutex<HashMap<GatewayId, Arc<Semaphore>>>,
+    gateway_slots: Mutex<HashMap<GatewayId, Arc<GatewaySlots>>>,
 }
 
 impl Provisioner {
@@ -153,27 +156,26 @@ impl Provisioner {
 
     /// Waits for a free job slot on `gateway`: at most as many jobs as its generation
     /// allows run on one gateway at once (the default generation's limit until the first
-    /// handshake tells which one it is).
+    /// handshake tells which one it is); retries go before first attempts ([`slots`]).
     pub async fn gateway_slot(
         &self,
         gateway: GatewayId,
         generation: Option<GatewayGeneration>,
-    ) -> OwnedSemaphorePermit {
+        turn: Turn,
+    ) -> SlotPermit {
         let slots = self
             .gateway_slots
             .lock()
             .entry(gateway)
             .or_insert_with(|| {
-                let limit = generation
-                    .unwrap_or(GatewayGeneration::V4)
-                    .provisioning_concurrency();
-                Arc::new(Semaphore::new(limit))
+                GatewaySlots::new(
+                    generation
+                        .unwrap_or(GatewayGeneration::V4)
+                        .provisioning_concurrency(),
+                )
             })
             .clone();
-        slots
-            .acquire_owned()
-            .await
-            .expect("the slots of a gateway are never closed")
+        slots.acquire(turn).await
     }
 
     /// Wakes the runner to look at the queue.

@@ -259,7 +259,7 @@ pub async fn finish(
     context: &FileContext,
     is_update: bool,
     wake_key: &str,
-    slot: tokio::sync::OwnedSemaphorePermit,
+    slot: super::slots::SlotPermit,
 ) -> Result<Option<String>, ProvisionError> {
     let id = &placement.gateway_agent_id;
     let generation = placed.generation;

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::plan::{self, ProvisionError};
+use super::slots::Turn;
 use super::templates::FileContext;
 use super::token::{self, TokenError};
 use crate::liveness::LiveAgent;
@@ -381,9 +382,14 @@ async fn run(
         .gateways
         .get(gateway.id)
         .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
+    // A job under way waits for its gateway before jobs not yet started: its bound runs.
+    let turn = match job.first_attempt_at {
+        Some(_) => Turn::Retry,
+        None => Turn::First,
+    };
     let slot = state
         .provisioner
-        .gateway_slot(gateway.id, handle.generation())
+        .gateway_slot(gateway.id, handle.generation(), turn)
         .await;
     progress.first_attempt_at = Some(match job.first_attempt_at {
         Some(at) => at,

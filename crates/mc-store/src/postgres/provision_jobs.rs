@@ -92,7 +92,7 @@ impl PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<ProvisionJob>> {
         // A job waits for every earlier pending job of the same agent (create before update
-        // before delete).
+        // before delete). Jobs under way (retries) go first: their bound is running.
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT j.id FROM provision_jobs j
@@ -101,7 +101,7 @@ impl PostgresStore {
                     AND NOT EXISTS (SELECT 1 FROM provision_jobs e
                                      WHERE e.agent_id = j.agent_id
                                        AND e.state = 'pending' AND e.id < j.id)
-                  ORDER BY j.next_attempt_at, j.id
+                  ORDER BY j.first_attempt_at IS NULL, j.next_attempt_at, j.id
                   LIMIT $3
                   FOR UPDATE SKIP LOCKED)
              UPDATE provision_jobs p SET claimed_until = $1

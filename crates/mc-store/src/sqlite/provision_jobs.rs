@@ -84,7 +84,7 @@ impl SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<ProvisionJob>> {
         // A job waits for every earlier pending job of the same agent (create before update
-        // before delete).
+        // before delete). Jobs under way (retries) go first: their bound is running.
         let rows = sqlx::query(&format!(
             "UPDATE provision_jobs SET claimed_until = ?1
               WHERE id IN (SELECT j.id FROM provision_jobs j
@@ -93,7 +93,8 @@ impl SqliteStore {
                               AND NOT EXISTS (SELECT 1 FROM provision_jobs e
                                                WHERE e.agent_id = j.agent_id
                                                  AND e.state = 'pending' AND e.id < j.id)
-                            ORDER BY j.next_attempt_at, j.id LIMIT ?3)
+                            ORDER BY j.first_attempt_at IS NULL, j.next_attempt_at, j.id
+                            LIMIT ?3)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(ms(lease_until))
