@@ -503,7 +503,7 @@ impl GatewayHandle {
         };
         let limit = limit.saturating_sub(sent_at.elapsed());
         let (reply, result) = oneshot::channel();
-        let (answered, answer_arrival) = oneshot::channel();
+        let (answered, mut answer_arrival) = oneshot::channel();
         let command = Command {
             method: method.to_owned(),
             params,
@@ -519,9 +519,13 @@ impl GatewayHandle {
             });
         }
         let outcome = self.await_reply(method, result, limit, sent_at).await;
-        if outcome.is_err() && CONFIG_WRITING_METHODS.contains(&method) {
-            // After a timeout the gateway may still be writing; after an answered error or
-            // a lost session the next config write finds nothing to wait for.
+        let unanswered = matches!(
+            answer_arrival.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
+        if unanswered && CONFIG_WRITING_METHODS.contains(&method) {
+            // Timed out while the gateway may still be writing (a lost session, or an
+            // answer, leaves nothing to wait for).
             self.shared.unanswered_config_writes.lock().push((
                 method.to_owned(),
                 sent_at + LATE_CONFIG_WRITE_LIMIT,

@@ -168,16 +168,17 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
 
 /// Maps a call's failure for the agent `id`, which the job has just put on the gateway: when
 /// the gateway still does not know it after [`mc_gateway::rpc::NEW_AGENT_SETTLE`], its
-/// config entry was overwritten after it was written (an older config write the gateway
-/// was still finishing landed over it, e.g. one whose connection a restart had closed).
-/// That is worth another attempt, which creates it again, rather than losing the agent.
+/// runtime config lags behind its config file (2026.9.6 under load lists a new agent only at
+/// its next reload) or lost the entry (a config write it was still finishing, or a reload
+/// of an older file, landed over it). That is worth another attempt, which creates the agent
+/// again if need be, rather than failing for good.
 pub fn vanished(id: &str) -> impl Fn(GatewayError) -> GatewayError + '_ {
     move |error| {
         if error.is_missing_agent() {
             GatewayError::Transient {
                 message: format!(
-                    "{error}: the gateway lost agent {id} after it was put there (an older \
-                     config write landed over it); the next attempt puts it back"
+                    "{error}: the gateway does not know agent {id} although it was put there \
+                     (its runtime config lags behind or lost it); the next attempt puts it back"
                 ),
             }
         } else {
