@@ -40,6 +40,19 @@ use crate::tls;
 /// A session that lasted this long resets the reconnect backoff.
 const STABLE_SESSION: Duration = Duration::from_secs(10);
 
+/// The requests that rewrite the gateway's config file (see
+/// [`GatewayHandle::serialize_config_write`]).
+const CONFIG_WRITING_METHODS: [&str; 4] = [
+    "agents.create",
+    "agents.update",
+    "agents.delete",
+    "config.patch",
+];
+
+/// How long after sending it a config write that timed out is still waited for before the
+/// next one is sent: the gateway keeps working on a request its caller gave up on.
+pub const LATE_CONFIG_WRITE_LIMIT: Duration = Duration::from_secs(120);
+
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 type Reply = oneshot::Sender<Result<Value, GatewayError>>;
 
@@ -192,6 +205,9 @@ struct Shared {
     /// Held by each call that rewrites the gateway's config file; see
     /// [`GatewayHandle::serialize_config_write`].
     config_writes: tokio::sync::Mutex<()>,
+    /// Config writes whose caller stopped waiting before the gateway answered: the method,
+    /// how long to wait for the answer at most, and the answer's arrival.
+    unanswered_config_writes: parking_lot::Mutex<Vec<(String, Instant, oneshot::Receiver<()>)>>,
     last_error: RwLock<Option<GatewayError>>,
     /// The last frame no request could be matched to because it was unreadable, and when.
     unreadable: RwLock<Option<(Instant, String)>>,
@@ -233,6 +249,23 @@ struct Command {
     method: String,
     params: Value,
     reply: Reply,
+    /// Fired when the gateway answers; dropped unanswered when the request is never sent
+    /// or its session ends first.
+    answered: oneshot::Sender<()>,
+}
+
+/// A request sent and not yet answered.
+struct InFlight {
+    method: String,
+    reply: Reply,
+    answered: oneshot::Sender<()>,
+}
+
+impl InFlight {
+    /// Whether nobody waits for its answer any more (its caller, or the next config write).
+    fn abandoned(&self) -> bool {
+        self.reply.is_closed() && self.answered.is_closed()
+    }
 }
 
 /// Dropped with the last handle; its drop stops the connection task.
@@ -299,6 +332,7 @@ impl GatewayHandle {
             sessions: watch::Sender::new(0),
             gate: tokio::sync::RwLock::new(()),
             config_writes: tokio::sync::Mutex::new(()),
+            unanswered_config_writes: parking_lot::Mutex::new(Vec::new()),
             last_error: RwLock::new(None),
             unreadable: RwLock::new(None),
             events,
@@ -351,12 +385,26 @@ impl GatewayHandle {
     /// this client is in flight. OpenClaw reads the config, awaits file work, then writes
     /// the whole file back, without a lock: two of these in flight at once lose one
     /// agent's entry (seen on 2026.4.2 as `unknown agent id` right after a successful
-    /// `agents.create`).
+    /// `agents.create`). A config write whose caller timed out is still in flight on the
+    /// gateway, so the next one waits for its late answer first (at most until
+    /// [`LATE_CONFIG_WRITE_LIMIT`] after it was sent, or until its session ends).
     pub async fn serialize_config_write<T, F>(&self, call: F) -> T
     where
         F: std::future::Future<Output = T>,
     {
         let _turn = self.shared.config_writes.lock().await;
+        let unanswered = std::mem::take(&mut *self.shared.unanswered_config_writes.lock());
+        for (method, until, answered) in unanswered {
+            let waited_from = Instant::now();
+            let answered = tokio::time::timeout_at(until, answered).await;
+            tracing::debug!(
+                gateway.url = %self.display_url,
+                rpc.method = %method,
+                answered = matches!(answered, Ok(Ok(()))),
+                waited_ms = u64::try_from(waited_from.elapsed().as_millis()).unwrap_or(u64::MAX),
+                "config write waited for an earlier one its caller gave up on"
+            );
+        }
         call.await
     }
 
@@ -455,10 +503,12 @@ impl GatewayHandle {
         };
         let limit = limit.saturating_sub(sent_at.elapsed());
         let (reply, result) = oneshot::channel();
+        let (answered, mut answer_arrival) = oneshot::channel();
         let command = Command {
             method: method.to_owned(),
             params,
             reply,
+            answered,
         };
         if self.inner.commands.send(command).is_err() {
             return Err(GatewayError::Transient {
@@ -469,6 +519,19 @@ impl GatewayHandle {
             });
         }
         let outcome = self.await_reply(method, result, limit, sent_at).await;
+        let unanswered = matches!(
+            answer_arrival.try_recv(),
+            Err(oneshot::error::TryRecvError::Empty)
+        );
+        if unanswered && CONFIG_WRITING_METHODS.contains(&method) {
+            // Timed out while the gateway may still be writing (a lost session, or an
+            // answer, leaves nothing to wait for).
+            self.shared.unanswered_config_writes.lock().push((
+                method.to_owned(),
+                sent_at + LATE_CONFIG_WRITE_LIMIT,
+                answer_arrival,
+            ));
+        }
         tracing::debug!(
             gateway.url = %self.display_url,
             rpc.method = method,
@@ -648,7 +711,7 @@ impl ConnectionTask {
 
     async fn serve(&mut self, socket: Socket) -> SessionEnd {
         let (mut sink, mut stream) = socket.split();
-        let mut in_flight: HashMap<String, (String, Reply)> = HashMap::new();
+        let mut in_flight: HashMap<String, InFlight> = HashMap::new();
         let mut last_frame = Instant::now();
         let mut keepalive = tokio::time::interval(self.config.idle_timeout / 3);
         keepalive.tick().await;
@@ -697,7 +760,7 @@ impl ConnectionTask {
                         }
                     }
                     _ = keepalive.tick() => {
-                        in_flight.retain(|_, (_, reply)| !reply.is_closed());
+                        in_flight.retain(|_, request| !request.abandoned());
                         if last_frame.elapsed() > self.config.idle_timeout {
                             break SessionEnd::Lost(GatewayError::Transient {
                                 message: format!(
@@ -720,18 +783,23 @@ impl ConnectionTask {
             SessionEnd::Stopped => "the client is shutting down".to_owned(),
             SessionEnd::Lost(error) => error.to_string(),
         };
-        for (_, (method, reply)) in in_flight {
-            let _ = reply.send(Err(GatewayError::Transient {
-                message: format!("{method} interrupted: {reason}"),
+        for (_, request) in in_flight {
+            let _ = request.reply.send(Err(GatewayError::Transient {
+                message: format!("{} interrupted: {reason}", request.method),
             }));
         }
         end
     }
 
-    fn dispatch(&self, text: &str, in_flight: &mut HashMap<String, (String, Reply)>) {
+    fn dispatch(&self, text: &str, in_flight: &mut HashMap<String, InFlight>) {
         match serde_json::from_str::<Frame>(text) {
             Ok(Frame::Response(response)) => {
-                let Some((method, reply)) = in_flight.remove(&response.id) else {
+                let Some(InFlight {
+                    method,
+                    reply,
+                    answered,
+                }) = in_flight.remove(&response.id)
+                else {
                     tracing::debug!(gateway.url = %self.display_url, response.id = %response.id, "response for no waiting request");
                     return;
                 };
@@ -741,6 +809,7 @@ impl ConnectionTask {
                     let shape = response.error.unwrap_or_default_shape();
                     Err(GatewayError::from_gateway(&method, &shape))
                 };
+                let _ = answered.send(());
                 let _ = reply.send(outcome);
             }
             Ok(Frame::Event(event)) => {
@@ -756,11 +825,12 @@ impl ConnectionTask {
                     .and_then(|value| value.get("id")?.as_str().map(str::to_owned))
                     .and_then(|id| in_flight.remove(&id));
                 match answering {
-                    Some((method, reply)) => {
-                        let _ = reply.send(Err(GatewayError::Transient {
+                    Some(request) => {
+                        let _ = request.answered.send(());
+                        let _ = request.reply.send(Err(GatewayError::Transient {
                             message: format!(
-                                "{method}: {} answered with a malformed response frame ({error})",
-                                self.display_url
+                                "{}: {} answered with a malformed response frame ({error})",
+                                request.method, self.display_url
                             ),
                         }));
                     }
@@ -787,7 +857,7 @@ fn excerpt(text: &str) -> String {
 
 async fn send_command<S>(
     sink: &mut S,
-    in_flight: &mut HashMap<String, (String, Reply)>,
+    in_flight: &mut HashMap<String, InFlight>,
     command: Command,
     display_url: &str,
 ) -> Result<(), GatewayError>
@@ -817,7 +887,14 @@ where
         }));
         return Err(error);
     }
-    in_flight.insert(id, (command.method, command.reply));
+    in_flight.insert(
+        id,
+        InFlight {
+            method: command.method,
+            reply: command.reply,
+            answered: command.answered,
+        },
+    );
     Ok(())
 }
 

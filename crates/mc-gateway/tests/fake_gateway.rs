@@ -879,3 +879,36 @@ async fn a_config_write_refused_for_the_gateways_rate_limit_waits_and_goes_out_l
     );
     assert!(fake.config()["agents"]["entries"]["mc-1"].is_object());
 }
+
+#[tokio::test]
+async fn a_config_write_waits_for_the_late_answer_of_one_whose_caller_timed_out() {
+    let fake = start(GatewayGeneration::V4).await;
+    let mut config = fast_config(&fake.url(), fake.token().as_deref());
+    config.request_timeout = Duration::from_millis(300);
+    let handle = GatewayHandle::connect(config, identity());
+    assert!(
+        handle
+            .wait_connected(Duration::from_secs(5))
+            .await
+            .connected
+    );
+    let create = |name: &str| CreateAgent {
+        name: name.into(),
+        workspace: format!("/srv/agents/workspace-{name}"),
+    };
+    // OpenClaw reads the config, works on the files, then writes the whole config back.
+    fake.lag_next_config_write("agents.create", Duration::from_secs(1));
+
+    let timed_out = handle.agents_create(&create("mc-slow")).await.unwrap_err();
+    assert!(timed_out.to_string().contains("timed out"), "{timed_out}");
+    handle
+        .agents_create(&create("mc-next"))
+        .await
+        .expect("the next create succeeds once the slow one has landed");
+    assert_eq!(fake.unlanded_config_writes(), 0);
+    let ids = fake.agent_ids();
+    assert!(
+        ids.contains(&"mc-slow".to_owned()) && ids.contains(&"mc-next".to_owned()),
+        "{ids:?}"
+    );
+}

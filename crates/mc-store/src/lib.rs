@@ -359,6 +359,8 @@ pub struct ProvisionJob {
     pub last_error: Option<String>,
     /// When it is (or was last) due.
     pub next_attempt_at: Timestamp,
+    /// When it first reached its gateway (its retry bound counts from then); `None` before.
+    pub first_attempt_at: Option<Timestamp>,
     /// When it was queued.
     pub created_at: Timestamp,
     /// Its last change.
@@ -522,6 +524,17 @@ pub trait Store: Send + Sync + 'static {
         token_digest: TokenDigest,
         event: &NewActivity,
     ) -> StoreResult<bool>;
+    /// Like [`Store::set_agent_token`], queueing `job` (the update job that writes the new
+    /// token into the agent's workspace) in the same transaction; returns the job's id, or
+    /// `None` (and writes nothing) when the agent does not exist. A token the database
+    /// refuses leaves neither the token nor the job.
+    async fn set_agent_token_with_job(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+        job: &NewProvisionJob,
+    ) -> StoreResult<Option<i64>>;
     /// Deletes an agent and records `event`; false when it did not exist.
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
 
@@ -641,7 +654,8 @@ pub trait Store: Send + Sync + 'static {
     /// transaction (as every method that queues a job does); returns its id.
     async fn enqueue_provision_job(&self, job: &NewProvisionJob) -> StoreResult<i64>;
     /// Claims up to `limit` pending jobs due at `now` until `lease_until`, skipping jobs
-    /// behind an earlier pending job of the same agent; in queue order.
+    /// behind an earlier pending job of the same agent; jobs under way (with a first
+    /// attempt) are chosen before jobs not yet started. Returned in queue order.
     async fn claim_due_provision_jobs(
         &self,
         now: Timestamp,
@@ -663,6 +677,9 @@ pub trait Store: Send + Sync + 'static {
     /// Sets an agent's `last_provision_error` (`None` clears it); false when the agent
     /// does not exist.
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool>;
+    /// Records that job `id` reached its gateway for the first time at `at`; an earlier
+    /// record is kept.
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()>;
 
     /// The feed of events as they are committed, in id order. A subscriber that falls
     /// more than the feed's buffer behind is told it lagged (and resumes from the log).

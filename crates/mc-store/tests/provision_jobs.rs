@@ -11,6 +11,7 @@ use mc_domain::agent::AgentName;
 use mc_domain::ids::{AgentId, GatewayId};
 use mc_domain::page::PageRequest;
 use mc_domain::time::Timestamp;
+use mc_domain::token::TokenDigest;
 use mc_store::{
     ActivityFilter, AgentPlacement, Constraint, NewProvisionJob, ProvisionAction, ProvisionAttempt,
     ProvisionJob, ProvisionJobState, Store, StoreError,
@@ -29,6 +30,9 @@ on_every_backend!(
     every_way_of_queueing_a_job_records_its_queued_event_with_it,
     each_recorded_attempt_records_its_progress_event_with_it,
     progress_events_are_published_on_the_feed_once_committed,
+    a_token_rotation_is_stored_with_its_job_or_neither_is,
+    a_jobs_first_attempt_is_recorded_once_and_kept_across_retries,
+    a_retry_is_claimed_before_jobs_not_yet_started_that_were_due_earlier,
 );
 
 fn job(agent_id: AgentId, action: ProvisionAction) -> NewProvisionJob {
@@ -790,4 +794,161 @@ async fn progress_events_are_published_on_the_feed_once_committed(store: Arc<dyn
             ("agent.provision.done".to_owned(), json!(id)),
         ]
     );
+}
+
+/// Whose token `digest` is, as stored.
+async fn holder_of(store: &Arc<dyn Store>, digest: TokenDigest) -> Option<AgentId> {
+    store
+        .agent_by_token(digest)
+        .await
+        .unwrap()
+        .map(|stored| stored.agent.id)
+}
+
+async fn a_token_rotation_is_stored_with_its_job_or_neither_is(store: Arc<dyn Store>) {
+    let gateway = gateway(&store).await;
+    let board = board(&store, gateway).await;
+    let agent = common::new_agent(gateway, Some(board), "rotated");
+    let other = common::new_agent(gateway, Some(board), "other");
+    let (first, taken) = (
+        TokenDigest::of("first token"),
+        TokenDigest::of("taken token"),
+    );
+    for (a, digest) in [(&agent, first), (&other, taken)] {
+        store
+            .insert_agent(a, Some(digest), None, &event(a.id, EventType::AgentCreated))
+            .await
+            .unwrap();
+    }
+
+    let second = TokenDigest::of("second token");
+    let rotated = event(agent.id, EventType::AgentTokenRotated);
+    let update = job(agent.id, ProvisionAction::Update);
+    let id = store
+        .set_agent_token_with_job(agent.id, second, &rotated, &update)
+        .await
+        .unwrap()
+        .expect("the agent exists");
+    assert_eq!(holder_of(&store, second).await, Some(agent.id));
+    assert_eq!(
+        holder_of(&store, first).await,
+        None,
+        "the old token is dead"
+    );
+    let jobs = store.provision_jobs(agent.id).await.unwrap();
+    let queued: Vec<_> = jobs.iter().map(|j| (j.id, j.action, j.state)).collect();
+    assert_eq!(
+        queued,
+        vec![(id, ProvisionAction::Update, ProvisionJobState::Pending)]
+    );
+    assert_eq!(
+        events_of(&store, agent.id).await[..2],
+        ["agent.provision.queued", "agent.token_rotated"],
+        "the rotation and its queued job are recorded together, newest first"
+    );
+
+    // A token the database refuses (another agent holds it) leaves neither the token nor
+    // a job nor the event behind.
+    let events_before = events_of(&store, agent.id).await;
+    let refused = store
+        .set_agent_token_with_job(agent.id, taken, &rotated, &update)
+        .await
+        .unwrap_err();
+    assert!(matches!(
+        refused,
+        StoreError::Conflict(Constraint::TokenDigest)
+    ));
+    assert_eq!(holder_of(&store, second).await, Some(agent.id));
+    assert_eq!(holder_of(&store, taken).await, Some(other.id));
+    assert_eq!(store.provision_jobs(agent.id).await.unwrap().len(), 1);
+    assert_eq!(events_of(&store, agent.id).await, events_before);
+
+    // An agent that no longer exists: nothing is written.
+    let gone = common::new_agent(gateway, Some(board), "gone");
+    let fresh = TokenDigest::of("fresh token");
+    assert_eq!(
+        store
+            .set_agent_token_with_job(
+                gone.id,
+                fresh,
+                &event(gone.id, EventType::AgentTokenRotated),
+                &job(gone.id, ProvisionAction::Update),
+            )
+            .await
+            .unwrap(),
+        None
+    );
+    assert!(store.provision_jobs(gone.id).await.unwrap().is_empty());
+    assert!(events_of(&store, gone.id).await.is_empty());
+    assert_eq!(holder_of(&store, fresh).await, None);
+}
+
+async fn a_jobs_first_attempt_is_recorded_once_and_kept_across_retries(store: Arc<dyn Store>) {
+    let agent = AgentId::new();
+    let id = store
+        .enqueue_provision_job(&job(agent, ProvisionAction::Create))
+        .await
+        .unwrap();
+    let claimed = claim(&store, now()).await;
+    assert_eq!(claimed[0].id, id);
+    assert_eq!(claimed[0].first_attempt_at, None, "queued, never attempted");
+
+    let started = now().plus_millis(5_000);
+    store.mark_provision_job_started(id, started).await.unwrap();
+    store
+        .mark_provision_job_started(id, started.plus_millis(1_000))
+        .await
+        .unwrap();
+    let mut retry = outcome(&claimed[0], ProvisionJobState::Pending);
+    retry.next_attempt_at = Some(now().plus_millis(10_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+
+    let again = claim(&store, now().plus_millis(10_000)).await;
+    assert_eq!(again[0].first_attempt_at, Some(started));
+    assert_eq!(again[0].created_at, now());
+    assert_eq!(
+        store.provision_jobs(agent).await.unwrap()[0].first_attempt_at,
+        Some(started)
+    );
+}
+
+async fn a_retry_is_claimed_before_jobs_not_yet_started_that_were_due_earlier(
+    store: Arc<dyn Store>,
+) {
+    // A burst of new jobs, all due now, and one job of it that has started and failed.
+    let mut burst = Vec::new();
+    for _ in 0..3 {
+        let id = store
+            .enqueue_provision_job(&job(AgentId::new(), ProvisionAction::Create))
+            .await
+            .unwrap();
+        burst.push(id);
+    }
+    let started = store
+        .claim_due_provision_jobs(now(), now().plus_millis(60_000), 1)
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(started.id, burst[0]);
+    store
+        .mark_provision_job_started(started.id, now())
+        .await
+        .unwrap();
+    let mut retry = outcome(&started, ProvisionJobState::Pending);
+    retry.next_attempt_at = Some(now().plus_millis(1_000));
+    store.record_provision_attempt(&retry).await.unwrap();
+
+    // Its retry is due later than the others, and is claimed first all the same.
+    let claimed = store
+        .claim_due_provision_jobs(now().plus_millis(1_000), now().plus_millis(60_000), 1)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, started.id);
+    let rest: Vec<i64> = claim(&store, now().plus_millis(1_000))
+        .await
+        .iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(rest, burst[1..]);
 }

@@ -86,7 +86,7 @@ struct ServeArgs {
     /// Seconds an agent has after each wake to check in (heartbeat) before it is woken again; after 3 wakes it is offline.
     #[arg(long, env = "MC_CHECKIN_TIMEOUT_SECONDS")]
     checkin_timeout_seconds: Option<u64>,
-    /// Seconds a provisioning job (create, update, delete) may keep retrying before it gives up.
+    /// Seconds a provisioning job (create, update, delete) may keep retrying, from its first attempt, before it gives up.
     #[arg(long, env = "MC_PROVISION_TIMEOUT_SECONDS")]
     provision_timeout_seconds: Option<u64>,
 }
@@ -145,7 +145,7 @@ write_behind_ms = 500
 checkin_timeout_seconds = 30
 
 # Seconds a provisioning job (create, update, delete) may keep retrying a gateway that
-# fails before it gives up and records why.
+# fails, counted from its first attempt, before it gives up and records why.
 provision_timeout_seconds = 300
 "#;
 

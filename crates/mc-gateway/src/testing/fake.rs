@@ -8,7 +8,8 @@
 //! Each generation's differences are reproduced: the config schema, mandatory `baseHash`
 //! and refused TOOLS.md/HEARTBEAT.md on v4, restart after `config.patch` on v3, main-session
 //! delete refusal on v4. Tests can restart it, drop connections, delay or hang methods,
-//! and read every call it received.
+//! make a config write land late over later ones (as OpenClaw's unlocked read-modify-write
+//! does under load), and read every call it received.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -146,6 +147,10 @@ struct State {
     hung: HashSet<String>,
     garbled: HashMap<String, Garbage>,
     delayed: HashMap<String, Duration>,
+    /// Methods whose next call writes its config change only after a lag.
+    lagged: HashMap<String, Duration>,
+    /// Lagging config writes that have not landed yet.
+    unlanded: usize,
     handshakes: usize,
     last_query: Option<String>,
     drop_after_handshake: bool,
@@ -267,6 +272,8 @@ impl FakeGateway {
                 hung: HashSet::new(),
                 garbled: HashMap::new(),
                 delayed: HashMap::new(),
+                lagged: HashMap::new(),
+                unlanded: 0,
                 handshakes: 0,
                 last_query: None,
                 drop_after_handshake: false,
@@ -413,6 +420,24 @@ impl FakeGateway {
             .lock()
             .delayed
             .insert(method.to_owned(), delay);
+    }
+
+    /// Makes the next call to `method` (one that rewrites the config: `agents.create`,
+    /// `agents.update`, `agents.delete`) behave like OpenClaw under load: it reads the config
+    /// when it arrives, and writes the whole of it back, and answers, only `lag` later. An
+    /// agent another call added meanwhile is lost (its workspace files stay).
+    pub fn lag_next_config_write(&self, method: &str, lag: Duration) {
+        self.inner
+            .state
+            .lock()
+            .lagged
+            .insert(method.to_owned(), lag);
+    }
+
+    /// How many config writes slowed down by [`FakeGateway::lag_next_config_write`] have not
+    /// landed yet.
+    pub fn unlanded_config_writes(&self) -> usize {
+        self.inner.state.lock().unlanded
     }
 
     /// Restarts like a real gateway after a config change: every connection is closed with
@@ -592,7 +617,7 @@ impl Inner {
                 }
                 continue;
             }
-            let (outcome, delay, interleave, restart) = {
+            let (outcome, delay, interleave, restart, landing) = {
                 let mut state = this.state.lock();
                 state.calls.push(RecordedCall {
                     method: request.method.clone(),
@@ -605,17 +630,30 @@ impl Inner {
                     let _ = out.send(Message::text(garbage.text(&request.id)));
                     continue;
                 }
+                let lag = state.lagged.remove(&request.method);
+                let read = lag.map(|_| (state.agents.clone(), state.config.clone()));
                 let outcome = handle_method(&mut state, &request.method, &request.params);
+                // The change computed from what was read lands only after the lag, over
+                // whatever was written meanwhile.
+                let landing = read.map(|(agents, config)| {
+                    state.unlanded += 1;
+                    (
+                        std::mem::replace(&mut state.agents, agents),
+                        std::mem::replace(&mut state.config, config),
+                    )
+                });
                 let restart = (request.method == "config.patch"
                     && outcome.is_ok()
                     && state.options.generation.restarts_after_config_patch())
                 .then_some(state.options.restart_after_config_patch)
                 .flatten();
+                let delay = lag.or_else(|| state.delayed.get(&request.method).copied());
                 (
                     outcome,
-                    state.delayed.get(&request.method).copied(),
+                    delay,
                     state.options.interleave_events,
                     restart,
+                    landing,
                 )
             };
             if interleave {
@@ -640,8 +678,21 @@ impl Inner {
             };
             match delay {
                 Some(delay) => {
+                    let inner = this.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
+                        if let Some((mut agents, config)) = landing {
+                            let mut state = inner.state.lock();
+                            // Only the config is written: workspace files stay as they are.
+                            for (id, agent) in &mut agents {
+                                if let Some(current) = state.agents.get(id) {
+                                    agent.files.clone_from(&current.files);
+                                }
+                            }
+                            state.agents = agents;
+                            state.config = config;
+                            state.unlanded -= 1;
+                        }
                         respond();
                     });
                 }

@@ -6,30 +6,39 @@
 //!   transient gateway errors are retried with capped exponential backoff and jitter,
 //!   permanent ones are recorded at once in the agent's `last_provision_error`.
 //! - [`plan`] is what a job does on the gateway, per gateway generation.
+//! - [`slots`] limits the jobs talking to one gateway at once, retries first.
 //! - [`templates`] renders the workspace files.
 //! - [`sync`] rewrites every agent's files on one gateway (a template sync).
+//! - [`token`] decides which token a workspace is written with (jobs and template sync).
 //! - [`checkin`] bounds the wait after a wake: an agent that does not heartbeat within
 //!   the check-in timeout is woken again, up to [`MAX_WAKES`] wakes in all, then it is
 //!   offline with `last_provision_error` saying why.
 //!
 //! Every lifecycle state is bounded. A job shows as `provisioning` (a never-seen agent),
-//! `updating` or `deleting` while it is queued or running, and a job gives up once its
-//! bound ([`LifecycleBounds::job_timeout`]) has passed since it was requested; a create or
-//! update that woke the agent is followed by the check-in deadline. A delete that gives up
+//! `updating` or `deleting` while it is queued or running (a queued job has the runner
+//! behind it), and a job gives up once its bound ([`LifecycleBounds::job_timeout`]) has
+//! passed since its first attempt (waiting in the queue behind other jobs costs none of
+//! it); a create or update that woke the agent is followed by the check-in deadline. A delete that gives up
 //! still removes the agent from Mission Control, recording in the `agent.deleted` event
 //! (and the job) that the gateway may still have it.
 //!
 //! The agent token: provisioning writes the plaintext token into the workspace, and only
-//! its digest is stored. A token minted when the agent is created is handed to the runner
-//! in memory ([`Provisioner::hand_token`]); a job that finds none (an update, or any job
-//! after a restart) mints a fresh one through the rotate path, which records
-//! `agent.token_rotated`. Plaintext tokens never reach the database.
+//! its digest is stored. A token minted when the agent is created, or rotated at an
+//! operator's request, is handed to the runner in memory ([`Provisioner::hand_token`]). A
+//! job that finds none (an update, or any job after a restart) reads the agent's
+//! credentials file back from the gateway first and keeps the token there while it is the
+//! agent's current one ([`token::keep_or_mint`]); only a file without it mints a fresh one
+//! through the rotate path, which records `agent.token_rotated`. A gateway failing the job
+//! therefore never takes away the agent's working token. Plaintext tokens never reach the
+//! database.
 
 pub mod checkin;
 pub mod plan;
 pub mod runner;
+pub mod slots;
 pub mod sync;
 pub mod templates;
+pub mod token;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -45,8 +54,9 @@ use mc_domain::token::Secret;
 use mc_gateway::{GatewayConfig, GatewayGeneration, GatewayPool};
 use mc_store::{NewProvisionJob, ProvisionAction, ProvisionJob};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Notify;
 
+use self::slots::{GatewaySlots, SlotPermit, Turn};
 use self::templates::Templates;
 use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
@@ -56,7 +66,7 @@ use crate::state::AppState;
 pub struct LifecycleBounds {
     /// How long an agent has after each wake to check in (heartbeat).
     pub checkin_timeout: Duration,
-    /// How long a provisioning job may keep retrying, from its request.
+    /// How long a provisioning job may keep retrying, from its first attempt.
     pub job_timeout: Duration,
 }
 
@@ -84,7 +94,7 @@ pub struct Provisioner {
     /// How long each lifecycle state may last.
     pub bounds: LifecycleBounds,
     /// Per gateway, the slots its running jobs hold.
-    gateway_slots: Mutex<HashMap<GatewayId, Arc<Semaphore>>>,
+    gateway_slots: Mutex<HashMap<GatewayId, Arc<GatewaySlots>>>,
 }
 
 impl Provisioner {
@@ -97,9 +107,32 @@ impl Provisioner {
         }
     }
 
-    /// Keeps `token` (just minted for `agent`) for the agent's next job.
-    pub fn hand_token(&self, agent: AgentId, token: Secret) {
-        self.tokens.lock().insert(agent, token);
+    /// Keeps `token` (just minted for `agent`) for the agent's next job; returns the token
+    /// it replaces, if any.
+    pub fn hand_token(&self, agent: AgentId, token: Secret) -> Option<Secret> {
+        self.tokens.lock().insert(agent, token)
+    }
+
+    /// Puts back `previous` (what [`Provisioner::hand_token`] returned) when the token
+    /// handed over it was never stored.
+    pub fn restore_token(&self, agent: AgentId, previous: Option<Secret>) {
+        let mut tokens = self.tokens.lock();
+        match previous {
+            Some(token) => tokens.insert(agent, token),
+            None => tokens.remove(&agent),
+        };
+    }
+
+    /// Forgets the token kept for `agent` when it is one of `spent` (the tokens a job that
+    /// ended started with or wrote); a token handed meanwhile, for a later job, stays.
+    pub fn forget_spent_token(&self, agent: AgentId, spent: &[Option<&Secret>]) {
+        let mut tokens = self.tokens.lock();
+        if tokens
+            .get(&agent)
+            .is_some_and(|held| spent.contains(&Some(held)))
+        {
+            tokens.remove(&agent);
+        }
     }
 
     /// The token kept for `agent`, if any.
@@ -123,27 +156,26 @@ impl Provisioner {
 
     /// Waits for a free job slot on `gateway`: at most as many jobs as its generation
     /// allows run on one gateway at once (the default generation's limit until the first
-    /// handshake tells which one it is).
+    /// handshake tells which one it is); retries go before first attempts ([`slots`]).
     pub async fn gateway_slot(
         &self,
         gateway: GatewayId,
         generation: Option<GatewayGeneration>,
-    ) -> OwnedSemaphorePermit {
+        turn: Turn,
+    ) -> SlotPermit {
         let slots = self
             .gateway_slots
             .lock()
             .entry(gateway)
             .or_insert_with(|| {
-                let limit = generation
-                    .unwrap_or(GatewayGeneration::V4)
-                    .provisioning_concurrency();
-                Arc::new(Semaphore::new(limit))
+                GatewaySlots::new(
+                    generation
+                        .unwrap_or(GatewayGeneration::V4)
+                        .provisioning_concurrency(),
+                )
             })
             .clone();
-        slots
-            .acquire_owned()
-            .await
-            .expect("the slots of a gateway are never closed")
+        slots.acquire(turn).await
     }
 
     /// Wakes the runner to look at the queue.

@@ -2,18 +2,22 @@
 //!
 //! Create and update: upsert the agent (`agents.create`; when it already exists,
 //! `agents.update` with its display name and workspace; a fresh one gets its display name
-//! with the config write), write the workspace files
-//! (`agents.files.set`; on update USER.md and MEMORY.md are kept when present), wake its
-//! main session (`sessions.patch` + `chat.send`), and last push its workspace and
-//! heartbeat through `config.patch` in the gateway's schema (last, because a protocol 3
-//! gateway restarts after it). That push goes through the gateway's config writer, which
-//! folds the entries of every job running at the time into one patch. Delete: `agents.delete` then `sessions.delete` (an unknown
-//! agent or session, and the v4 refusal to delete a main session, count as done).
+//! with the config write) and list its files ([`place`]); then, with the token the runner
+//! chose (reading the credentials file back when it holds no fresh one), [`finish`]: write
+//! the workspace files (`agents.files.set`; on update USER.md and MEMORY.md are kept when
+//! present), wake its main session (`sessions.patch` + `chat.send`), and last push its
+//! workspace and heartbeat through `config.patch` in the gateway's schema (last, because a
+//! protocol 3 gateway restarts after it). That push goes through the gateway's config
+//! writer, which folds the entries of every job running at the time into one patch.
+//! Delete: `agents.delete` then `sessions.delete` (an unknown agent or session, and the v4
+//! refusal to delete a main session, count as done).
 //! Every step is idempotent, so a retried job starts over from the first step.
 
 use mc_domain::agent::Agent;
 use mc_domain::gateway::Gateway;
-use mc_gateway::rpc::{ChatSend, CreateAgent, UpdateAgent, until_agent_visible};
+use mc_gateway::rpc::{
+    ChatSend, CreateAgent, UpdateAgent, WorkspaceFileEntry, until_agent_visible,
+};
 use mc_gateway::{
     AgentConfigEntry, GatewayError, GatewayGeneration, GatewayHandle, HeartbeatSettings,
 };
@@ -138,7 +142,7 @@ pub fn heartbeat_of(agent: &Agent) -> HeartbeatSettings {
 pub fn files_to_write(
     generation: GatewayGeneration,
     rendered: Vec<WorkspaceFile>,
-    existing: &[mc_gateway::rpc::WorkspaceFileEntry],
+    existing: &[WorkspaceFileEntry],
     is_update: bool,
 ) -> Vec<WorkspaceFile> {
     let present = |name: &str| existing.iter().any(|f| f.name == name && !f.missing);
@@ -162,23 +166,44 @@ pub fn agent_could_not_start(error: &GatewayError) -> bool {
         .contains("agent failed before reply")
 }
 
-/// Puts `agent` on the gateway with its files, wakes it and pushes its heartbeat config.
-/// `slot` (the job's share of the gateway) is given back before the config write, which
-/// waits for its batch. Returns a warning when the agent is in place but could not start when woken.
-#[expect(
-    clippy::too_many_arguments,
-    reason = "each argument is one input of the job; bundling them would only rename them"
-)]
-pub async fn upsert(
+/// Maps a call's failure for the agent `id`, which the job has just put on the gateway: when
+/// the gateway still does not know it after [`mc_gateway::rpc::NEW_AGENT_SETTLE`], its
+/// runtime config lags behind its config file (2026.9.6 under load lists a new agent only at
+/// its next reload) or lost the entry (a config write it was still finishing, or a reload
+/// of an older file, landed over it). That is worth another attempt, which creates the agent
+/// again if need be, rather than failing for good.
+pub fn vanished(id: &str) -> impl Fn(GatewayError) -> GatewayError + '_ {
+    move |error| {
+        if error.is_missing_agent() {
+            GatewayError::Transient {
+                message: format!(
+                    "{error}: the gateway does not know agent {id} although it was put there \
+                     (its runtime config lags behind or lost it); the next attempt puts it back"
+                ),
+            }
+        } else {
+            error
+        }
+    }
+}
+
+/// An agent in place on its gateway, ready for its workspace files.
+#[derive(Debug)]
+pub struct Placed {
+    /// The gateway's generation, from its handshake.
+    pub generation: GatewayGeneration,
+    /// The workspace files the gateway already has for the agent.
+    existing: Vec<WorkspaceFileEntry>,
+}
+
+/// Puts `agent` on the gateway: `agents.create`, or `agents.update` when it is already
+/// there, then reads which workspace files it has. Its files are written by [`finish`],
+/// once the caller knows which token they carry.
+pub async fn place(
     handle: &GatewayHandle,
-    templates: &Templates,
     agent: &Agent,
     placement: &AgentPlacement,
-    context: &FileContext,
-    is_update: bool,
-    wake_key: &str,
-    slot: tokio::sync::OwnedSemaphorePermit,
-) -> Result<Option<String>, ProvisionError> {
+) -> Result<Placed, ProvisionError> {
     handle.health().await?;
     let generation = handle.generation().ok_or_else(|| GatewayError::Transient {
         message: format!("{}: no handshake completed yet", handle.url()),
@@ -204,15 +229,47 @@ pub async fn upsert(
             name: Some(agent.name.to_string()),
             workspace: Some(placement.workspace_path.clone()),
         };
-        until_agent_visible(|| handle.agents_update(&update)).await?;
+        until_agent_visible(|| handle.agents_update(&update))
+            .await
+            .map_err(vanished(id))?;
     }
     let existing = until_agent_visible(|| handle.agents_files_list(id))
-        .await?
+        .await
+        .map_err(vanished(id))?
         .files;
+    Ok(Placed {
+        generation,
+        existing,
+    })
+}
+
+/// Writes the workspace files of an agent [`place`]d on the gateway, wakes it and pushes
+/// its heartbeat config. `slot` (the job's share of the gateway) is given back before the
+/// config write, which waits for its batch. Returns a warning when the agent is in place
+/// but could not start when woken.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "each argument is one input of the job; bundling them would only rename them"
+)]
+pub async fn finish(
+    handle: &GatewayHandle,
+    templates: &Templates,
+    agent: &Agent,
+    placement: &AgentPlacement,
+    placed: Placed,
+    context: &FileContext,
+    is_update: bool,
+    wake_key: &str,
+    slot: super::slots::SlotPermit,
+) -> Result<Option<String>, ProvisionError> {
+    let id = &placement.gateway_agent_id;
+    let generation = placed.generation;
     let rendered = templates.render_files(agent, generation, context)?;
-    for file in files_to_write(generation, rendered, &existing, is_update) {
+    for file in files_to_write(generation, rendered, &placed.existing, is_update) {
         // The first write can still meet the lag before a fresh agent is visible.
-        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content)).await?;
+        until_agent_visible(|| handle.agents_files_set(id, file.name, &file.content))
+            .await
+            .map_err(vanished(id))?;
     }
     let verb = if is_update { "updated" } else { "provisioned" };
     let warning = wake(handle, agent, placement, verb, wake_key).await?;

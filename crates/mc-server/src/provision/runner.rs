@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mc_domain::time::Timestamp;
+use mc_domain::token::Secret;
 use mc_gateway::BackoffPolicy;
 use mc_store::{
     AgentPlacement, ProvisionAction, ProvisionAttempt, ProvisionJob, ProvisionJobState, StoreError,
@@ -20,10 +21,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::plan::{self, ProvisionError};
+use super::slots::Turn;
 use super::templates::FileContext;
+use super::token::{self, TokenError};
 use crate::liveness::LiveAgent;
 use crate::metrics::JobOutcome;
-use crate::services::agents::{deleted_event, rotate_token};
+use crate::services::agents::deleted_event;
 use crate::state::SharedState;
 
 /// Jobs running at once, across all gateways. Each gateway also has its own limit
@@ -228,7 +231,9 @@ async fn attempt(
     job: ProvisionJob,
 ) -> (ProvisionJob, ProvisionAttempt, Option<Timestamp>) {
     let started_at = Timestamp::now();
-    let outcome = run(state, &job).await;
+    let handed = state.provisioner.token_of(job.agent_id);
+    let mut progress = Progress::default();
+    let outcome = run(state, &job, &mut progress).await;
     let attempted_at = Timestamp::now();
     let mut woken_at = None;
     let mut record = ProvisionAttempt {
@@ -245,20 +250,21 @@ async fn attempt(
             woken_at = done.woke.then_some(started_at);
             record.placement = done.placement;
             record.error = done.warning;
-            state.provisioner.forget_token(job.agent_id);
             tracing::info!(job = job.id, agent = %job.agent_id, action = job.action.as_str(), "provisioning done");
         }
         Err(error) if error.is_permanent() => {
             tracing::warn!(job = job.id, agent = %job.agent_id, %error, "provisioning failed for good");
             record.state = ProvisionJobState::Failed;
             record.error = Some(format!("{} failed: {error}", job.action.as_str()));
-            state.provisioner.forget_token(job.agent_id);
         }
         Err(error) => {
             let delay = backoff.delay(job.attempts + 1);
             let bound = state.provisioner.bounds.job_timeout;
             let next = attempted_at.plus_millis(millis(delay));
-            if next > super::after(job.created_at, bound) {
+            // Counted from the first attempt, so that waiting in the queue behind other jobs
+            // costs none of it; a job that never reached its gateway counts from its request.
+            let since = progress.first_attempt_at.unwrap_or(job.created_at);
+            if next > super::after(since, bound) {
                 tracing::warn!(job = job.id, agent = %job.agent_id, %error, "provisioning gave up: its bound has passed");
                 record.state = ProvisionJobState::Failed;
                 record.error = Some(format!(
@@ -267,7 +273,6 @@ async fn attempt(
                     job.attempts + 1,
                     super::checkin::seconds(bound),
                 ));
-                state.provisioner.forget_token(job.agent_id);
             } else {
                 tracing::info!(job = job.id, agent = %job.agent_id, %error, retry_in_ms = delay.as_millis(), "provisioning failed; will retry");
                 record.state = ProvisionJobState::Pending;
@@ -275,6 +280,12 @@ async fn attempt(
                 record.next_attempt_at = Some(next);
             }
         }
+    }
+    if record.state != ProvisionJobState::Pending {
+        // A rotation may have handed a newer token meanwhile, for its own job: keep that.
+        state
+            .provisioner
+            .forget_spent_token(job.agent_id, &[handed.as_ref(), progress.written.as_ref()]);
     }
     state.metrics.provision.count(match record.state {
         ProvisionJobState::Done => JobOutcome::Done,
@@ -331,8 +342,21 @@ async fn job_agent(
     Ok(stored.into_iter().next().map(|s| state.registry.upsert(s)))
 }
 
-/// The job's plan.
-async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionError> {
+/// What an attempt got to, whatever its outcome.
+#[derive(Debug, Default)]
+struct Progress {
+    /// When the job first reached its gateway (in this attempt or an earlier one).
+    first_attempt_at: Option<Timestamp>,
+    /// The token the workspace files are written with.
+    written: Option<Secret>,
+}
+
+/// The job's plan; `progress` records how far it got.
+async fn run(
+    state: &SharedState,
+    job: &ProvisionJob,
+    progress: &mut Progress,
+) -> Result<Done, ProvisionError> {
     let store_failed = |e: StoreError| ProvisionError::Store(e.to_string());
     let gateway = state
         .store
@@ -358,10 +382,27 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         .gateways
         .get(gateway.id)
         .ok_or_else(|| ProvisionError::GatewayUnavailable("the gateway is not connected".into()))?;
+    // A job under way waits for its gateway before jobs not yet started: its bound runs.
+    let turn = match job.first_attempt_at {
+        Some(_) => Turn::Retry,
+        None => Turn::First,
+    };
     let slot = state
         .provisioner
-        .gateway_slot(gateway.id, handle.generation())
+        .gateway_slot(gateway.id, handle.generation(), turn)
         .await;
+    progress.first_attempt_at = Some(match job.first_attempt_at {
+        Some(at) => at,
+        None => {
+            let now = Timestamp::now();
+            state
+                .store
+                .mark_provision_job_started(job.id, now)
+                .await
+                .map_err(store_failed)?;
+            now
+        }
+    });
     if job.action == ProvisionAction::Delete {
         let (Some(id), Some(key)) = (&job.gateway_agent_id, &job.session_key) else {
             return Ok(Done::default());
@@ -389,16 +430,32 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
             .unwrap_or_default(),
         None => String::new(),
     };
+    let placed = plan::place(&handle, &agent, &placement).await?;
     let token = match state.provisioner.token_of(agent.id) {
         Some(token) => token,
         None => {
-            let token = rotate_token(state, &live)
-                .await
-                .map_err(|e| ProvisionError::Store(e.to_string()))?;
-            state.provisioner.hand_token(agent.id, token.clone());
-            token
+            let choice = token::keep_or_mint(
+                state,
+                &handle,
+                placed.generation,
+                &live,
+                &placement.gateway_agent_id,
+            )
+            .await
+            .map_err(|error| match error {
+                TokenError::Read(error) => {
+                    ProvisionError::Gateway(plan::vanished(&placement.gateway_agent_id)(error))
+                }
+                TokenError::Mint(error) => ProvisionError::Store(error.to_string()),
+            })?;
+            if choice.rotated {
+                // The old token is dead: every retry must write this one.
+                state.provisioner.hand_token(agent.id, choice.token.clone());
+            }
+            choice.token
         }
     };
+    progress.written = Some(token.clone());
     let context = FileContext::new(
         &agent,
         &placement,
@@ -407,11 +464,12 @@ async fn run(state: &SharedState, job: &ProvisionJob) -> Result<Done, ProvisionE
         token.expose(),
         &gateway.workspace_root,
     );
-    let warning = plan::upsert(
+    let warning = plan::finish(
         &handle,
         &state.provisioner.templates,
         &agent,
         &placement,
+        placed,
         &context,
         job.action == ProvisionAction::Update,
         &format!("mc-provision-{}", job.id),

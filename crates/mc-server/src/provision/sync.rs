@@ -9,12 +9,11 @@
 //! timeout on top; a step failing transiently (a protocol 3 gateway restarts for a few
 //! seconds after each config change) is retried a few times within the agent's limit.
 //!
-//! The token: plaintext tokens are never stored, so without `rotate_tokens` the sync
-//! reads the agent's credentials file back from the gateway (`agents.files.get`), parses
-//! `AUTH_TOKEN` with the parser the agent itself uses, and reuses it when its digest is
-//! the agent's current one. Only when the file holds no token, or another one, is a new
-//! token minted (the result says which). If writing fails after a rotation, the new token
-//! is handed to an update job, which keeps retrying until the agent has it.
+//! The token: without `rotate_tokens` the sync keeps the token in the agent's credentials
+//! file while it is the agent's current one, and mints a new one only when the file holds
+//! none or another ([`super::token`], shared with the provisioning jobs); the result says
+//! which. If writing fails after a rotation, the new token is handed to an update job,
+//! which keeps retrying until the agent has it.
 //!
 //! What the sync leaves to the job runner: agents with a provisioning job pending are
 //! skipped (that job writes their files), and an agent missing on the gateway is put back
@@ -25,9 +24,8 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use mc_domain::agent::Agent;
-use mc_domain::credentials::credential_value;
 use mc_domain::gateway::Gateway;
-use mc_domain::token::{Secret, TokenDigest};
+use mc_domain::token::Secret;
 use mc_gateway::{GatewayError, GatewayGeneration, GatewayHandle};
 use mc_store::{AgentPlacement, ProvisionAction, ProvisionJobState};
 use serde::Serialize;
@@ -35,10 +33,10 @@ use tokio::time::Instant;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::plan::{self, credentials_file, files_to_write};
+use super::plan::{self, files_to_write};
 use super::templates::FileContext;
+use super::token::{self, TokenChoice, TokenError};
 use crate::error::{ApiError, ApiResult};
-use crate::services::agents::rotate_token;
 use crate::services::gateways::ensure_main_agent;
 use crate::state::SharedState;
 
@@ -212,13 +210,6 @@ struct SyncContext<'a> {
     deadline: Instant,
 }
 
-/// The token to write, and whether (and why) it is new.
-struct TokenChoice {
-    token: Secret,
-    rotated: bool,
-    note: Option<String>,
-}
-
 /// Why an agent could not be synced directly.
 enum Blocked {
     /// The agent is not on the gateway.
@@ -324,7 +315,7 @@ impl SyncContext<'_> {
         })
         .await;
         let error = match written {
-            Ok(()) if self.is_current(&agent, &choice.token) => return result,
+            Ok(()) if token::is_current(self.state, agent.id, &choice.token) => return result,
             // A job rotated the token while the sync wrote the old one: let a job fix it.
             Ok(()) => "the agent's token changed while its files were written".to_owned(),
             Err(Blocked::MissingOnGateway) => "the agent vanished from the gateway".to_owned(),
@@ -352,56 +343,33 @@ impl SyncContext<'_> {
     }
 
     /// The token to write: a new one when asked, else the one in the workspace when it is
-    /// still the agent's, else a new one.
+    /// still the agent's, else a new one ([`token::keep_or_mint`]).
     async fn choose_token(
         &self,
         agent: &Agent,
         placement: &AgentPlacement,
     ) -> Result<TokenChoice, Blocked> {
-        let file = credentials_file(self.generation);
-        let reason = if self.rotate_tokens {
-            "rotated as requested".to_owned()
-        } else {
-            let read = self
-                .handle
-                .agents_files_get(&placement.gateway_agent_id, file)
-                .await?;
-            let content = read.file.content.unwrap_or_default();
-            match credential_value(&content, "AUTH_TOKEN") {
-                Some(token) if self.is_current(agent, &Secret::new(token)) => {
-                    return Ok(TokenChoice {
-                        token: Secret::new(token),
-                        rotated: false,
-                        note: None,
-                    });
-                }
-                Some(_) => format!(
-                    "the AUTH_TOKEN in {file} is not the agent's current token; a new one was minted"
-                ),
-                None => format!("{file} holds no AUTH_TOKEN; a new token was minted"),
-            }
-        };
         let live = self
             .state
             .registry
             .get(agent.id)
             .ok_or_else(|| Blocked::Failed("the agent was deleted meanwhile".to_owned()))?;
-        let token = rotate_token(self.state, &live)
+        let chosen = if self.rotate_tokens {
+            token::mint(self.state, &live, "rotated as requested".to_owned()).await
+        } else {
+            token::keep_or_mint(
+                self.state,
+                self.handle,
+                self.generation,
+                &live,
+                &placement.gateway_agent_id,
+            )
             .await
-            .map_err(|e| Blocked::Failed(format!("minting a new token failed: {e}")))?;
-        Ok(TokenChoice {
-            token,
-            rotated: true,
-            note: Some(reason),
+        };
+        chosen.map_err(|error| match error {
+            TokenError::Read(error) => Blocked::from(error),
+            error @ TokenError::Mint(_) => Blocked::Failed(error.to_string()),
         })
-    }
-
-    /// Whether `token` is the agent's current token.
-    fn is_current(&self, agent: &Agent, token: &Secret) -> bool {
-        self.state
-            .registry
-            .by_token(&TokenDigest::of(token.expose()))
-            .is_some_and(|live| live.id() == agent.id)
     }
 
     /// Renders the agent's files with `token` and writes those the gateway accepts; the

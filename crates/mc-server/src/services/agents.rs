@@ -134,18 +134,22 @@ pub async fn create_agent(
     Ok((live, token))
 }
 
-/// Mints a new token for an agent; the old one stops working at once.
-pub async fn rotate_token(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<Secret> {
-    let token = generate_agent_token();
-    let profile = agent.profile();
-    let event = agent_event(
-        &profile,
+/// The event recording that `agent` got a new token.
+fn token_rotated_event(agent: &Agent) -> NewActivity {
+    agent_event(
+        agent,
         EventType::AgentTokenRotated,
         format!(
             "Agent {} got a new token; the previous one no longer works.",
-            profile.name
+            agent.name
         ),
-    );
+    )
+}
+
+/// Mints a new token for an agent; the old one stops working at once.
+pub async fn rotate_token(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult<Secret> {
+    let token = generate_agent_token();
+    let event = token_rotated_event(&agent.profile());
     let stored = state
         .store
         .set_agent_token(agent.id(), token.digest(), &event)
@@ -222,19 +226,43 @@ pub async fn delete_agent(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult
     Ok(deleted)
 }
 
-/// Rotates an agent's token at an operator's request; on a managed gateway an update job
-/// also writes the new token into the agent's workspace.
+/// Rotates an agent's token at an operator's request; on a managed gateway the update job
+/// that writes the new token into the agent's workspace is stored in the same transaction
+/// as the token, so there is never a new token without the job that delivers it.
 pub async fn rotate_and_deliver_token(
     state: &AppState,
     agent: &Arc<LiveAgent>,
 ) -> ApiResult<Secret> {
-    let token = rotate_token(state, agent).await?;
-    crate::provision::request(
+    let profile = agent.profile();
+    let Some(job) = crate::provision::job_for(state, &profile, ProvisionAction::Update).await?
+    else {
+        return rotate_token(state, agent).await;
+    };
+    let token = generate_agent_token();
+    let event = token_rotated_event(&profile);
+    // The runner may claim the job the moment it is stored: its token is waiting.
+    let previous = state.provisioner.hand_token(agent.id(), token.clone());
+    let stored = state
+        .store
+        .set_agent_token_with_job(agent.id(), token.digest(), &event, &job)
+        .await;
+    let job_id = match stored {
+        Ok(Some(id)) => id,
+        failed => {
+            state.provisioner.restore_token(agent.id(), previous);
+            return Err(match failed {
+                Err(error) => error.into(),
+                Ok(_) => ApiError::NotFound("Agent not found"),
+            });
+        }
+    };
+    state.registry.replace_token(agent, token.digest());
+    crate::provision::queued(
         state,
-        &agent.profile(),
+        &profile,
+        job_id,
         ProvisionAction::Update,
         Some(&token),
-    )
-    .await?;
+    );
     Ok(token)
 }

@@ -10,7 +10,10 @@ use mc_server::config::ServerConfig;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
-use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, id_of, unique};
+use crate::helpers::{
+    Auth, EVENTUALLY_DEADLINE, TestApp, eventually_within, expect_json, expect_success, id_of,
+    unique,
+};
 
 /// The workspace root of every managed gateway in these tests.
 pub const WORKSPACE_ROOT: &str = "/srv/openclaw/workspaces";
@@ -115,7 +118,17 @@ pub async fn provision_jobs(app: &TestApp, agent_id: &str) -> Vec<Value> {
 
 /// Waits until the agent has `count` jobs and none is pending; returns them.
 pub async fn settled_jobs(app: &TestApp, agent_id: &str, count: usize) -> Vec<Value> {
-    eventually("the provisioning jobs to settle", || async {
+    settled_jobs_within(app, agent_id, count, EVENTUALLY_DEADLINE).await
+}
+
+/// Like [`settled_jobs`], waiting up to `limit`.
+pub async fn settled_jobs_within(
+    app: &TestApp,
+    agent_id: &str,
+    count: usize,
+    limit: Duration,
+) -> Vec<Value> {
+    eventually_within("the provisioning jobs to settle", limit, || async {
         let jobs = provision_jobs(app, agent_id).await;
         jobs.len() == count && jobs.iter().all(|j| j["state"] != "pending")
     })

@@ -849,7 +849,17 @@ pub fn timestamp(value: &Value) -> Timestamp {
 
 /// Polls `check` every 25 ms until it holds, failing the test after
 /// [`EVENTUALLY_DEADLINE`]. For waiting on an expected state, never on readiness.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    eventually_within(what, EVENTUALLY_DEADLINE, check).await;
+}
+
+/// Like [`eventually`], for a state that takes `limit` to come about (a wait the server
+/// makes on purpose, e.g. for a gateway slow to see an agent).
+pub async fn eventually_within<F, Fut>(what: &str, limit: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -860,8 +870,8 @@ where
             return;
         }
         assert!(
-            started.elapsed() < EVENTUALLY_DEADLINE,
-            "{what} did not happen within {EVENTUALLY_DEADLINE:?}"
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
     }

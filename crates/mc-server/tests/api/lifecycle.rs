@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mc_gateway::GatewayGeneration;
-use mc_gateway::testing::{FakeGateway, FakeGatewayOptions};
+use mc_gateway::testing::{FakeGateway, FakeGatewayOptions, Garbage};
 use mc_server::config::ServerConfig;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -210,6 +210,9 @@ async fn an_update_a_gateway_down_for_good_never_takes_ends_out_of_updating_with
     let error = read["last_provision_error"].as_str().unwrap_or_default();
     assert!(error.starts_with("update gave up after "), "{read}");
     assert!(error.contains(" in 2 s: "), "{read}");
+    // The gateway never answered, so no token was minted: the agent's own still works.
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 0);
 }
 
 #[tokio::test]
@@ -314,4 +317,70 @@ async fn an_agent_on_an_unmanaged_gateway_that_never_heartbeats_is_offline_after
     )
     .await;
     assert_eq!(read["status"], "healthy");
+}
+
+/// [`short_deadlines`] with gateway requests allowed to take long: a slow call is a wait,
+/// not a failure.
+fn short_jobs_slow_gateway(config: &mut ServerConfig) {
+    short_deadlines(config);
+    config.gateway_connection.request_timeout = Duration::from_secs(8);
+}
+
+#[tokio::test]
+async fn a_job_that_waited_in_the_queue_past_its_bound_still_retries_a_transient_failure() {
+    let gw = fake().await;
+    let app = TestApp::spawn_with(short_jobs_slow_gateway).await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    crate::templates_sync::settled_main_agent(&app, &gateway_id).await;
+    // The agent's create job is slow; its update job waits behind it for longer than the
+    // 2 s bound, then fails once (`agents.update` is called only for an existing agent).
+    gw.delay("agents.create", Duration::from_secs(3));
+    gw.garble("agents.update", Garbage::MalformedResponse);
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    eventually("the create job to be in its slow agents.create", || async {
+        gw.calls_to("agents.create")
+            .iter()
+            .any(|p| p["name"] == format!("mc-{id}"))
+    })
+    .await;
+    gw.delay("agents.create", Duration::ZERO);
+
+    eventually(
+        "the update job to have failed its first attempt",
+        || async {
+            provision_jobs(&app, &id)
+                .await
+                .get(1)
+                .is_some_and(|job| job["attempts"].as_u64() >= Some(1))
+        },
+    )
+    .await;
+    let update = provision_jobs(&app, &id).await[1].clone();
+    let waited = timestamp(&update["first_attempt_at"]).as_millis()
+        - timestamp(&update["created_at"]).as_millis();
+    assert!(
+        waited > 2000,
+        "it waited {waited} ms in the queue: {update}"
+    );
+    assert_eq!(
+        update["state"], "pending",
+        "retrying, not given up: {update}"
+    );
+    assert!(
+        update["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("agents.update") && e.contains("retrying")),
+        "{update}"
+    );
+    assert_eq!(app.agent(&id).await["status"], "updating");
+
+    gw.stop_garbling();
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "done", "{jobs:?}");
+    assert!(jobs[1]["attempts"].as_u64() >= Some(2), "{jobs:?}");
 }

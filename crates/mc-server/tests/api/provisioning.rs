@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::gateway_fixtures::{
     WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, gateway_status,
-    managed_board, provision_jobs, settled_jobs, spawn_provisioning_app,
+    managed_board, provision_jobs, settled_jobs, settled_jobs_within, spawn_provisioning_app,
 };
 use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, unique};
 use crate::templates_sync::settled_main_agent;
@@ -512,4 +512,276 @@ async fn a_job_for_an_agent_this_server_has_not_in_memory_still_provisions_it() 
         gw.file(&format!("mc-{elsewhere}"), "AGENTS.md").is_some(),
         "the job provisioned the agent on the gateway"
     );
+}
+
+/// The file holding the credentials on a gateway of `generation`.
+fn credentials_file(generation: GatewayGeneration) -> &'static str {
+    match generation {
+        GatewayGeneration::V3 => "TOOLS.md",
+        GatewayGeneration::V4 => "AGENTS.md",
+    }
+}
+
+/// The token in agent `id`'s credentials file on the fake gateway.
+fn workspace_token(gw: &FakeGateway, id: &str, generation: GatewayGeneration) -> String {
+    let text = gw
+        .file(&format!("mc-{id}"), credentials_file(generation))
+        .expect("the credentials file");
+    credential(&text, "AUTH_TOKEN").expect("an AUTH_TOKEN line")
+}
+
+#[tokio::test]
+async fn an_update_keeps_the_token_in_the_workspace_and_records_no_rotation() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let token = workspace_token(&gw, &id, generation);
+
+        let renamed = unique("Renamed");
+        expect_success(app.patch_agent(&id, &json!({"name": renamed})).await).await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+        let agents_md = gw
+            .file(&format!("mc-{id}"), "AGENTS.md")
+            .expect("AGENTS.md");
+        assert!(agents_md.contains(&renamed), "the update ran: {agents_md}");
+        assert_eq!(
+            workspace_token(&gw, &id, generation),
+            token,
+            "{generation:?}"
+        );
+        expect_success(app.agent_heartbeat(&token, None).await).await;
+        assert_eq!(
+            app.count_events(&id, "agent.token_rotated").await,
+            0,
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_agents_token_keeps_working_while_its_update_fails_mid_write() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let token = workspace_token(&gw, &id, GatewayGeneration::V4);
+
+    gw.garble("agents.files.set", Garbage::MalformedResponse);
+    expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    eventually("the update to fail a write and retry", || async {
+        provision_jobs(&app, &id).await.get(1).is_some_and(|job| {
+            job["state"] == "pending"
+                && job["attempts"].as_u64() >= Some(2)
+                && job["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("agents.files.set"))
+        })
+    })
+    .await;
+    // The job read the token back and kept it: the agent is not locked out meanwhile.
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+
+    gw.stop_garbling();
+    let jobs = settled_jobs(&app, &id, 2).await;
+    assert_eq!(jobs[1]["state"], "done", "{jobs:?}");
+    assert_eq!(workspace_token(&gw, &id, GatewayGeneration::V4), token);
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(app.count_events(&id, "agent.token_rotated").await, 0);
+}
+
+#[tokio::test]
+async fn an_update_whose_workspace_lost_the_current_token_writes_a_new_one() {
+    for generation in [GatewayGeneration::V3, GatewayGeneration::V4] {
+        let gw = fake(generation).await;
+        let app = spawn_provisioning_app().await;
+        let (_, board_id) = board_on_fake(&app, &gw).await;
+        let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+        settled_jobs(&app, &id, 1).await;
+        let old = workspace_token(&gw, &id, generation);
+        let file = credentials_file(generation);
+        let key = format!("mc-{id}");
+        match generation {
+            // Someone deleted TOOLS.md on the gateway host ...
+            GatewayGeneration::V3 => assert!(gw.set_file(&key, file, None)),
+            // ... or put another token into AGENTS.md.
+            GatewayGeneration::V4 => {
+                let edited = gw
+                    .file(&key, file)
+                    .expect("AGENTS.md")
+                    .replace(&old, "not-the-real-token");
+                assert!(gw.set_file(&key, file, Some(&edited)));
+            }
+        }
+
+        expect_success(
+            app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+                .await,
+        )
+        .await;
+        let jobs = settled_jobs(&app, &id, 2).await;
+        assert_eq!(jobs[1]["state"], "done", "{generation:?}: {jobs:?}");
+        let new = workspace_token(&gw, &id, generation);
+        assert_ne!(new, old, "{generation:?}");
+        expect_success(app.agent_heartbeat(&new, None).await).await;
+        assert_eq!(
+            app.agent_heartbeat(&old, None).await.status(),
+            StatusCode::UNAUTHORIZED,
+            "{generation:?}"
+        );
+        assert_eq!(
+            app.count_events(&id, "agent.token_rotated").await,
+            1,
+            "{generation:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_token_rotated_while_an_update_runs_is_the_one_written_last() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    settled_jobs(&app, &id, 1).await;
+    let key = format!("mc-{id}");
+    let writes_before = gw
+        .calls_to("agents.files.set")
+        .iter()
+        .filter(|p| p["agentId"] == key.as_str())
+        .count();
+
+    gw.delay("agents.files.set", std::time::Duration::from_millis(300));
+    expect_success(
+        app.patch_agent(&id, &json!({"name": unique("Renamed")}))
+            .await,
+    )
+    .await;
+    eventually("the update to be writing files", || async {
+        gw.calls_to("agents.files.set")
+            .iter()
+            .filter(|p| p["agentId"] == key.as_str())
+            .count()
+            > writes_before
+    })
+    .await;
+    let rotated = app.new_token_for(&id).await;
+
+    let jobs = settled_jobs(&app, &id, 3).await;
+    assert!(jobs.iter().all(|j| j["state"] == "done"), "{jobs:?}");
+    assert_eq!(workspace_token(&gw, &id, GatewayGeneration::V4), rotated);
+    expect_success(app.agent_heartbeat(&rotated, None).await).await;
+    assert_eq!(
+        app.count_events(&id, "agent.token_rotated").await,
+        1,
+        "only the operator's rotation"
+    );
+}
+
+#[tokio::test]
+async fn an_agent_created_while_a_timed_out_create_is_still_writing_is_not_lost() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    settled_main_agent(&app, &gateway_id).await;
+    // The first create outlasts the client's 700 ms request timeout: the gateway is still
+    // writing its config (read before the next create) when the next create is sent.
+    gw.lag_next_config_write("agents.create", std::time::Duration::from_millis(1500));
+    let slow = create_agent_named(&app, &board_id, &unique("Slow")).await;
+    eventually("the slow create to reach the gateway", || async {
+        gw.calls_to("agents.create")
+            .iter()
+            .any(|p| p["name"] == format!("mc-{slow}"))
+    })
+    .await;
+    let next = create_agent_named(&app, &board_id, &unique("Next")).await;
+
+    for id in [&slow, &next] {
+        let jobs = settled_jobs(&app, id, 1).await;
+        assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    }
+    eventually("the slow create to land", || async {
+        gw.unlanded_config_writes() == 0
+    })
+    .await;
+    for id in [&slow, &next] {
+        assert!(
+            gw.agent_ids().contains(&format!("mc-{id}")),
+            "{id} is on the gateway: {:?}",
+            gw.agent_ids()
+        );
+    }
+    assert!(
+        provision_jobs(&app, &slow).await[0]["attempts"].as_u64() >= Some(2),
+        "the slow create timed out once"
+    );
+    assert_eq!(
+        provision_jobs(&app, &next).await[0]["attempts"],
+        1,
+        "the next agent was never lost"
+    );
+}
+
+/// How long the tests of a gateway slower to see an agent than a call waits for it wait:
+/// the settle time, a retry, and the rest of the job.
+const SLOW_GATEWAY: std::time::Duration = std::time::Duration::from_secs(45);
+
+#[tokio::test]
+async fn an_agent_the_gateway_sees_only_after_the_settle_time_is_retried_not_failed() {
+    // 2026.9.6 under load: the runtime config lists a new agent only at its next reload,
+    // which can come later than the 20 s a call waits for it.
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = mc_gateway::rpc::NEW_AGENT_SETTLE + std::time::Duration::from_secs(3);
+    let gw = FakeGateway::start(options).await;
+    let app = spawn_provisioning_app().await;
+    let (_, board_id) = board_on_fake(&app, &gw).await;
+    let id = create_agent_named(&app, &board_id, &unique("Worker")).await;
+    let jobs = settled_jobs_within(&app, &id, 1, SLOW_GATEWAY).await;
+    assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+    assert!(jobs[0]["attempts"].as_u64() >= Some(2), "{jobs:?}");
+    assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
+}
+
+#[tokio::test]
+async fn an_agent_lost_to_a_config_write_landing_after_a_reconnect_is_put_back() {
+    let mut options = FakeGatewayOptions::new(GatewayGeneration::V4);
+    options.new_agent_lag = std::time::Duration::from_secs(2);
+    let gw = FakeGateway::start(options).await;
+    let app = spawn_provisioning_app().await;
+    let (gateway_id, board_id) = board_on_fake(&app, &gw).await;
+    settled_main_agent(&app, &gateway_id).await;
+    // A create whose connection drops (as a protocol 3 gateway's restart drops it) is still
+    // written by the gateway afterwards, over the config the next create wrote meanwhile,
+    // before the gateway showed that next agent.
+    gw.lag_next_config_write("agents.create", std::time::Duration::from_secs(1));
+    let interrupted = create_agent_named(&app, &board_id, &unique("Interrupted")).await;
+    eventually("the interrupted create to reach the gateway", || async {
+        gw.calls_to("agents.create")
+            .iter()
+            .any(|p| p["name"] == format!("mc-{interrupted}"))
+    })
+    .await;
+    gw.drop_connections();
+    let overwritten = create_agent_named(&app, &board_id, &unique("Overwritten")).await;
+
+    for id in [&interrupted, &overwritten] {
+        let jobs = settled_jobs_within(&app, id, 1, SLOW_GATEWAY).await;
+        assert_eq!(jobs[0]["state"], "done", "{jobs:?}");
+        assert!(gw.agent_ids().contains(&format!("mc-{id}")));
+        assert!(gw.file(&format!("mc-{id}"), "AGENTS.md").is_some());
+    }
+    let creates = gw
+        .calls_to("agents.create")
+        .iter()
+        .filter(|p| p["name"] == format!("mc-{overwritten}"))
+        .count();
+    assert!(creates >= 2, "the lost agent was created again ({creates})");
 }

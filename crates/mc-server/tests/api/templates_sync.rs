@@ -11,8 +11,8 @@ use reqwest::{Method, Response, StatusCode};
 use serde_json::{Value, json};
 
 use crate::gateway_fixtures::{
-    WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, settled_jobs,
-    spawn_provisioning_app,
+    WORKSPACE_ROOT, board_on_fake, create_agent_named, credential, files_set, provision_jobs,
+    settled_jobs, spawn_provisioning_app,
 };
 use crate::helpers::{Auth, TestApp, eventually, expect_json, expect_success, id_of, unique};
 
@@ -457,6 +457,7 @@ async fn a_gateway_that_stops_answering_mid_sync_fails_the_agents_not_the_reques
     settled_main_agent(&app, &gateway_id).await;
     let worker = create_agent_named(&app, &board_id, &unique("Worker")).await;
     settled_jobs(&app, &worker, 1).await;
+    let token = token_on(&gw, &format!("mc-{worker}"), GatewayGeneration::V4);
     gw.hang("agents.files.set");
 
     let started = Instant::now();
@@ -477,9 +478,17 @@ async fn a_gateway_that_stops_answering_mid_sync_fails_the_agents_not_the_reques
             .is_some_and(|n| n.contains("update job was queued")),
         "{result}"
     );
-    // The sync itself kept the token (`token_rotated` is false above). No heartbeat with
-    // it is checked here: the update job the sync queued mints a fresh token when it
-    // starts, which may already have happened.
+    // The update job the sync queued reads the token back from the workspace and keeps
+    // it while its own writes keep failing: the agent is never locked out.
+    eventually("the queued update to have failed an attempt", || async {
+        provision_jobs(&app, &worker)
+            .await
+            .get(1)
+            .is_some_and(|job| job["attempts"].as_u64() >= Some(1))
+    })
+    .await;
+    expect_success(app.agent_heartbeat(&token, None).await).await;
+    assert_eq!(app.count_events(&worker, "agent.token_rotated").await, 0);
 }
 
 #[tokio::test]

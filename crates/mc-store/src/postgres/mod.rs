@@ -618,6 +618,31 @@ async fn insert_activity(
         .map(drop)
 }
 
+/// Replaces an agent's token digest in `tx` (its own-token flag starts over); false when
+/// the agent does not exist.
+async fn write_agent_token(
+    tx: &mut Transaction<'_, Postgres>,
+    id: AgentId,
+    token_digest: TokenDigest,
+) -> StoreResult<bool> {
+    let changed = sqlx::query("UPDATE agents SET token_digest = $1 WHERE id = $2")
+        .bind(token_digest.as_bytes().to_vec())
+        .bind(id.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE agent_liveness SET own_token_used = FALSE WHERE agent_id = $1")
+        .bind(id.as_uuid())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(true)
+}
+
 /// Writes an agent's settings (not its liveness fields); returns the rows changed (0 when
 /// the agent does not exist).
 async fn write_agent_settings(tx: &mut Transaction<'_, Postgres>, a: &Agent) -> StoreResult<u64> {
@@ -1083,24 +1108,29 @@ impl Store for PostgresStore {
         event: &NewActivity,
     ) -> StoreResult<bool> {
         let mut tx = self.begin().await?;
-        let changed = sqlx::query("UPDATE agents SET token_digest = $1 WHERE id = $2")
-            .bind(token_digest.as_bytes().to_vec())
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
-        if changed == 0 {
+        if !write_agent_token(&mut tx, id, token_digest).await? {
             return Ok(false);
         }
-        sqlx::query("UPDATE agent_liveness SET own_token_used = FALSE WHERE agent_id = $1")
-            .bind(id.as_uuid())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
         insert_activity(&mut tx, event, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(true)
+    }
+
+    async fn set_agent_token_with_job(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<Option<i64>> {
+        let mut tx = self.begin().await?;
+        if !write_agent_token(&mut tx, id, token_digest).await? {
+            return Ok(None);
+        }
+        let (job_id, queued) = provision_jobs::queue_job(&mut tx, job).await?;
+        insert_activities(&mut tx, &[event.clone(), queued], &self.recorded_here).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(job_id))
     }
 
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool> {
@@ -1450,6 +1480,10 @@ impl Store for PostgresStore {
 
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
         self.write_provision_error(id, error).await
+    }
+
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        self.mark_started(id, at).await
     }
 }
 

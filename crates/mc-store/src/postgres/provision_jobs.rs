@@ -18,7 +18,7 @@ use crate::{
 };
 
 const JOB_COLUMNS: &str = "id, agent_id, gateway_id, action, gateway_agent_id, session_key, \
-     state, attempts, last_error, next_attempt_at, created_at, updated_at";
+     state, attempts, last_error, next_attempt_at, first_attempt_at, created_at, updated_at";
 
 fn job_from_row(row: &PgRow) -> StoreResult<ProvisionJob> {
     let corrupt = |reason: String| StoreError::Corrupt {
@@ -49,6 +49,10 @@ fn job_from_row(row: &PgRow) -> StoreResult<ProvisionJob> {
             .unwrap_or(u32::MAX),
         last_error: row.try_get("last_error").map_err(map_err)?,
         next_attempt_at: time("next_attempt_at")?,
+        first_attempt_at: row
+            .try_get::<Option<DateTime<Utc>>, _>("first_attempt_at")
+            .map_err(map_err)?
+            .map(|at| Timestamp::from_millis(at.timestamp_millis())),
         created_at: time("created_at")?,
         updated_at: time("updated_at")?,
     })
@@ -111,7 +115,7 @@ impl PostgresStore {
         limit: u32,
     ) -> StoreResult<Vec<ProvisionJob>> {
         // A job waits for every earlier pending job of the same agent (create before update
-        // before delete).
+        // before delete). Jobs under way (retries) go first: their bound is running.
         let rows = sqlx::query(
             "WITH due AS (
                  SELECT j.id FROM provision_jobs j
@@ -120,7 +124,7 @@ impl PostgresStore {
                     AND NOT EXISTS (SELECT 1 FROM provision_jobs e
                                      WHERE e.agent_id = j.agent_id
                                        AND e.state = 'pending' AND e.id < j.id)
-                  ORDER BY j.next_attempt_at, j.id
+                  ORDER BY j.first_attempt_at IS NULL, j.next_attempt_at, j.id
                   LIMIT $3
                   FOR UPDATE SKIP LOCKED)
              UPDATE provision_jobs p SET claimed_until = $1
@@ -246,5 +250,18 @@ impl PostgresStore {
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn mark_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE provision_jobs SET first_attempt_at = coalesce(first_attempt_at, $1)
+              WHERE id = $2",
+        )
+        .bind(tz(at))
+        .bind(id)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 }

@@ -355,6 +355,31 @@ async fn insert_activity(
     })
 }
 
+/// Replaces an agent's token digest in `tx` (its own-token flag starts over); false when
+/// the agent does not exist.
+async fn write_agent_token(
+    tx: &mut Transaction<'_, Sqlite>,
+    id: AgentId,
+    token_digest: TokenDigest,
+) -> StoreResult<bool> {
+    let changed = sqlx::query("UPDATE agents SET token_digest = ? WHERE id = ?")
+        .bind(token_digest.as_bytes().to_vec())
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?
+        .rows_affected();
+    if changed == 0 {
+        return Ok(false);
+    }
+    sqlx::query("UPDATE agent_liveness SET own_token_used = 0 WHERE agent_id = ?")
+        .bind(id.to_string())
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    Ok(true)
+}
+
 /// Writes an agent's settings (not its liveness fields); returns the rows changed (0 when
 /// the agent does not exist).
 async fn write_agent_settings(tx: &mut Transaction<'_, Sqlite>, a: &Agent) -> StoreResult<u64> {
@@ -818,24 +843,29 @@ impl Store for SqliteStore {
         event: &NewActivity,
     ) -> StoreResult<bool> {
         let mut rtx = self.begin_recording().await?;
-        let changed = sqlx::query("UPDATE agents SET token_digest = ? WHERE id = ?")
-            .bind(token_digest.as_bytes().to_vec())
-            .bind(id.to_string())
-            .execute(&mut *rtx.tx)
-            .await
-            .map_err(map_err)?
-            .rows_affected();
-        if changed == 0 {
+        if !write_agent_token(&mut rtx.tx, id, token_digest).await? {
             return Ok(false);
         }
-        sqlx::query("UPDATE agent_liveness SET own_token_used = 0 WHERE agent_id = ?")
-            .bind(id.to_string())
-            .execute(&mut *rtx.tx)
-            .await
-            .map_err(map_err)?;
         rtx.record(std::slice::from_ref(event)).await?;
         rtx.commit().await?;
         Ok(true)
+    }
+
+    async fn set_agent_token_with_job(
+        &self,
+        id: AgentId,
+        token_digest: TokenDigest,
+        event: &NewActivity,
+        job: &crate::NewProvisionJob,
+    ) -> StoreResult<Option<i64>> {
+        let mut rtx = self.begin_recording().await?;
+        if !write_agent_token(&mut rtx.tx, id, token_digest).await? {
+            return Ok(None);
+        }
+        let (job_id, queued) = provision_jobs::queue_job(&mut rtx.tx, job).await?;
+        rtx.record([event, &queued]).await?;
+        rtx.commit().await?;
+        Ok(Some(job_id))
     }
 
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool> {
@@ -1241,6 +1271,10 @@ impl Store for SqliteStore {
 
     async fn set_provision_error(&self, id: AgentId, error: Option<&str>) -> StoreResult<bool> {
         self.write_provision_error(id, error).await
+    }
+
+    async fn mark_provision_job_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        self.mark_started(id, at).await
     }
 
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {

@@ -16,7 +16,7 @@ use crate::{
 };
 
 const JOB_COLUMNS: &str = "id, agent_id, gateway_id, action, gateway_agent_id, session_key, \
-     state, attempts, last_error, next_attempt_at, created_at, updated_at";
+     state, attempts, last_error, next_attempt_at, first_attempt_at, created_at, updated_at";
 
 fn job_from_row(row: &SqliteRow) -> StoreResult<ProvisionJob> {
     let corrupt = |reason: String| StoreError::Corrupt {
@@ -40,6 +40,10 @@ fn job_from_row(row: &SqliteRow) -> StoreResult<ProvisionJob> {
             .unwrap_or(u32::MAX),
         last_error: row.try_get("last_error").map_err(map_err)?,
         next_attempt_at: Timestamp::from_millis(row.try_get("next_attempt_at").map_err(map_err)?),
+        first_attempt_at: row
+            .try_get::<Option<i64>, _>("first_attempt_at")
+            .map_err(map_err)?
+            .map(Timestamp::from_millis),
         created_at: Timestamp::from_millis(row.try_get("created_at").map_err(map_err)?),
         updated_at: Timestamp::from_millis(row.try_get("updated_at").map_err(map_err)?),
     })
@@ -110,7 +114,7 @@ impl SqliteStore {
         limit: u32,
     ) -> StoreResult<Vec<ProvisionJob>> {
         // A job waits for every earlier pending job of the same agent (create before update
-        // before delete).
+        // before delete). Jobs under way (retries) go first: their bound is running.
         let rows = sqlx::query(&format!(
             "UPDATE provision_jobs SET claimed_until = ?1
               WHERE id IN (SELECT j.id FROM provision_jobs j
@@ -119,7 +123,8 @@ impl SqliteStore {
                               AND NOT EXISTS (SELECT 1 FROM provision_jobs e
                                                WHERE e.agent_id = j.agent_id
                                                  AND e.state = 'pending' AND e.id < j.id)
-                            ORDER BY j.next_attempt_at, j.id LIMIT ?3)
+                            ORDER BY j.first_attempt_at IS NULL, j.next_attempt_at, j.id
+                            LIMIT ?3)
              RETURNING {JOB_COLUMNS}"
         ))
         .bind(ms(lease_until))
@@ -241,5 +246,18 @@ impl SqliteStore {
             .await
             .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
+    }
+
+    pub(super) async fn mark_started(&self, id: i64, at: Timestamp) -> StoreResult<()> {
+        sqlx::query(
+            "UPDATE provision_jobs SET first_attempt_at = coalesce(first_attempt_at, ?)
+              WHERE id = ?",
+        )
+        .bind(ms(at))
+        .bind(id)
+        .execute(&self.writer)
+        .await
+        .map_err(map_err)?;
+        Ok(())
     }
 }

@@ -32,6 +32,9 @@ pub struct ProvisionJobRead {
     /// When the job is (or was last) due.
     #[schema(value_type = String, format = DateTime)]
     next_attempt_at: Timestamp,
+    /// When it first reached its gateway; its retry bound counts from then. Null before.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    first_attempt_at: Option<Timestamp>,
     #[schema(value_type = String, format = DateTime)]
     created_at: Timestamp,
     #[schema(value_type = String, format = DateTime)]
@@ -47,6 +50,7 @@ impl From<ProvisionJob> for ProvisionJobRead {
             attempts: job.attempts,
             last_error: job.last_error,
             next_attempt_at: job.next_attempt_at,
+            first_attempt_at: job.first_attempt_at,
             created_at: job.created_at,
             updated_at: job.updated_at,
         }

@@ -362,7 +362,7 @@ fn agent_body(
             p class="hint" { "Rotating mints a new token at once; the old one stops working." }
             @match how {
                 Provisioning::Managed => p class="hint" {
-                    "Re-provisioning queues a job that puts the agent on its gateway again: its settings, workspace files and a fresh token."
+                    "Re-provisioning queues a job that puts the agent on its gateway again: its settings and workspace files, with its current token (a new one if its workspace lost it)."
                 },
                 Provisioning::UnmanagedGateway => p class="hint" {
                     "Re-provisioning is not offered: the gateway is unmanaged, so Mission Control never contacts it."
@@ -537,6 +537,7 @@ mod tests {
             attempts: 0,
             last_error: None,
             next_attempt_at: at,
+            first_attempt_at: None,
             created_at: at,
             updated_at: at,
         }
