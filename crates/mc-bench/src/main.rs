@@ -1,25 +1,40 @@
 //! `mc-bench`: load benchmark for Mission Control.
 //!
-//! Starts the real `mission-control serve` binary on SQLite in a temporary data directory,
-//! enrolls agents through the HTTP API, then drives, over N keep-alive connections,
-//! a `GET /healthz` baseline followed by `POST /api/v1/agent/heartbeat` rotating over all
-//! agents' tokens, and reports throughput, latency percentiles, server CPU and memory.
+//! Starts the real `mission-control serve` binary on 127.0.0.1 — on SQLite in a temporary
+//! data directory, or as one or more replicas sharing a PostgreSQL (a throwaway server the
+//! bench starts from the system's packages and removes afterwards, or `--database-url`) —
+//! enrolls agents through the HTTP API, then measures, at each agent count:
+//!
+//! - a `GET /healthz` baseline and `POST /api/v1/agent/heartbeat` rotating over all agents'
+//!   tokens, over N keep-alive connections split over the replicas (issue 2; issue 4's
+//!   ≥ 20,000 heartbeats/s per replica on PostgreSQL);
+//! - `GET /api/v1/agents?limit=200` alone and under the heartbeat load (issue 4: p99 < 20 ms);
+//! - at the largest count, the time from an agent's deadline to its `agent.offline` event
+//!   at an SSE client on the last replica, for a cohort that goes silent while the others
+//!   keep heartbeating (issue 4: p99 < 1 s, one event per agent);
+//! - every server's resident memory after seeding, after the heartbeats and at its peak
+//!   (issue 4: < 200 MB), and the CPU of every process involved (servers, PostgreSQL, the
+//!   load generator, everything else) over each measured window.
 //!
 //! ```sh
 //! cargo build --release -p mission-control -p mc-bench
-//! cargo run --release -p mc-bench -- --agents 10000
-//! cargo run --release -p mc-bench -- --agent-steps 1000,10000,100000 --markdown
+//! cargo run --release -p mc-bench --bin mc-bench -- --agents 10000
+//! cargo run --release -p mc-bench --bin mc-bench -- --agent-steps 1000,10000,100000 --markdown
+//! cargo run --release -p mc-bench --bin mc-bench -- --backend postgres --replicas 2 --agents 100000 --markdown
 //! ```
 #![expect(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
+mod deadline;
 mod http;
 mod load;
+mod pg;
 mod procfs;
 mod report;
 mod seed;
 mod server;
+mod sse;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,12 +43,14 @@ use anyhow::{Context as _, Result, bail};
 use clap::Parser;
 use rand::Rng as _;
 
-use crate::load::{PhaseConfig, Target};
-use crate::report::{Report, StepReport};
+use crate::deadline::DeadlineConfig;
+use crate::load::{CpuProbe, Endpoint, PhaseConfig, Target, Workload};
+use crate::pg::Database;
+use crate::report::{Backend, Report, StepReport};
 use crate::seed::{SeedMode, Seeder};
 use crate::server::{Server, ServerConfig};
 
-/// Load benchmark for Mission Control: heartbeat throughput against a /healthz baseline.
+/// Load benchmark for Mission Control: heartbeats, agent listings, memory and offline-event latency, on SQLite or PostgreSQL with one or more replicas.
 #[derive(Debug, Parser)]
 #[command(name = "mc-bench", version)]
 struct Args {
@@ -119,6 +136,59 @@ struct Args {
     /// Exit with status 2 when a target from the issue is missed.
     #[arg(long)]
     check: bool,
+
+    /// Database of the servers: `sqlite` (each server's data dir) or `postgres` (one
+    /// PostgreSQL for every replica: a throwaway server started from the system's packages,
+    /// see scripts/ensure-postgres, unless --database-url names one).
+    #[arg(long, value_enum, default_value_t = Backend::Sqlite)]
+    backend: Backend,
+
+    /// `mission-control serve` processes sharing the database (PostgreSQL only), each with
+    /// its own data dir and the same --admin-token; every workload's connections are split
+    /// evenly over them and figures are reported per replica and in total.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+
+    /// Use this existing PostgreSQL database (postgres://USER:PASS@HOST/DB) instead of a
+    /// throwaway server; the bench works in a new schema there and drops it at the end.
+    /// Implies --backend postgres.
+    #[arg(long)]
+    database_url: Option<String>,
+
+    /// Server setting of the throwaway PostgreSQL, NAME=VALUE (repeatable), on top of the
+    /// durable defaults fsync=on, synchronous_commit=on, full_page_writes=on; e.g.
+    /// `--pg-setting log_min_duration_statement=20` to log slow statements (the log is
+    /// kept with --keep-data).
+    #[arg(long = "pg-setting", value_parser = pg::parse_setting)]
+    pg_settings: Vec<(String, String)>,
+
+    /// Connections for `GET /api/v1/agents?limit=200` (admin bearer token), measured at
+    /// each step alone and then alongside the heartbeat load; 0 skips both phases.
+    #[arg(long, default_value_t = 4)]
+    list_connections: usize,
+
+    /// Agents in the offline-deadline phase's cohort (run once, at the largest agent
+    /// count, after the other phases), at most a tenth of the agents; 0 skips the phase.
+    #[arg(long, default_value_t = 2000)]
+    deadline_cohort: usize,
+
+    /// The cohort's `heartbeat_config.missing_tolerance` (and `interval_seconds`), seconds;
+    /// 1 is the smallest the server accepts.
+    #[arg(long, default_value_t = 1)]
+    deadline_tolerance: u32,
+
+    /// Seconds over which the cohort's single heartbeats are spread.
+    #[arg(long, default_value_t = 5.0)]
+    deadline_spread: f64,
+
+    /// Seconds past the last cohort deadline to wait for offline events before counting
+    /// the rest as missing.
+    #[arg(long, default_value_t = 10.0)]
+    deadline_grace: f64,
+
+    /// Connections the cohort's requests use (split over the replicas like the others).
+    #[arg(long, default_value_t = 4)]
+    deadline_connections: usize,
 }
 
 fn secs(name: &str, v: f64) -> Result<Duration> {
@@ -157,6 +227,31 @@ fn admin_token() -> String {
         .collect()
 }
 
+/// The database the options select, or why they do not fit together.
+fn backend_of(args: &Args) -> Result<Backend> {
+    let backend = if args.database_url.is_some() {
+        Backend::Postgres
+    } else {
+        args.backend
+    };
+    if args.replicas == 0 {
+        bail!("--replicas must be at least 1");
+    }
+    if args.replicas > 1 && backend != Backend::Postgres {
+        bail!("--replicas above 1 needs --backend postgres: replicas share one PostgreSQL");
+    }
+    if !args.pg_settings.is_empty() && (backend != Backend::Postgres || args.database_url.is_some())
+    {
+        bail!(
+            "--pg-setting applies only to the throwaway PostgreSQL (--backend postgres without --database-url)"
+        );
+    }
+    if args.deadline_tolerance == 0 {
+        bail!("--deadline-tolerance must be at least 1 second (the server's minimum)");
+    }
+    Ok(backend)
+}
+
 async fn run(args: Args, threads: usize) -> Result<bool> {
     let mut steps = if args.agent_steps.is_empty() {
         vec![args.agents]
@@ -171,6 +266,7 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
     if args.connections == 0 {
         bail!("--connections must be at least 1");
     }
+    let backend = backend_of(&args)?;
     let phase = PhaseConfig {
         connections: args.connections,
         warmup: secs("warmup", args.warmup)?,
@@ -192,6 +288,17 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
         .prefix("mc-bench-")
         .tempdir()
         .context("cannot create a temporary directory")?;
+    let database = match (backend, &args.database_url) {
+        (Backend::Sqlite, _) => None,
+        (Backend::Postgres, Some(url)) => Some(Database::existing(url).await?),
+        (Backend::Postgres, None) => {
+            eprintln!("starting a throwaway PostgreSQL ...");
+            Some(Database::throwaway(&args.pg_settings).await?)
+        }
+    };
+    if let Some(db) = &database {
+        eprintln!("database: {}", db.describe());
+    }
     let keep = args.keep_data;
     let result = run_in(
         args,
@@ -201,12 +308,18 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
         phase,
         seed_timeout,
         server_bin,
+        backend,
+        database.as_ref(),
     )
     .await;
+    if let Some(db) = database {
+        db.keep_log(&tmp.path().join("postgres.log"));
+        db.remove().await;
+    }
     if keep || result.is_err() {
         let kept = tmp.keep();
         eprintln!(
-            "kept the server's data dir and log in {}{}",
+            "kept the servers' data dirs and logs in {}{}",
             kept.display(),
             if keep { "" } else { " (the run failed)" }
         );
@@ -214,38 +327,86 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
     result
 }
 
-/// The run proper, with server data and log under `tmp`.
+/// The replicas, started one after the other (the first one up usually leads).
+struct Replicas(Vec<Server>);
+
+impl Replicas {
+    fn endpoints(&self) -> Vec<Endpoint> {
+        self.0
+            .iter()
+            .map(|s| Endpoint {
+                addr: s.addr(),
+                pid: s.pid(),
+            })
+            .collect()
+    }
+
+    async fn check_alive(&mut self) -> Result<()> {
+        for (r, s) in self.0.iter_mut().enumerate() {
+            s.check_alive()
+                .await
+                .with_context(|| format!("replica {}", r + 1))?;
+        }
+        Ok(())
+    }
+
+    fn memory(&self) -> Vec<Option<procfs::Memory>> {
+        self.0.iter().map(|s| procfs::memory(s.pid())).collect()
+    }
+
+    async fn shutdown(self) -> u64 {
+        let mut lines = 0;
+        for s in self.0 {
+            lines += s.shutdown().await;
+        }
+        lines
+    }
+}
+
+/// The run proper, with server data and logs under `tmp`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one call site, all settings of the run"
+)]
 async fn run_in(
     args: Args,
     threads: usize,
-    tmp: &std::path::Path,
+    tmp: &Path,
     steps: &[usize],
     phase: PhaseConfig,
     seed_timeout: Duration,
     server_bin: PathBuf,
+    backend: Backend,
+    database: Option<&Database>,
 ) -> Result<bool> {
-    let data_dir = tmp.join("data");
-    std::fs::create_dir_all(&data_dir)?;
-    let log_path = tmp.join("server.log");
     let token = admin_token();
-
-    eprintln!("starting {} ...", server_bin.display());
-    let mut server = Server::start(ServerConfig {
-        bin: &server_bin,
-        data_dir: &data_dir,
-        log_path: &log_path,
-        admin_token: &token,
-        extra_args: &args.server_args,
-        startup_timeout: secs("startup-timeout", args.startup_timeout)?,
-        rust_log: args.server_rust_log.as_deref(),
-    })
-    .await?;
-    eprintln!(
-        "server pid {} listening on {} (log: {})",
-        server.pid(),
-        server.addr(),
-        server.log_path().display()
-    );
+    let mut servers = Vec::new();
+    for r in 1..=args.replicas {
+        let data_dir = tmp.join(format!("data-{r}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = tmp.join(format!("server-{r}.log"));
+        eprintln!("starting replica {r}: {} ...", server_bin.display());
+        let server = Server::start(ServerConfig {
+            bin: &server_bin,
+            data_dir: &data_dir,
+            log_path: &log_path,
+            admin_token: &token,
+            database_url: database.map(Database::server_url),
+            extra_args: &args.server_args,
+            startup_timeout: secs("startup-timeout", args.startup_timeout)?,
+            rust_log: args.server_rust_log.as_deref(),
+        })
+        .await
+        .with_context(|| format!("replica {r}"))?;
+        eprintln!(
+            "  pid {} listening on {} (log: {})",
+            server.pid(),
+            server.addr(),
+            server.log_path().display()
+        );
+        servers.push(server);
+    }
+    let mut replicas = Replicas(servers);
 
     let mut report = Report {
         facts: procfs::MachineFacts::collect(),
@@ -265,29 +426,48 @@ async fn run_in(
                     .to_string()
             })
             .unwrap_or_else(|_| "unknown".to_owned()),
+        backend,
+        database: database.map_or_else(|| "SQLite".to_owned(), Database::describe),
+        replicas: args.replicas,
+        list_connections: args.list_connections,
+        load_start: procfs::load_average(),
+        load_end: None,
         steps: Vec::new(),
         server_log_lines: None,
     };
+    eprintln!("load average at the start: {}", report.load_start);
 
-    let outcome = drive(
-        &mut server,
-        &mut report,
-        steps,
-        &token,
-        &data_dir,
+    let deadline = (args.deadline_cohort > 0).then(|| DeadlineConfig {
+        cohort: args.deadline_cohort,
+        tolerance_seconds: args.deadline_tolerance,
+        spread: Duration::from_secs_f64(args.deadline_spread.clamp(0.0, 3_600.0)),
+        grace: Duration::from_secs_f64(args.deadline_grace.clamp(0.0, 3_600.0)),
+        cohort_connections: args.deadline_connections.max(1),
+        background_connections: phase.connections,
+        warmup: phase.warmup,
+        request_timeout: phase.request_timeout,
+    });
+    let first_data_dir = tmp.join("data-1");
+    let plan = Plan {
+        admin_token: &token,
+        data_dir: &first_data_dir,
+        database,
         seed_timeout,
-        args.rounds.max(1),
-    )
-    .await;
+        rounds: args.rounds.max(1),
+        list_connections: args.list_connections,
+        deadline,
+    };
+    let outcome = drive(&mut replicas, &mut report, steps, &plan).await;
     // Collect a crash tail before the kill.
     let outcome = match outcome {
-        Err(e) => match server.check_alive().await {
+        Err(e) => match replicas.check_alive().await {
             Err(dead) => Err(e.context(format!("{dead:#}"))),
             Ok(()) => Err(e),
         },
         ok => ok,
     };
-    report.server_log_lines = Some(server.shutdown().await);
+    report.load_end = Some(procfs::load_average());
+    report.server_log_lines = Some(replicas.shutdown().await);
 
     if !report.steps.is_empty() {
         if outcome.is_err() {
@@ -303,22 +483,37 @@ async fn run_in(
     Ok(report.verdicts().iter().all(|v| v.ok))
 }
 
-/// Seeds and measures every step on the running server.
-async fn drive(
-    server: &mut Server,
-    report: &mut Report,
-    steps: &[usize],
-    admin_token: &str,
-    data_dir: &std::path::Path,
+/// What every step does besides the heartbeat rounds.
+struct Plan<'a> {
+    admin_token: &'a str,
+    /// The first replica's data dir (the SQLite database).
+    data_dir: &'a Path,
+    database: Option<&'a Database>,
     seed_timeout: Duration,
     rounds: usize,
+    list_connections: usize,
+    deadline: Option<DeadlineConfig>,
+}
+
+/// Seeds and measures every step on the running replicas.
+async fn drive(
+    replicas: &mut Replicas,
+    report: &mut Report,
+    steps: &[usize],
+    plan: &Plan<'_>,
 ) -> Result<()> {
-    let addr = server.addr();
+    let endpoints = replicas.endpoints();
+    let addrs = endpoints.iter().map(|e| e.addr).collect();
+    let probe = CpuProbe {
+        servers: endpoints.iter().map(|e| e.pid).collect(),
+        pg: plan.database.map(Database::processes),
+    };
     let phase = report.phase;
+    let rounds = plan.rounds;
     let max_agents = steps.iter().copied().max().unwrap_or(1);
     let mut seeder = Seeder::setup(
-        addr,
-        admin_token,
+        addrs,
+        plan.admin_token,
         max_agents,
         phase.request_timeout,
         report.seed_mode,
@@ -333,7 +528,7 @@ async fn drive(
             report.seed_concurrency
         );
         let seed = seeder
-            .seed_to(agents, report.seed_concurrency, seed_timeout)
+            .seed_to(agents, report.seed_concurrency, plan.seed_timeout)
             .await?;
         eprintln!(
             "  {} agents seeded in {:.1} s ({:.0}/s, {} retries)",
@@ -342,11 +537,11 @@ async fn drive(
             seed.rate(),
             seed.retries
         );
-        server.check_alive().await?;
-        let mem_after_seed = procfs::memory(server.pid());
+        replicas.check_alive().await?;
+        let mem_after_seed = replicas.memory();
         let refresh = if report.refresh {
             let took = seeder
-                .refresh_all(phase.connections, seed_timeout)
+                .refresh_all(phase.connections, plan.seed_timeout)
                 .await
                 .context("refreshing the agents (one heartbeat each)")?;
             eprintln!(
@@ -361,8 +556,8 @@ async fn drive(
 
         let healthz_target = Target::Healthz;
         let heartbeat_target = Target::Heartbeat(Arc::new(seeder.tokens.clone()));
-        load::preflight(addr, &healthz_target, phase.request_timeout).await?;
-        load::preflight(addr, &heartbeat_target, phase.request_timeout).await?;
+        load::preflight(&endpoints, &healthz_target, phase.request_timeout).await?;
+        load::preflight(&endpoints, &heartbeat_target, phase.request_timeout).await?;
         let mut healthz: Option<load::PhaseResult> = None;
         let mut heartbeat: Option<load::PhaseResult> = None;
         // Rounds alternate the two phases so slow drifts of the machine hit both alike.
@@ -377,21 +572,26 @@ async fn drive(
                 (&heartbeat_target, &mut heartbeat),
             ] {
                 eprintln!(
-                    "phase {}{of}: {agents} agents, {} connections, {:?} warm-up + {:?} ...",
+                    "phase {}{of}: {agents} agents, {} connections, {:?} warm-up + {:?}, load average {} ...",
                     target.name(),
                     phase.connections,
                     phase.warmup,
-                    phase.duration
+                    phase.duration,
+                    procfs::load_average()
                 );
-                let r = load::run_phase(addr, target.clone(), phase, server.pid()).await?;
-                server.check_alive().await?;
-                eprintln!(
-                    "  {:.0} req/s, p99 {:.2} ms, {} errors",
-                    r.rps(),
-                    r.ms(0.99),
-                    r.errors
-                );
-                warn_if_disturbed(&r);
+                let r = load::run_phase(
+                    &endpoints,
+                    vec![Workload {
+                        target: target.clone(),
+                        connections: phase.connections,
+                    }],
+                    phase,
+                    probe.clone(),
+                )
+                .await?
+                .remove(0);
+                replicas.check_alive().await?;
+                say(&r);
                 match slot {
                     Some(acc) => acc.merge(r)?,
                     None => *slot = Some(r),
@@ -405,19 +605,119 @@ async fn drive(
             (Some(a), Some(b)) => Some(b.saturating_sub(a)),
             _ => None,
         };
+        let mem_after_heartbeat = replicas.memory();
+
+        let (list_alone, list_loaded) = if plan.list_connections > 0 {
+            let list_target = Target::AgentsList(seeder.admin_auth().clone());
+            load::preflight(&endpoints, &list_target, phase.request_timeout).await?;
+            let list = Workload {
+                target: list_target,
+                connections: plan.list_connections,
+            };
+            eprintln!(
+                "phase {} alone: {agents} agents, {} connections, load average {} ...",
+                list.target.name(),
+                list.connections,
+                procfs::load_average()
+            );
+            let alone = load::run_phase(&endpoints, vec![list.clone()], phase, probe.clone())
+                .await?
+                .remove(0);
+            replicas.check_alive().await?;
+            say(&alone);
+            eprintln!(
+                "phase {} under heartbeat load: {agents} agents, {} + {} connections, load average {} ...",
+                list.target.name(),
+                list.connections,
+                phase.connections,
+                procfs::load_average()
+            );
+            let mut both = load::run_phase(
+                &endpoints,
+                vec![
+                    list,
+                    Workload {
+                        target: heartbeat_target.clone(),
+                        connections: phase.connections,
+                    },
+                ],
+                phase,
+                probe.clone(),
+            )
+            .await?;
+            replicas.check_alive().await?;
+            let hb = both.remove(1);
+            let listed = both.remove(0);
+            say(&listed);
+            say(&hb);
+            (Some(alone), Some((listed, hb)))
+        } else {
+            (None, None)
+        };
+
+        let deadline = match plan.deadline {
+            Some(mut cfg) if agents == max_agents => {
+                let cap = (agents / 10).max(1);
+                if cfg.cohort > cap {
+                    eprintln!(
+                        "  deadline cohort {} capped at a tenth of the agents: {cap}",
+                        cfg.cohort
+                    );
+                    cfg.cohort = cap;
+                }
+                eprintln!(
+                    "deadline phase: load average {} ...",
+                    procfs::load_average()
+                );
+                let d = deadline::run(&endpoints, &seeder, cfg, probe.clone()).await?;
+                replicas.check_alive().await?;
+                eprintln!(
+                    "  deadline → SSE event: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; {} on time, {} missing, {} duplicates, {} before the deadline",
+                    deadline::DeadlineResult::ms(&d.tally.latency, 0.5),
+                    deadline::DeadlineResult::ms(&d.tally.latency, 0.99),
+                    d.tally.latency.max() as f64 / 1e3,
+                    d.tally.on_time,
+                    d.tally.missing,
+                    d.tally.duplicates,
+                    d.tally.early
+                );
+                Some(d)
+            }
+            _ => None,
+        };
+
         report.steps.push(StepReport {
             agents,
             seed,
             mem_after_seed,
-            mem_after_heartbeat: procfs::memory(server.pid()),
-            data_bytes: procfs::dir_size(data_dir),
+            mem_after_heartbeat,
+            mem_end: replicas.memory(),
+            data_bytes: match plan.database {
+                Some(db) => db.data_bytes(),
+                None => Some(procfs::dir_size(plan.data_dir)),
+            },
             refresh,
             events_during_phases,
             healthz,
             heartbeat,
+            list_alone,
+            list_loaded,
+            deadline,
         });
     }
     Ok(())
+}
+
+/// One line per phase on stderr, with a warning when other processes took CPU.
+fn say(r: &load::PhaseResult) {
+    eprintln!(
+        "  {}: {:.0} req/s, p99 {:.2} ms, {} errors",
+        r.target,
+        r.rps(),
+        r.ms(0.99),
+        r.errors
+    );
+    warn_if_disturbed(r);
 }
 
 /// The bench board's activity event count, `None` (with a warning) when unavailable.
@@ -477,5 +777,66 @@ fn main() -> ExitCode {
             eprintln!("mc-bench: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::*;
+
+    fn parse(line: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("mc-bench").chain(line.iter().copied())).unwrap()
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn a_database_url_means_postgres_and_replicas_need_it() {
+        assert_eq!(backend_of(&parse(&[])).unwrap(), Backend::Sqlite);
+        let url = parse(&[
+            "--database-url",
+            "postgres://mc@127.0.0.1/mc",
+            "--replicas",
+            "2",
+        ]);
+        assert_eq!(backend_of(&url).unwrap(), Backend::Postgres);
+        let error = backend_of(&parse(&["--replicas", "2"])).unwrap_err();
+        assert!(error.to_string().contains("--backend postgres"), "{error}");
+        assert!(backend_of(&parse(&["--backend", "postgres", "--replicas", "0"])).is_err());
+    }
+
+    #[test]
+    fn postgres_settings_apply_only_to_the_throwaway_server() {
+        let ok = parse(&[
+            "--backend",
+            "postgres",
+            "--pg-setting",
+            "log_min_duration_statement=20",
+        ]);
+        assert_eq!(
+            ok.pg_settings,
+            vec![("log_min_duration_statement".to_owned(), "20".to_owned())]
+        );
+        assert!(backend_of(&ok).is_ok());
+        assert!(backend_of(&parse(&["--pg-setting", "fsync=off"])).is_err());
+        let existing = parse(&[
+            "--database-url",
+            "postgres://mc@127.0.0.1/mc",
+            "--pg-setting",
+            "fsync=off",
+        ]);
+        assert!(backend_of(&existing).is_err());
+        assert!(Args::try_parse_from(["mc-bench", "--pg-setting", "fsync"]).is_err());
+    }
+
+    #[test]
+    fn the_deadline_tolerance_is_at_least_the_servers_minimum() {
+        assert!(backend_of(&parse(&["--deadline-tolerance", "0"])).is_err());
+        assert!(backend_of(&parse(&["--deadline-tolerance", "1"])).is_ok());
     }
 }

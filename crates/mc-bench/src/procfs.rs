@@ -43,6 +43,91 @@ pub fn cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is a letter: keep its place with a zero.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`).
+fn comm(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// CPU time of a PostgreSQL server: every process of it (postmaster, backends, background
+/// workers) plus the time of its backends that already ended, which the kernel adds to
+/// the postmaster's `cutime`/`cstime` when it reaps them.
+#[derive(Debug, Clone, Copy)]
+pub enum PgProcesses {
+    /// The server whose postmaster has this pid (the bench's throwaway one).
+    Postmaster(u32),
+    /// Every process named `postgres` on the machine (a server the bench did not start).
+    AllNamedPostgres,
+}
+
+impl PgProcesses {
+    /// User + system CPU time consumed so far by the server's processes, living and reaped.
+    pub fn cpu_time(self) -> Option<Duration> {
+        let hz = clock_ticks_per_second();
+        let mut ticks = 0u64;
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Some(f) = stat_fields(pid) else { continue };
+            // Indices into `f` (field 3 = index 0): ppid 4 → 1, utime 14 → 11, stime 15 →
+            // 12, cutime 16 → 13, cstime 17 → 14.
+            let (ppid, own) = (f.get(1).copied().unwrap_or(0), f.get(11).zip(f.get(12)));
+            let reaped = f.get(13).zip(f.get(14));
+            let is_root = match self {
+                Self::Postmaster(root) => pid == root.to_string(),
+                Self::AllNamedPostgres => {
+                    comm(pid).as_deref() == Some("postgres")
+                        && comm(&ppid.to_string()).as_deref() != Some("postgres")
+                }
+            };
+            let is_child = match self {
+                Self::Postmaster(root) => ppid == u64::from(root),
+                Self::AllNamedPostgres => !is_root && comm(pid).as_deref() == Some("postgres"),
+            };
+            if is_root {
+                found = true;
+                if let Some((cu, cs)) = reaped {
+                    ticks += cu + cs;
+                }
+            }
+            if (is_root || is_child)
+                && let Some((u, s)) = own
+            {
+                ticks += u + s;
+            }
+        }
+        found.then(|| Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    }
+}
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), as `uptime` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Machine-wide CPU time from the first line of `/proc/stat`: (busy, total) summed over all
 /// CPUs; busy excludes idle and iowait.
 pub fn machine_cpu() -> Option<(Duration, Duration)> {
