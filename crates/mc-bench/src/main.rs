@@ -432,10 +432,11 @@ async fn run_in(
         list_connections: args.list_connections,
         load_start: procfs::load_average(),
         load_end: None,
+        mem_stages: procfs::Stages::default(),
         steps: Vec::new(),
         server_log_lines: None,
     };
-    eprintln!("load average at the start: {}", report.load_start);
+    eprintln!("start: {}", procfs::clock_and_load());
 
     let deadline = (args.deadline_cohort > 0).then(|| DeadlineConfig {
         cohort: args.deadline_cohort,
@@ -448,7 +449,12 @@ async fn run_in(
         request_timeout: phase.request_timeout,
     });
     let first_data_dir = tmp.join("data-1");
+    let mem_watch = procfs::MemWatch::start(
+        replicas.0.iter().map(Server::pid).collect(),
+        Duration::from_millis(100),
+    );
     let plan = Plan {
+        mem: &mem_watch,
         admin_token: &token,
         data_dir: &first_data_dir,
         database,
@@ -466,6 +472,7 @@ async fn run_in(
         },
         ok => ok,
     };
+    report.mem_stages = mem_watch.stop();
     report.load_end = Some(procfs::load_average());
     report.server_log_lines = Some(replicas.shutdown().await);
 
@@ -485,6 +492,8 @@ async fn run_in(
 
 /// What every step does besides the heartbeat rounds.
 struct Plan<'a> {
+    /// Samples the servers' memory, stage by stage.
+    mem: &'a procfs::MemWatch,
     admin_token: &'a str,
     /// The first replica's data dir (the SQLite database).
     data_dir: &'a Path,
@@ -520,12 +529,15 @@ async fn drive(
     )
     .await
     .context("setting up the bench gateway, board and enrollment token")?;
+    let stage = |name: String| plan.mem.stage(name, endpoints.len());
     for &agents in steps {
+        stage(format!("seeding to {agents} agents"));
         eprintln!(
-            "seeding agents {}..{} ({} in flight) ...",
+            "seeding agents {}..{} ({} in flight), {} ...",
             seeder.tokens.len(),
             agents,
-            report.seed_concurrency
+            report.seed_concurrency,
+            procfs::clock_and_load()
         );
         let seed = seeder
             .seed_to(agents, report.seed_concurrency, plan.seed_timeout)
@@ -540,6 +552,7 @@ async fn drive(
         replicas.check_alive().await?;
         let mem_after_seed = replicas.memory();
         let refresh = if report.refresh {
+            stage(format!("refresh ({agents} agents)"));
             let took = seeder
                 .refresh_all(phase.connections, plan.seed_timeout)
                 .await
@@ -560,6 +573,7 @@ async fn drive(
         load::preflight(&endpoints, &heartbeat_target, phase.request_timeout).await?;
         let mut healthz: Option<load::PhaseResult> = None;
         let mut heartbeat: Option<load::PhaseResult> = None;
+        stage(format!("/healthz and heartbeat phases ({agents} agents)"));
         // Rounds alternate the two phases so slow drifts of the machine hit both alike.
         for round in 1..=rounds {
             let of = if rounds > 1 {
@@ -572,12 +586,12 @@ async fn drive(
                 (&heartbeat_target, &mut heartbeat),
             ] {
                 eprintln!(
-                    "phase {}{of}: {agents} agents, {} connections, {:?} warm-up + {:?}, load average {} ...",
+                    "phase {}{of}: {agents} agents, {} connections, {:?} warm-up + {:?}, {} ...",
                     target.name(),
                     phase.connections,
                     phase.warmup,
                     phase.duration,
-                    procfs::load_average()
+                    procfs::clock_and_load()
                 );
                 let r = load::run_phase(
                     &endpoints,
@@ -608,6 +622,7 @@ async fn drive(
         let mem_after_heartbeat = replicas.memory();
 
         let (list_alone, list_loaded) = if plan.list_connections > 0 {
+            stage(format!("agent listing phases ({agents} agents)"));
             let list_target = Target::AgentsList(seeder.admin_auth().clone());
             load::preflight(&endpoints, &list_target, phase.request_timeout).await?;
             let list = Workload {
@@ -615,10 +630,10 @@ async fn drive(
                 connections: plan.list_connections,
             };
             eprintln!(
-                "phase {} alone: {agents} agents, {} connections, load average {} ...",
+                "phase {} alone: {agents} agents, {} connections, {} ...",
                 list.target.name(),
                 list.connections,
-                procfs::load_average()
+                procfs::clock_and_load()
             );
             let alone = load::run_phase(&endpoints, vec![list.clone()], phase, probe.clone())
                 .await?
@@ -626,11 +641,11 @@ async fn drive(
             replicas.check_alive().await?;
             say(&alone);
             eprintln!(
-                "phase {} under heartbeat load: {agents} agents, {} + {} connections, load average {} ...",
+                "phase {} under heartbeat load: {agents} agents, {} + {} connections, {} ...",
                 list.target.name(),
                 list.connections,
                 phase.connections,
-                procfs::load_average()
+                procfs::clock_and_load()
             );
             let mut both = load::run_phase(
                 &endpoints,
@@ -665,10 +680,8 @@ async fn drive(
                     );
                     cfg.cohort = cap;
                 }
-                eprintln!(
-                    "deadline phase: load average {} ...",
-                    procfs::load_average()
-                );
+                stage(format!("deadline phase ({agents} agents)"));
+                eprintln!("deadline phase: {} ...", procfs::clock_and_load());
                 let d = deadline::run(&endpoints, &seeder, cfg, probe.clone()).await?;
                 replicas.check_alive().await?;
                 eprintln!(

@@ -128,6 +128,15 @@ pub fn load_average() -> String {
         .unwrap_or_else(|| "unknown".to_owned())
 }
 
+/// The time of day (UTC) and the load average, for progress lines that logs are matched to.
+pub fn clock_and_load() -> String {
+    format!(
+        "at {}, load average {}",
+        chrono::Utc::now().format("%H:%M:%S UTC"),
+        load_average()
+    )
+}
+
 /// Machine-wide CPU time from the first line of `/proc/stat`: (busy, total) summed over all
 /// CPUs; busy excludes idle and iowait.
 pub fn machine_cpu() -> Option<(Duration, Duration)> {
@@ -241,5 +250,111 @@ impl MachineFacts {
             git_commit,
             date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         }
+    }
+}
+
+/// The highest resident memory of each watched process during each stage of the run,
+/// sampled on a thread of its own (`VmHWM` only gives the peak of the whole run, not when
+/// it happened).
+pub struct MemWatch {
+    shared: std::sync::Arc<std::sync::Mutex<Stages>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stages in order, each with the highest `VmRSS` seen per process, in KiB.
+#[derive(Debug, Default, Clone)]
+pub struct Stages(pub Vec<(String, Vec<u64>)>);
+
+impl Stages {
+    fn note(&mut self, rss: &[Option<u64>]) {
+        if let Some((_, peaks)) = self.0.last_mut() {
+            for (peak, now) in peaks.iter_mut().zip(rss) {
+                *peak = (*peak).max(now.unwrap_or(0));
+            }
+        }
+    }
+}
+
+impl MemWatch {
+    /// Starts sampling `pids` every `every`.
+    pub fn start(pids: Vec<u32>, every: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Stages::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let (shared, stop) = (shared.clone(), stop.clone());
+            std::thread::Builder::new()
+                .name("mem-watch".to_owned())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let rss: Vec<Option<u64>> = pids
+                            .iter()
+                            .map(|&pid| memory(pid).map(|m| m.rss_kib))
+                            .collect();
+                        if let Ok(mut stages) = shared.lock() {
+                            stages.note(&rss);
+                        }
+                        std::thread::sleep(every);
+                    }
+                })
+                .ok()
+        };
+        Self {
+            shared,
+            stop,
+            thread,
+        }
+    }
+
+    /// Starts a new stage (the samples after this belong to it).
+    pub fn stage(&self, name: impl Into<String>, processes: usize) {
+        if let Ok(mut stages) = self.shared.lock() {
+            stages.0.push((name.into(), vec![0; processes]));
+        }
+    }
+
+    /// What was seen so far.
+    pub fn stages(&self) -> Stages {
+        self.shared.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops sampling.
+    pub fn stop(mut self) -> Stages {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stages()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_keeps_its_own_highest_sample_per_process() {
+        let mut s = Stages::default();
+        s.note(&[Some(5), Some(5)]);
+        s.0.push(("seed".to_owned(), vec![0, 0]));
+        s.note(&[Some(10), Some(30)]);
+        s.note(&[Some(20), None]);
+        s.0.push(("load".to_owned(), vec![0, 0]));
+        s.note(&[Some(15), Some(12)]);
+        assert_eq!(
+            s.0,
+            vec![
+                ("seed".to_owned(), vec![20, 30]),
+                ("load".to_owned(), vec![15, 12])
+            ]
+        );
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        let me = memory(std::process::id()).unwrap();
+        assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
+        assert!(cpu_time("self").is_some());
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::deadline::DeadlineResult;
 use crate::load::{PhaseConfig, PhaseResult};
-use crate::procfs::{MachineFacts, Memory};
+use crate::procfs::{MachineFacts, Memory, Stages};
 use crate::seed::{SeedMode, SeedStats};
 
 /// Heartbeat throughput must reach this share of the `/healthz` baseline (issue 2).
@@ -128,6 +128,8 @@ pub struct Report {
     pub load_start: String,
     /// `/proc/loadavg` at the end of the run.
     pub load_end: Option<String>,
+    /// Each server's highest sampled `VmRSS` per stage of the run.
+    pub mem_stages: Stages,
     /// Completed steps.
     pub steps: Vec<StepReport>,
     /// Lines the servers wrote to stderr/stdout over the run.
@@ -544,6 +546,28 @@ impl Report {
         t
     }
 
+    fn stage_table(&self) -> Option<Table> {
+        let mut heads: Vec<(String, bool)> = vec![("Stage".to_owned(), false)];
+        for r in 0..self.replicas {
+            heads.push((
+                if self.replicas > 1 {
+                    format!("replica {} peak RSS", r + 1)
+                } else {
+                    "server peak RSS".to_owned()
+                },
+                true,
+            ));
+        }
+        let borrowed: Vec<(&str, bool)> = heads.iter().map(|(h, r)| (h.as_str(), *r)).collect();
+        let mut t = Table::new(&borrowed);
+        for (name, peaks) in &self.mem_stages.0 {
+            let mut row = vec![name.clone()];
+            row.extend(peaks.iter().map(|&kib| mib(kib)));
+            t.row(row);
+        }
+        (!t.rows.is_empty()).then_some(t)
+    }
+
     /// The targets from the issues, checked against the completed steps.
     pub fn verdicts(&self) -> Vec<Verdict> {
         let mut v = Vec::new();
@@ -810,6 +834,10 @@ impl Report {
         }
         let _ = writeln!(o, "\nseeding and memory:");
         o.push_str(&self.memory_table().text());
+        if let Some(t) = self.stage_table() {
+            let _ = writeln!(o, "\nhighest VmRSS sampled every 100 ms, by stage:");
+            o.push_str(&t.text());
+        }
         if let Some(n) = self.server_log_lines {
             let _ = writeln!(o, "\nservers wrote {n} log lines over the run");
         }
@@ -883,6 +911,14 @@ impl Report {
             "\n{} RSS is `VmRSS`, peak is `VmHWM` of each `serve` process (200 MB = 190.7 MiB).\n",
             self.seeding_sentence()
         );
+        if let Some(t) = self.stage_table() {
+            let _ = writeln!(
+                o,
+                "Highest `VmRSS` sampled every 100 ms, by stage of the run:\n"
+            );
+            o.push_str(&t.markdown());
+            let _ = writeln!(o);
+        }
         let _ = writeln!(o, "| Target | Measured | Result |");
         let _ = writeln!(o, "|---|---|---|");
         for v in self.verdicts() {
