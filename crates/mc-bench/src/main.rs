@@ -129,7 +129,9 @@ struct Args {
     #[arg(long)]
     markdown: bool,
 
-    /// Keep the temporary data directory and server log instead of deleting them.
+    /// Keep the temporary data directories and logs instead of deleting them (and, with
+    /// --database-url, the bench's schema, to query it afterwards; a throwaway PostgreSQL
+    /// always goes, its log is copied next to the servers' logs).
     #[arg(long)]
     keep_data: bool,
 
@@ -161,6 +163,17 @@ struct Args {
     /// kept with --keep-data).
     #[arg(long = "pg-setting", value_parser = pg::parse_setting)]
     pg_settings: Vec<(String, String)>,
+
+    /// Start replicas 2..N only once the agents are seeded and refreshed through replica 1
+    /// (each loads every agent from the database as it starts) instead of running them all
+    /// along. While several replicas run, each follows the others' events: `agent.created`
+    /// with one database read per agent, which falls behind at seeding rates, and the
+    /// refresh's burst of offline → healthy transitions (seeding 100,000 agents outlasts
+    /// their 120 s tolerance) overflows the feed; either way every replica then reloads
+    /// every agent, over and over (see docs/benchmarks.md). This measures the steady state
+    /// without that. Needs a single agent count (no --agent-steps).
+    #[arg(long)]
+    late_replicas: bool,
 
     /// Connections for `GET /api/v1/agents?limit=200` (admin bearer token), measured at
     /// each step alone and then alongside the heartbeat load; 0 skips both phases.
@@ -249,6 +262,9 @@ fn backend_of(args: &Args) -> Result<Backend> {
     if args.deadline_tolerance == 0 {
         bail!("--deadline-tolerance must be at least 1 second (the server's minimum)");
     }
+    if args.late_replicas && args.agent_steps.len() > 1 {
+        bail!("--late-replicas needs a single agent count (--agents), not --agent-steps");
+    }
     Ok(backend)
 }
 
@@ -314,7 +330,11 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
     .await;
     if let Some(db) = database {
         db.keep_log(&tmp.path().join("postgres.log"));
-        db.remove().await;
+        if keep && let Some(url) = db.kept_url() {
+            eprintln!("kept the bench's schema: {url}");
+        } else {
+            db.remove().await;
+        }
     }
     if keep || result.is_err() {
         let kept = tmp.keep();
@@ -325,6 +345,50 @@ async fn run(args: Args, threads: usize) -> Result<bool> {
         );
     }
     result
+}
+
+/// How to start replica `r`: its own data dir and log under the run's directory, the
+/// shared admin token and database.
+struct ReplicaSpec<'a> {
+    bin: &'a Path,
+    tmp: &'a Path,
+    admin_token: &'a str,
+    database_url: Option<&'a str>,
+    extra_args: &'a [String],
+    startup_timeout: Duration,
+    rust_log: Option<&'a str>,
+}
+
+impl ReplicaSpec<'_> {
+    async fn start(&self, r: usize) -> Result<Server> {
+        let data_dir = self.tmp.join(format!("data-{r}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let log_path = self.tmp.join(format!("server-{r}.log"));
+        eprintln!(
+            "starting replica {r}: {}, {} ...",
+            self.bin.display(),
+            procfs::clock_and_load()
+        );
+        let server = Server::start(ServerConfig {
+            bin: self.bin,
+            data_dir: &data_dir,
+            log_path: &log_path,
+            admin_token: self.admin_token,
+            database_url: self.database_url,
+            extra_args: self.extra_args,
+            startup_timeout: self.startup_timeout,
+            rust_log: self.rust_log,
+        })
+        .await
+        .with_context(|| format!("replica {r}"))?;
+        eprintln!(
+            "  pid {} listening on {} (log: {})",
+            server.pid(),
+            server.addr(),
+            server.log_path().display()
+        );
+        Ok(server)
+    }
 }
 
 /// The replicas, started one after the other (the first one up usually leads).
@@ -380,33 +444,20 @@ async fn run_in(
     database: Option<&Database>,
 ) -> Result<bool> {
     let token = admin_token();
-    let mut servers = Vec::new();
-    for r in 1..=args.replicas {
-        let data_dir = tmp.join(format!("data-{r}"));
-        std::fs::create_dir_all(&data_dir)?;
-        let log_path = tmp.join(format!("server-{r}.log"));
-        eprintln!("starting replica {r}: {} ...", server_bin.display());
-        let server = Server::start(ServerConfig {
-            bin: &server_bin,
-            data_dir: &data_dir,
-            log_path: &log_path,
-            admin_token: &token,
-            database_url: database.map(Database::server_url),
-            extra_args: &args.server_args,
-            startup_timeout: secs("startup-timeout", args.startup_timeout)?,
-            rust_log: args.server_rust_log.as_deref(),
-        })
-        .await
-        .with_context(|| format!("replica {r}"))?;
-        eprintln!(
-            "  pid {} listening on {} (log: {})",
-            server.pid(),
-            server.addr(),
-            server.log_path().display()
-        );
-        servers.push(server);
+    let spec = ReplicaSpec {
+        bin: &server_bin,
+        tmp,
+        admin_token: &token,
+        database_url: database.map(Database::server_url),
+        extra_args: &args.server_args,
+        startup_timeout: secs("startup-timeout", args.startup_timeout)?,
+        rust_log: args.server_rust_log.as_deref(),
+    };
+    let mut replicas = Replicas(Vec::new());
+    let first = if args.late_replicas { 1 } else { args.replicas };
+    for r in 1..=first {
+        replicas.0.push(spec.start(r).await?);
     }
-    let mut replicas = Replicas(servers);
 
     let mut report = Report {
         facts: procfs::MachineFacts::collect(),
@@ -429,6 +480,7 @@ async fn run_in(
         backend,
         database: database.map_or_else(|| "SQLite".to_owned(), Database::describe),
         replicas: args.replicas,
+        late_replicas: args.late_replicas,
         list_connections: args.list_connections,
         load_start: procfs::load_average(),
         load_end: None,
@@ -454,6 +506,8 @@ async fn run_in(
         Duration::from_millis(100),
     );
     let plan = Plan {
+        spec: &spec,
+        replicas: args.replicas,
         mem: &mem_watch,
         admin_token: &token,
         data_dir: &first_data_dir,
@@ -492,6 +546,10 @@ async fn run_in(
 
 /// What every step does besides the heartbeat rounds.
 struct Plan<'a> {
+    /// How to start a replica (the late ones, with --late-replicas).
+    spec: &'a ReplicaSpec<'a>,
+    /// Replicas wanted once seeded.
+    replicas: usize,
     /// Samples the servers' memory, stage by stage.
     mem: &'a procfs::MemWatch,
     admin_token: &'a str,
@@ -511,9 +569,9 @@ async fn drive(
     steps: &[usize],
     plan: &Plan<'_>,
 ) -> Result<()> {
-    let endpoints = replicas.endpoints();
+    let mut endpoints = replicas.endpoints();
     let addrs = endpoints.iter().map(|e| e.addr).collect();
-    let probe = CpuProbe {
+    let mut probe = CpuProbe {
         servers: endpoints.iter().map(|e| e.pid).collect(),
         pg: plan.database.map(Database::processes),
     };
@@ -529,7 +587,7 @@ async fn drive(
     )
     .await
     .context("setting up the bench gateway, board and enrollment token")?;
-    let stage = |name: String| plan.mem.stage(name, endpoints.len());
+    let stage = |name: String| plan.mem.stage(name);
     for &agents in steps {
         stage(format!("seeding to {agents} agents"));
         eprintln!(
@@ -550,7 +608,7 @@ async fn drive(
             seed.retries
         );
         replicas.check_alive().await?;
-        let mem_after_seed = replicas.memory();
+        let mut mem_after_seed = replicas.memory();
         let refresh = if report.refresh {
             stage(format!("refresh ({agents} agents)"));
             let took = seeder
@@ -565,6 +623,24 @@ async fn drive(
         } else {
             None
         };
+        // Late replicas start after the refresh: the refresh turns every agent that went
+        // offline while seeding took longer than its tolerance back to healthy, a burst of
+        // transitions that replicas following the feed cannot absorb (see --late-replicas).
+        if replicas.0.len() < plan.replicas {
+            stage(format!("late replicas start ({agents} agents)"));
+            for r in replicas.0.len() + 1..=plan.replicas {
+                let server = plan.spec.start(r).await?;
+                plan.mem.watch(server.pid());
+                replicas.0.push(server);
+            }
+            endpoints = replicas.endpoints();
+            probe.servers = endpoints.iter().map(|e| e.pid).collect();
+            seeder.set_addrs(endpoints.iter().map(|e| e.addr).collect());
+            // Their memory once they have loaded every agent stands for "after seeding".
+            for server in &replicas.0[mem_after_seed.len()..] {
+                mem_after_seed.push(procfs::memory(server.pid()));
+            }
+        }
         let events_before = activity_total(&seeder).await;
 
         let healthz_target = Target::Healthz;

@@ -95,6 +95,11 @@ impl Database {
         &self.server_url
     }
 
+    /// The URL of the bench's schema when it can outlive the run (an existing server).
+    pub fn kept_url(&self) -> Option<String> {
+        self.throwaway.is_none().then(|| redact(&self.server_url))
+    }
+
     /// What processes make up the server, for CPU accounting.
     pub fn processes(&self) -> PgProcesses {
         match self

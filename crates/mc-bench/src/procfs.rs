@@ -258,6 +258,7 @@ impl MachineFacts {
 /// it happened).
 pub struct MemWatch {
     shared: std::sync::Arc<std::sync::Mutex<Stages>>,
+    pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -269,6 +270,9 @@ pub struct Stages(pub Vec<(String, Vec<u64>)>);
 impl Stages {
     fn note(&mut self, rss: &[Option<u64>]) {
         if let Some((_, peaks)) = self.0.last_mut() {
+            if peaks.len() < rss.len() {
+                peaks.resize(rss.len(), 0);
+            }
             for (peak, now) in peaks.iter_mut().zip(rss) {
                 *peak = (*peak).max(now.unwrap_or(0));
             }
@@ -282,13 +286,15 @@ impl MemWatch {
         use std::sync::atomic::Ordering;
         let shared = std::sync::Arc::new(std::sync::Mutex::new(Stages::default()));
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(pids));
         let thread = {
-            let (shared, stop) = (shared.clone(), stop.clone());
+            let (shared, stop, pids) = (shared.clone(), stop.clone(), pids.clone());
             std::thread::Builder::new()
                 .name("mem-watch".to_owned())
                 .spawn(move || {
                     while !stop.load(Ordering::Relaxed) {
-                        let rss: Vec<Option<u64>> = pids
+                        let now: Vec<u32> = pids.lock().map(|p| p.clone()).unwrap_or_default();
+                        let rss: Vec<Option<u64>> = now
                             .iter()
                             .map(|&pid| memory(pid).map(|m| m.rss_kib))
                             .collect();
@@ -302,13 +308,22 @@ impl MemWatch {
         };
         Self {
             shared,
+            pids,
             stop,
             thread,
         }
     }
 
+    /// Watches one more process (after those already watched).
+    pub fn watch(&self, pid: u32) {
+        if let Ok(mut pids) = self.pids.lock() {
+            pids.push(pid);
+        }
+    }
+
     /// Starts a new stage (the samples after this belong to it).
-    pub fn stage(&self, name: impl Into<String>, processes: usize) {
+    pub fn stage(&self, name: impl Into<String>) {
+        let processes = self.pids.lock().map(|p| p.len()).unwrap_or(0);
         if let Ok(mut stages) = self.shared.lock() {
             stages.0.push((name.into(), vec![0; processes]));
         }
@@ -342,11 +357,13 @@ mod tests {
         s.note(&[Some(20), None]);
         s.0.push(("load".to_owned(), vec![0, 0]));
         s.note(&[Some(15), Some(12)]);
+        // A process watched from the middle of a stage on.
+        s.note(&[Some(1), Some(1), Some(40)]);
         assert_eq!(
             s.0,
             vec![
                 ("seed".to_owned(), vec![20, 30]),
-                ("load".to_owned(), vec![15, 12])
+                ("load".to_owned(), vec![15, 12, 40])
             ]
         );
     }

@@ -122,6 +122,8 @@ pub struct Report {
     pub database: String,
     /// `serve` processes sharing the database.
     pub replicas: usize,
+    /// Replicas 2..N were started only after seeding (`--late-replicas`).
+    pub late_replicas: bool,
     /// Connections of the agent-listing workload (0: not measured).
     pub list_connections: usize,
     /// `/proc/loadavg` at the start of the run.
@@ -562,7 +564,12 @@ impl Report {
         let mut t = Table::new(&borrowed);
         for (name, peaks) in &self.mem_stages.0 {
             let mut row = vec![name.clone()];
-            row.extend(peaks.iter().map(|&kib| mib(kib)));
+            // 0: no sample of that process fell in the stage (started later, or too short).
+            row.extend(
+                peaks
+                    .iter()
+                    .map(|&kib| if kib == 0 { "-".to_owned() } else { mib(kib) }),
+            );
             t.row(row);
         }
         (!t.rows.is_empty()).then_some(t)
@@ -752,8 +759,13 @@ impl Report {
             Backend::Sqlite => "SQLite (fresh temp data dir)".to_owned(),
             Backend::Postgres => self.database.clone(),
         };
+        let late = if self.late_replicas && self.replicas > 1 {
+            "; replicas 2 and up started only after the agents were seeded and refreshed through replica 1 (`--late-replicas`: they loaded every agent from the database at start)"
+        } else {
+            ""
+        };
         format!(
-            "{replicas} (binary built {}) on {db}, started by the bench on 127.0.0.1",
+            "{replicas} (binary built {}) on {db}, started by the bench on 127.0.0.1{late}",
             self.server_built
         )
     }

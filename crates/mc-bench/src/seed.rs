@@ -163,6 +163,13 @@ impl Seeder {
         &self.creator.admin
     }
 
+    /// Sends later requests to these replicas (e.g. once late replicas have started).
+    pub fn set_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        if !addrs.is_empty() {
+            self.addrs = addrs;
+        }
+    }
+
     /// The address of replica `r` (taking turns when `r` is past the last one).
     pub fn addr(&self, r: usize) -> SocketAddr {
         self.addrs[r % self.addrs.len()]
