@@ -224,7 +224,7 @@ fn command_line() -> String {
         }
     };
     let args: Vec<String> = std::env::args().skip(1).map(|a| quote(&a)).collect();
-    let mut s = "cargo run --release -p mc-bench --".to_owned();
+    let mut s = "cargo run --release -p mc-bench --bin mc-bench --".to_owned();
     for a in args {
         s.push(' ');
         s.push_str(&a);
