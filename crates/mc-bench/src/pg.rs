@@ -129,7 +129,7 @@ impl Database {
                     .map(|(n, v)| format!("{n}={v}"))
                     .collect();
                 format!(
-                    "throwaway PostgreSQL {} started by the bench on 127.0.0.1 (Debian's packages, `initdb` defaults: shared_buffers 128 MB; {})",
+                    "throwaway PostgreSQL {} from Debian's packages (`initdb` defaults: shared_buffers 128 MB; {})",
                     pg.major_version().unwrap_or_else(|| "?".to_owned()),
                     settings.join(", ")
                 )
