@@ -43,6 +43,100 @@ pub fn cpu_time(pid: &str) -> Option<Duration> {
     Some(Duration::from_nanos(ticks * 1_000_000_000 / hz))
 }
 
+/// The fields of `/proc/<pid>/stat` after the command name (field 3 onwards).
+fn stat_fields(pid: &str) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: split after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Field 3 (state) is a letter: keep its place with a zero.
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// The command name of `pid` (`/proc/<pid>/comm`).
+fn comm(pid: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|c| c.trim_end().to_owned())
+}
+
+/// CPU time of a PostgreSQL server: every process of it (postmaster, backends, background
+/// workers) plus the time of its backends that already ended, which the kernel adds to
+/// the postmaster's `cutime`/`cstime` when it reaps them.
+#[derive(Debug, Clone, Copy)]
+pub enum PgProcesses {
+    /// The server whose postmaster has this pid (the bench's throwaway one).
+    Postmaster(u32),
+    /// Every process named `postgres` on the machine (a server the bench did not start).
+    AllNamedPostgres,
+}
+
+impl PgProcesses {
+    /// User + system CPU time consumed so far by the server's processes, living and reaped.
+    pub fn cpu_time(self) -> Option<Duration> {
+        let hz = clock_ticks_per_second();
+        let mut ticks = 0u64;
+        let mut found = false;
+        for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+            let name = entry.file_name();
+            let Some(pid) = name
+                .to_str()
+                .filter(|n| n.bytes().all(|b| b.is_ascii_digit()))
+            else {
+                continue;
+            };
+            let Some(f) = stat_fields(pid) else { continue };
+            // Indices into `f` (field 3 = index 0): ppid 4 → 1, utime 14 → 11, stime 15 →
+            // 12, cutime 16 → 13, cstime 17 → 14.
+            let (ppid, own) = (f.get(1).copied().unwrap_or(0), f.get(11).zip(f.get(12)));
+            let reaped = f.get(13).zip(f.get(14));
+            let is_root = match self {
+                Self::Postmaster(root) => pid == root.to_string(),
+                Self::AllNamedPostgres => {
+                    comm(pid).as_deref() == Some("postgres")
+                        && comm(&ppid.to_string()).as_deref() != Some("postgres")
+                }
+            };
+            let is_child = match self {
+                Self::Postmaster(root) => ppid == u64::from(root),
+                Self::AllNamedPostgres => !is_root && comm(pid).as_deref() == Some("postgres"),
+            };
+            if is_root {
+                found = true;
+                if let Some((cu, cs)) = reaped {
+                    ticks += cu + cs;
+                }
+            }
+            if (is_root || is_child)
+                && let Some((u, s)) = own
+            {
+                ticks += u + s;
+            }
+        }
+        found.then(|| Duration::from_nanos(ticks * 1_000_000_000 / hz))
+    }
+}
+
+/// The 1, 5 and 15 minute load averages (`/proc/loadavg`), as `uptime` prints them.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
+/// The time of day (UTC) and the load average, for progress lines that logs are matched to.
+pub fn clock_and_load() -> String {
+    format!(
+        "at {}, load average {}",
+        chrono::Utc::now().format("%H:%M:%S UTC"),
+        load_average()
+    )
+}
+
 /// Machine-wide CPU time from the first line of `/proc/stat`: (busy, total) summed over all
 /// CPUs; busy excludes idle and iowait.
 pub fn machine_cpu() -> Option<(Duration, Duration)> {
@@ -156,5 +250,128 @@ impl MachineFacts {
             git_commit,
             date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         }
+    }
+}
+
+/// The highest resident memory of each watched process during each stage of the run,
+/// sampled on a thread of its own (`VmHWM` only gives the peak of the whole run, not when
+/// it happened).
+pub struct MemWatch {
+    shared: std::sync::Arc<std::sync::Mutex<Stages>>,
+    pids: std::sync::Arc<std::sync::Mutex<Vec<u32>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Stages in order, each with the highest `VmRSS` seen per process, in KiB.
+#[derive(Debug, Default, Clone)]
+pub struct Stages(pub Vec<(String, Vec<u64>)>);
+
+impl Stages {
+    fn note(&mut self, rss: &[Option<u64>]) {
+        if let Some((_, peaks)) = self.0.last_mut() {
+            if peaks.len() < rss.len() {
+                peaks.resize(rss.len(), 0);
+            }
+            for (peak, now) in peaks.iter_mut().zip(rss) {
+                *peak = (*peak).max(now.unwrap_or(0));
+            }
+        }
+    }
+}
+
+impl MemWatch {
+    /// Starts sampling `pids` every `every`.
+    pub fn start(pids: Vec<u32>, every: Duration) -> Self {
+        use std::sync::atomic::Ordering;
+        let shared = std::sync::Arc::new(std::sync::Mutex::new(Stages::default()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pids = std::sync::Arc::new(std::sync::Mutex::new(pids));
+        let thread = {
+            let (shared, stop, pids) = (shared.clone(), stop.clone(), pids.clone());
+            std::thread::Builder::new()
+                .name("mem-watch".to_owned())
+                .spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let now: Vec<u32> = pids.lock().map(|p| p.clone()).unwrap_or_default();
+                        let rss: Vec<Option<u64>> = now
+                            .iter()
+                            .map(|&pid| memory(pid).map(|m| m.rss_kib))
+                            .collect();
+                        if let Ok(mut stages) = shared.lock() {
+                            stages.note(&rss);
+                        }
+                        std::thread::sleep(every);
+                    }
+                })
+                .ok()
+        };
+        Self {
+            shared,
+            pids,
+            stop,
+            thread,
+        }
+    }
+
+    /// Watches one more process (after those already watched).
+    pub fn watch(&self, pid: u32) {
+        if let Ok(mut pids) = self.pids.lock() {
+            pids.push(pid);
+        }
+    }
+
+    /// Starts a new stage (the samples after this belong to it).
+    pub fn stage(&self, name: impl Into<String>) {
+        let processes = self.pids.lock().map(|p| p.len()).unwrap_or(0);
+        if let Ok(mut stages) = self.shared.lock() {
+            stages.0.push((name.into(), vec![0; processes]));
+        }
+    }
+
+    /// What was seen so far.
+    pub fn stages(&self) -> Stages {
+        self.shared.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// Stops sampling.
+    pub fn stop(mut self) -> Stages {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        self.stages()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_stage_keeps_its_own_highest_sample_per_process() {
+        let mut s = Stages::default();
+        s.note(&[Some(5), Some(5)]);
+        s.0.push(("seed".to_owned(), vec![0, 0]));
+        s.note(&[Some(10), Some(30)]);
+        s.note(&[Some(20), None]);
+        s.0.push(("load".to_owned(), vec![0, 0]));
+        s.note(&[Some(15), Some(12)]);
+        // A process watched from the middle of a stage on.
+        s.note(&[Some(1), Some(1), Some(40)]);
+        assert_eq!(
+            s.0,
+            vec![
+                ("seed".to_owned(), vec![20, 30]),
+                ("load".to_owned(), vec![15, 12, 40])
+            ]
+        );
+    }
+
+    #[test]
+    fn this_process_has_memory_and_cpu_time() {
+        let me = memory(std::process::id()).unwrap();
+        assert!(me.rss_kib > 0 && me.hwm_kib >= me.rss_kib);
+        assert!(cpu_time("self").is_some());
     }
 }

@@ -2,6 +2,8 @@
 //! `POST /api/v1/agents/heartbeat` (or created by the admin), each yielding its own agent
 //! token. Before measuring, every agent can be refreshed with one heartbeat on its own
 //! token so that no agent is offline (silent past its tolerance) when the phases start.
+//! With several replicas, the seeding and refresh workers take turns over them, as a load
+//! balancer would.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,11 +45,13 @@ struct Creator {
 
 /// The board agents enroll on, and the tokens of the agents enrolled so far.
 pub struct Seeder {
-    addr: SocketAddr,
+    addrs: Vec<SocketAddr>,
     timeout: Duration,
     creator: Creator,
     /// Agent tokens, index `i` belongs to `agent-<i>`.
     pub tokens: Vec<HeaderValue>,
+    /// Agent ids, index `i` belongs to `agent-<i>`.
+    pub ids: Vec<String>,
 }
 
 /// Timing of one seeding round.
@@ -84,9 +88,10 @@ fn expect_field(what: &str, resp: &Response, field: &str) -> Result<String> {
 }
 
 impl Seeder {
-    /// Creates the gateway, the board and an enrollment token with the admin token.
+    /// Creates the gateway, the board and an enrollment token with the admin token (on the
+    /// first of `addrs`); seeding then spreads over all of them.
     pub async fn setup(
-        addr: SocketAddr,
+        addrs: Vec<SocketAddr>,
         admin_token: &str,
         max_agents: usize,
         timeout: Duration,
@@ -94,6 +99,7 @@ impl Seeder {
     ) -> Result<Self> {
         let auth = HeaderValue::from_str(&format!("Bearer {admin_token}"))?;
         let h = [(AUTHORIZATION.as_str(), &auth)];
+        let addr = *addrs.first().ok_or_else(|| anyhow!("no server to seed"))?;
         let mut c = Conn::new(addr, timeout);
         let r = c
             .json(
@@ -133,7 +139,7 @@ impl Seeder {
             .with_context(|| format!("POST {path}"))?;
         let token = expect_field(&format!("POST {path}"), &r, "token")?;
         Ok(Self {
-            addr,
+            addrs,
             timeout,
             creator: Creator {
                 mode,
@@ -143,7 +149,30 @@ impl Seeder {
                 board_id,
             },
             tokens: Vec::new(),
+            ids: Vec::new(),
         })
+    }
+
+    /// The bench board's id.
+    pub fn board_id(&self) -> &str {
+        &self.creator.board_id
+    }
+
+    /// The admin's `Authorization` header value.
+    pub fn admin_auth(&self) -> &HeaderValue {
+        &self.creator.admin
+    }
+
+    /// Sends later requests to these replicas (e.g. once late replicas have started).
+    pub fn set_addrs(&mut self, addrs: Vec<SocketAddr>) {
+        if !addrs.is_empty() {
+            self.addrs = addrs;
+        }
+    }
+
+    /// The address of replica `r` (taking turns when `r` is past the last one).
+    pub fn addr(&self, r: usize) -> SocketAddr {
+        self.addrs[r % self.addrs.len()]
     }
 
     /// Enrolls agents `agent-<len>` .. `agent-<target-1>` with `concurrency` requests in
@@ -169,21 +198,21 @@ impl Seeder {
         let abort = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let mut workers = JoinSet::new();
-        for _ in 0..concurrency.clamp(1, target - from) {
+        for w in 0..concurrency.clamp(1, target - from) {
             let (next, done, retries, abort) =
                 (next.clone(), done.clone(), retries.clone(), abort.clone());
-            let mut conn = Conn::new(self.addr, self.timeout);
+            let mut conn = Conn::new(self.addr(w), self.timeout);
             let creator = self.creator.clone();
             workers.spawn(async move {
-                let mut mine: Vec<(usize, HeaderValue)> = Vec::new();
+                let mut mine: Vec<(usize, HeaderValue, String)> = Vec::new();
                 while !abort.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
                     if i >= target {
                         break;
                     }
                     match creator.create(&mut conn, i, &retries).await {
-                        Ok(tok) => {
-                            mine.push((i, tok));
+                        Ok((tok, id)) => {
+                            mine.push((i, tok, id));
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(e) => {
@@ -246,7 +275,7 @@ impl Seeder {
             }
         };
         let elapsed = started.elapsed();
-        all.sort_unstable_by_key(|(i, _)| *i);
+        all.sort_unstable_by_key(|(i, _, _)| *i);
         if all.len() != target - from {
             bail!(
                 "seeding enrolled {} agents, expected {}",
@@ -254,7 +283,10 @@ impl Seeder {
                 target - from
             );
         }
-        self.tokens.extend(all.into_iter().map(|(_, t)| t));
+        for (_, token, id) in all {
+            self.tokens.push(token);
+            self.ids.push(id);
+        }
         Ok(SeedStats {
             from,
             to: target,
@@ -273,9 +305,9 @@ impl Seeder {
         let next = Arc::new(AtomicUsize::new(0));
         let abort = Arc::new(AtomicBool::new(false));
         let mut workers = JoinSet::new();
-        for _ in 0..concurrency.clamp(1, tokens.len().max(1)) {
+        for w in 0..concurrency.clamp(1, tokens.len().max(1)) {
             let (tokens, next, abort) = (tokens.clone(), next.clone(), abort.clone());
-            let mut conn = Conn::new(self.addr, self.timeout);
+            let mut conn = Conn::new(self.addr(w), self.timeout);
             workers.spawn(async move {
                 while !abort.load(Ordering::Relaxed) {
                     let i = next.fetch_add(1, Ordering::Relaxed);
@@ -333,7 +365,7 @@ impl Seeder {
 
     /// Number of activity events recorded on the bench board (`GET /api/v1/activity`).
     pub async fn activity_total(&self) -> Result<u64> {
-        let mut conn = Conn::new(self.addr, self.timeout);
+        let mut conn = Conn::new(self.addr(0), self.timeout);
         let path = format!(
             "/api/v1/activity?board_id={}&limit=1",
             self.creator.board_id
@@ -377,13 +409,13 @@ impl Failure {
 }
 
 impl Creator {
-    /// Creates `agent-<i>` and returns its own token, retrying transient failures.
+    /// Creates `agent-<i>` and returns its own token and its id, retrying transient failures.
     async fn create(
         &self,
         conn: &mut Conn,
         i: usize,
         retries: &AtomicUsize,
-    ) -> Result<HeaderValue> {
+    ) -> Result<(HeaderValue, String)> {
         let mut last_err = anyhow!("no attempt made");
         for attempt in 0..ATTEMPTS {
             if attempt > 0 {
@@ -394,21 +426,21 @@ impl Creator {
                 SeedMode::Enroll => self.enroll(conn, i).await,
                 SeedMode::Admin => self.admin_create(conn, i).await,
             };
-            let token = match created {
-                Ok(t) => t,
+            let made = match created {
+                Ok(made) => made,
                 Err(Failure::Transient(e)) => {
                     last_err = e;
                     continue;
                 }
                 Err(Failure::Fatal(e)) => return Err(e),
             };
-            return Ok(token);
+            return Ok(made);
         }
         Err(last_err)
     }
 
     /// `POST /api/v1/agents/heartbeat` with the enrollment token.
-    async fn enroll(&self, conn: &mut Conn, i: usize) -> Result<HeaderValue, Failure> {
+    async fn enroll(&self, conn: &mut Conn, i: usize) -> Result<(HeaderValue, String), Failure> {
         let what = format!("enrolling agent-{i}: POST /api/v1/agents/heartbeat");
         let resp = conn
             .json(
@@ -422,7 +454,8 @@ impl Creator {
         if !resp.status.is_success() {
             return Err(Failure::of_status(&what, &resp));
         }
-        resp.headers
+        let token = resp
+            .headers
             .get(AGENT_TOKEN_HEADER)
             .cloned()
             .ok_or_else(|| {
@@ -431,11 +464,17 @@ impl Creator {
                     resp.status,
                     resp.body_snippet()
                 ))
-            })
+            })?;
+        let id = expect_field(&what, &resp, "id").map_err(Failure::Fatal)?;
+        Ok((token, id))
     }
 
     /// `POST /api/v1/agents`, then `POST /api/v1/agents/{id}/token`, with the admin token.
-    async fn admin_create(&self, conn: &mut Conn, i: usize) -> Result<HeaderValue, Failure> {
+    async fn admin_create(
+        &self,
+        conn: &mut Conn,
+        i: usize,
+    ) -> Result<(HeaderValue, String), Failure> {
         let auth = [(AUTHORIZATION.as_str(), &self.admin)];
         let name = format!("agent-{i}");
         let what = format!("creating {name}: POST /api/v1/agents");
@@ -466,8 +505,9 @@ impl Creator {
             return Err(Failure::of_status(&what, &resp));
         }
         let token = expect_field(&what, &resp, "token").map_err(Failure::Fatal)?;
-        HeaderValue::from_str(&token)
-            .map_err(|_| Failure::Fatal(anyhow!("{what}: token is not a valid header value")))
+        let token = HeaderValue::from_str(&token)
+            .map_err(|_| Failure::Fatal(anyhow!("{what}: token is not a valid header value")))?;
+        Ok((token, id))
     }
 
     /// The id of the agent named `name` on the bench board (pages through the board).

@@ -33,12 +33,14 @@ pub struct Server {
 pub struct ServerConfig<'a> {
     /// Path of the `mission-control` binary.
     pub bin: &'a Path,
-    /// `--data-dir` (the SQLite database lives there).
+    /// `--data-dir` (the SQLite database lives there, unless `database_url` is set).
     pub data_dir: &'a Path,
     /// File that receives the child's stderr and stdout.
     pub log_path: &'a Path,
     /// `--admin-token`.
     pub admin_token: &'a str,
+    /// `--database-url` (PostgreSQL); `None` keeps SQLite in the data dir.
+    pub database_url: Option<&'a str>,
     /// Extra arguments appended after the standard ones.
     pub extra_args: &'a [String],
     /// How long to wait for the listening line.
@@ -64,6 +66,11 @@ impl Server {
             .arg(cfg.data_dir)
             .arg("--admin-token")
             .arg(cfg.admin_token)
+            .args(
+                cfg.database_url
+                    .iter()
+                    .flat_map(|url| ["--database-url", url]),
+            )
             .args(cfg.extra_args)
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())

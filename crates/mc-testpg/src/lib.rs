@@ -80,6 +80,11 @@ pub enum TestPgError {
         /// What it printed, and the server log when there is one.
         output: String,
     },
+    /// A server setting given to [`TestPostgres::try_start_with`] that cannot be passed on.
+    #[error(
+        "server setting {0:?} refused: names and values may hold only letters, digits and _ . - : / %"
+    )]
+    Setting(String),
     /// The server did not accept SQL.
     #[error("the throwaway PostgreSQL did not accept a statement: {0}")]
     Sql(#[from] sqlx::Error),
@@ -224,6 +229,7 @@ pub struct TestPostgres {
     tools: Tools,
     root: PathBuf,
     port: u16,
+    settings: Vec<(String, String)>,
     watchdog: Mutex<Option<Child>>,
 }
 
@@ -242,6 +248,24 @@ impl TestPostgres {
 
     /// Starts a new server.
     pub fn try_start() -> Result<Self, TestPgError> {
+        Self::try_start_with(&[])
+    }
+
+    /// Starts a new server with server settings (`name`, `value`) applied after the test
+    /// defaults, so they win over them: a benchmark wants `fsync=on` where tests want speed.
+    /// A name or value that the server's command line could not carry is refused.
+    pub fn try_start_with(settings: &[(&str, &str)]) -> Result<Self, TestPgError> {
+        for (name, value) in settings {
+            let plain = |text: &str| {
+                !text.is_empty()
+                    && text
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "_.-:/%".contains(c))
+            };
+            if !plain(name) || !plain(value) {
+                return Err(TestPgError::Setting(format!("{name}={value}")));
+            }
+        }
         let tools = Tools::locate()?;
         let root = tempfile::Builder::new()
             .prefix("mc-testpg-")
@@ -257,6 +281,10 @@ impl TestPostgres {
         let mut server = Self {
             watchdog: Mutex::new(None),
             port: 0,
+            settings: settings
+                .iter()
+                .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+                .collect(),
             root,
             tools,
         };
@@ -280,12 +308,32 @@ impl TestPostgres {
         }
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The cluster's data directory (inside [`TestPostgres::root`]).
+    pub fn data_dir(&self) -> PathBuf {
         self.root.join("data")
     }
 
-    fn log_file(&self) -> PathBuf {
+    /// The server's log file (inside [`TestPostgres::root`]).
+    pub fn log_file(&self) -> PathBuf {
         self.root.join("server.log")
+    }
+
+    /// The postmaster's process id, from `postmaster.pid`; `None` while it is not running.
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        std::fs::read_to_string(self.data_dir().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The server's major version (`PG_VERSION` of the cluster), e.g. `15`.
+    pub fn major_version(&self) -> Option<String> {
+        std::fs::read_to_string(self.data_dir().join("PG_VERSION"))
+            .ok()
+            .map(|v| v.trim().to_owned())
     }
 
     fn arm_watchdog(&self) -> Result<(), TestPgError> {
@@ -372,13 +420,16 @@ impl TestPostgres {
     fn resume_inner(&self) -> Result<(), TestPgError> {
         // Durability is not what these tests measure: fsync off makes every commit and
         // CREATE DATABASE cheap.
-        let options = format!(
+        let mut options = format!(
             "-c listen_addresses=127.0.0.1 -c port={} -c unix_socket_directories={} \
              -c max_connections=300 -c fsync=off -c synchronous_commit=off \
              -c full_page_writes=off",
             self.port,
             self.root.display()
         );
+        for (name, value) in &self.settings {
+            options.push_str(&format!(" -c {name}={value}"));
+        }
         let mut pg_ctl = self.tools.command("pg_ctl");
         pg_ctl
             .arg("start")
