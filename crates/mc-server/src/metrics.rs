@@ -293,6 +293,21 @@ pub async fn render(state: &SharedState) -> String {
 
     header(
         &mut out,
+        "mc_feed_reads_total",
+        "counter",
+        "Database reads made to follow other replicas' events: agents (one per batch of events), log (pages of missed events), reload (every agent again).",
+    );
+    let feed = state.engine.feed_reads();
+    for (read, count) in [
+        ("agents", feed.agent_reads),
+        ("log", feed.log_reads),
+        ("reload", feed.reloads),
+    ] {
+        let _ = writeln!(out, "mc_feed_reads_total{{read=\"{read}\"}} {count}");
+    }
+
+    header(
+        &mut out,
         "mc_liveness_pending_writes",
         "gauge",
         "Agents whose liveness fields wait for the next write-behind batch.",

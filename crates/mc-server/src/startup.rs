@@ -101,6 +101,17 @@ impl Server {
             .ensure_default_organization(Timestamp::now())
             .await
             .context("creating the default organisation")?;
+        // Replicas sharing the database: the follower reads the log from here, so events
+        // committed between the load and its subscription to the feed are not missed.
+        let loaded_after = match store.is_shared() {
+            true => Some(
+                store
+                    .latest_activity_id()
+                    .await
+                    .context("reading the newest event id")?,
+            ),
+            false => None,
+        };
         let agents = store.all_agents().await.context("loading agents")?;
         let jobs = store
             .unfinished_provision_jobs()
@@ -124,6 +135,9 @@ impl Server {
             tracing::info!(overridden = ?templates.overridden(), "workspace templates overridden");
         }
         let engine = Engine::new(Arc::clone(&registry), Arc::clone(&store));
+        if let Some(id) = loaded_after {
+            engine.follow_after(id);
+        }
         let state = Arc::new(AppState {
             store,
             registry,

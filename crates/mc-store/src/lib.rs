@@ -612,6 +612,9 @@ pub trait Store: Send + Sync + 'static {
         filter: ActivityFilter,
         limit: u32,
     ) -> StoreResult<Vec<ActivityEvent>>;
+    /// The id of the newest event committed, 0 when there is none: where a reader that
+    /// has just seen everything stored (e.g. read every agent) picks up the log.
+    async fn latest_activity_id(&self) -> StoreResult<i64>;
 
     /// Inserts a webhook subscription.
     async fn insert_webhook(&self, webhook: &Webhook) -> StoreResult<()>;

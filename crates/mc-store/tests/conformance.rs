@@ -766,6 +766,7 @@ async fn committed_events_are_published_in_id_order_and_readable_since_an_id(
     store: Arc<dyn Store>,
 ) {
     let (_, gw, board) = seed(&store).await;
+    let before = store.latest_activity_id().await.unwrap();
     let mut feed = store.subscribe_activity();
     let mut ids = Vec::new();
     for name in ["a", "b", "c"] {
@@ -776,7 +777,11 @@ async fn committed_events_are_published_in_id_order_and_readable_since_an_id(
             .unwrap();
         ids.push(feed.recv().await.unwrap().id);
     }
-    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(
+        before < ids[0] && ids.windows(2).all(|w| w[0] < w[1]),
+        "{ids:?}"
+    );
+    assert_eq!(store.latest_activity_id().await.unwrap(), ids[2]);
     let since = store
         .activity_since(ids[0], ActivityFilter::default(), 10)
         .await
@@ -796,6 +801,7 @@ async fn committed_events_are_published_in_id_order_and_readable_since_an_id(
             .is_err()
     );
     assert!(feed.try_recv().is_err());
+    assert_eq!(store.latest_activity_id().await.unwrap(), ids[2]);
 }
 
 async fn recorded_events_queue_deliveries_claimed_under_a_lease(store: Arc<dyn Store>) {

@@ -23,27 +23,29 @@
 //!   keep such agents under watch, to take over when the leader dies. Each replica follows
 //!   the event feed for what other replicas changed (provisioning jobs they queued or ran
 //!   included: `updating` / `deleting`, placement and `last_provision_error` show on every
-//!   replica), and looks a token it does not know up in the database once. On a database
-//!   of its own a process always leads and does none of the extra reads.
+//!   replica), in batches, catching up from the activity log when it falls behind (see
+//!   `follower`), and looks a token it does not know up in the database once. On a
+//!   database of its own a process always leads and does none of the extra reads.
 
+mod follower;
 mod registry;
 mod unknown_tokens;
 
+pub use follower::FeedReads;
 pub use registry::{AgentView, DueCheckin, LiveAgent, Registry, STATUS_COUNT, status_index};
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mc_domain::activity::{ActivityEvent, EventType};
 use mc_domain::ids::AgentId;
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
 use mc_store::Store;
-use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Mutex as AsyncMutex, watch};
 use tokio::task::JoinHandle;
 
+use self::follower::{Follower, FollowerShared};
 use self::unknown_tokens::UnknownTokens;
 
 /// The background half of the engine: the write-behind flusher and the deadline ticker.
@@ -53,6 +55,7 @@ pub struct Engine {
     flush_lock: AsyncMutex<()>,
     unknown_tokens: UnknownTokens,
     leading: AtomicBool,
+    follower: FollowerShared,
 }
 
 /// Handles of the engine's background tasks, to stop them at shutdown.
@@ -70,6 +73,7 @@ impl Engine {
             flush_lock: AsyncMutex::new(()),
             unknown_tokens: UnknownTokens::default(),
             leading: AtomicBool::new(false),
+            follower: FollowerShared::default(),
         })
     }
 
@@ -133,6 +137,22 @@ impl Engine {
         }
     }
 
+    /// The agent with this id: from memory, else as stored (created a moment ago by
+    /// another replica, not followed here yet); `None` when it is not stored.
+    pub async fn agent_by_id(
+        &self,
+        id: AgentId,
+    ) -> Result<Option<Arc<LiveAgent>>, mc_store::StoreError> {
+        if let Some(agent) = self.registry.get(id) {
+            return Ok(Some(agent));
+        }
+        let stored = self.store.stored_agents(&[id]).await?;
+        Ok(stored
+            .into_iter()
+            .next()
+            .map(|row| self.registry.upsert(row)))
+    }
+
     /// Folds the liveness log into the agents' rows; a failure is logged (the log stays
     /// and the next fold retries: nothing is lost).
     pub async fn fold_log(&self) {
@@ -172,100 +192,6 @@ impl Engine {
             }
         }
         self.registry.expire(due, now, leading && current);
-    }
-
-    /// Follows the event feed (replicas sharing the database): agents created, changed,
-    /// re-tokened or deleted by other replicas, their transitions and their provisioning
-    /// jobs, so this replica answers any request about any agent.
-    async fn follow(&self, event: ActivityEvent) {
-        // This replica's own events are in memory already (an own transition applied
-        // again could even move the status back past a newer one still being written).
-        if self.store.recorded_here(event.id) {
-            return;
-        }
-        let Some(id) = event.agent_id else {
-            return;
-        };
-        match EventType::from_wire(&event.event_type) {
-            Some(EventType::AgentDeleted) => self.registry.remove(id),
-            Some(
-                EventType::AgentCreated | EventType::AgentUpdated | EventType::AgentTokenRotated,
-            ) => match self.store.stored_agents(&[id]).await {
-                Ok(stored) => {
-                    for agent in stored {
-                        self.registry.upsert(agent);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(agent.id = %id, %error, "feed: cannot read a changed agent");
-                }
-            },
-            Some(EventType::AgentStatusChanged(to)) => {
-                self.registry
-                    .follow_transition(id, event.id, to, event.created_at);
-                let reason = event.data.as_ref().and_then(|d| d.get("reason"));
-                if let Some(reason) = reason.and_then(|r| r.as_str()) {
-                    self.registry.follow_provision_error(id, reason);
-                }
-            }
-            // Jobs queued or run elsewhere show here too; their outcome (placement,
-            // `last_provision_error`, the check-in wait) is read from the agent's row,
-            // which the same transaction (or, for the wait, an earlier one) wrote.
-            Some(EventType::ProvisionQueued) => {
-                if let Some((job, kind)) = event.provision_job() {
-                    self.registry.follow_job_queued(id, job, kind);
-                }
-            }
-            Some(EventType::ProvisionRetrying) => match self.store.stored_agents(&[id]).await {
-                Ok(stored) => {
-                    for agent in stored {
-                        self.registry.upsert(agent);
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(agent.id = %id, %error, "feed: cannot read a provisioned agent");
-                }
-            },
-            Some(EventType::ProvisionDone | EventType::ProvisionFailed) => {
-                let Some((job, _)) = event.provision_job() else {
-                    return;
-                };
-                match self.store.stored_agents(&[id]).await {
-                    Ok(stored) => {
-                        for agent in stored {
-                            self.registry.follow_job_finished(agent, job);
-                        }
-                    }
-                    Err(error) => {
-                        tracing::warn!(agent.id = %id, %error, "feed: cannot read a provisioned agent");
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-
-    /// After the feed dropped events (this replica fell behind): every agent and every
-    /// unfinished provisioning job is read again.
-    async fn resync(&self) {
-        match self.store.all_agents().await {
-            Ok(stored) => {
-                for agent in stored {
-                    self.registry.upsert(agent);
-                }
-            }
-            Err(error) => tracing::warn!(%error, "feed: cannot reload the agents"),
-        }
-        match self.store.unfinished_provision_jobs().await {
-            Ok(jobs) => {
-                let jobs: Vec<_> = jobs
-                    .iter()
-                    .map(|job| (job.agent_id, job.id, job.action.kind()))
-                    .collect();
-                self.registry.sync_jobs(&jobs);
-            }
-            Err(error) => tracing::warn!(%error, "feed: cannot reload the provisioning jobs"),
-        }
     }
 
     /// Starts the flusher, the deadline ticker and the liveness log fold.
@@ -345,25 +271,9 @@ impl Engine {
                 })
             });
         } else {
-            let engine = Arc::clone(self);
-            let mut stopped = stopped;
-            let mut feed = self.store.subscribe_activity();
-            handles.push(tokio::spawn(async move {
-                loop {
-                    let received = tokio::select! {
-                        received = feed.recv() => received,
-                        _ = stopped.changed() => break,
-                    };
-                    match received {
-                        Ok(event) => engine.follow(event).await,
-                        Err(RecvError::Lagged(missed)) => {
-                            tracing::warn!(missed, "feed: fell behind; reloading the agents");
-                            engine.resync().await;
-                        }
-                        Err(RecvError::Closed) => break,
-                    }
-                }
-            }));
+            let feed = self.store.subscribe_activity();
+            let follower = Follower::new(Arc::clone(self), feed, stopped);
+            handles.push(tokio::spawn(follower.run()));
         }
         EngineTasks { stop, handles }
     }

@@ -9,11 +9,11 @@ use mc_domain::ids::EnrollmentTokenId;
 use mc_domain::liveness::JobInProgress;
 use mc_domain::time::Timestamp;
 use mc_domain::token::{Secret, generate_agent_token};
-use mc_store::{EnrollmentSpend, ProvisionAction};
+use mc_store::{EnrollmentSpend, NewProvisionJob, ProvisionAction};
 
 use crate::error::{ApiError, ApiResult};
 use crate::liveness::LiveAgent;
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 
 /// The settings of an agent to create.
 #[derive(Debug, Clone)]
@@ -68,8 +68,13 @@ pub fn agent_event(agent: &Agent, event_type: EventType, message: String) -> New
 }
 
 /// Creates an agent on `board` with a fresh token; durable before it returns.
+///
+/// From the moment the store is asked, the create runs as a task of its own: a client
+/// that goes away drops its request's future, and that must not cut the create between
+/// the commit and the registry (the agent would be stored but unknown to this replica:
+/// its token refused, its job never handed over). The caller waits for the task.
 pub async fn create_agent(
-    state: &AppState,
+    state: &SharedState,
     board: &Board,
     new: NewAgent,
     origin: Origin,
@@ -101,8 +106,40 @@ pub async fn create_agent(
         EventType::AgentCreated,
         format!("Agent {} was created {how}.", agent.name),
     );
-    // The agent and the job that provisions it are stored in one transaction.
     let job = crate::provision::job_for(state, &agent, ProvisionAction::Create).await?;
+    let created = NewlyCreated {
+        agent,
+        token: token.clone(),
+        spend,
+        event,
+        job,
+    };
+    let live = tokio::spawn(store_new_agent(Arc::clone(state), created))
+        .await
+        .map_err(|error| ApiError::Internal(format!("the create task failed: {error}")))??;
+    Ok((live, token))
+}
+
+/// Everything a create stores and hands on.
+struct NewlyCreated {
+    agent: Agent,
+    token: Secret,
+    spend: Option<EnrollmentSpend>,
+    event: NewActivity,
+    job: Option<NewProvisionJob>,
+}
+
+/// Stores a new agent (with its first provisioning job, in one transaction), adds it to
+/// the registry and hands it to provisioning, or, when the store refuses it, leaves
+/// nothing behind. Runs as a task of its own (see [`create_agent`]).
+async fn store_new_agent(state: SharedState, new: NewlyCreated) -> ApiResult<Arc<LiveAgent>> {
+    let NewlyCreated {
+        agent,
+        token,
+        spend,
+        event,
+        job,
+    } = new;
     let job_id = match &job {
         Some(job) => {
             // The runner may claim the job the moment it is stored: its token is waiting.
@@ -127,11 +164,11 @@ pub async fn create_agent(
     let live = state.registry.insert(agent.clone(), Some(token.digest()));
     match job_id {
         Some(id) => {
-            crate::provision::queued(state, &agent, id, ProvisionAction::Create, Some(&token));
+            crate::provision::queued(&state, &agent, id, ProvisionAction::Create, Some(&token));
         }
-        None => crate::provision::await_first_checkin(state, &agent),
+        None => crate::provision::await_first_checkin(&state, &agent),
     }
-    Ok((live, token))
+    Ok(live)
 }
 
 /// The event recording that `agent` got a new token.
@@ -155,6 +192,8 @@ pub async fn rotate_token(state: &AppState, agent: &Arc<LiveAgent>) -> ApiResult
         .set_agent_token(agent.id(), token.digest(), &event)
         .await?;
     if !stored {
+        // Deleted meanwhile (e.g. on another replica): memory must not keep it either.
+        state.registry.remove(agent.id());
         return Err(ApiError::NotFound("Agent not found"));
     }
     state.registry.replace_token(agent, token.digest());

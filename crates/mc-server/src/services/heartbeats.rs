@@ -14,7 +14,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ApiResult};
 use crate::liveness::{AgentView, LiveAgent};
 use crate::services::agents::{NewAgent, Origin, create_agent, rotate_token};
-use crate::state::AppState;
+use crate::state::{AppState, SharedState};
 
 /// The agent after a heartbeat, and its new token when the heartbeat minted one.
 #[derive(Debug)]
@@ -39,7 +39,7 @@ pub fn beat(
 
 /// `POST /agents/heartbeat`: heartbeat by name, creating the agent when the caller may.
 pub async fn heartbeat_by_name(
-    state: &AppState,
+    state: &SharedState,
     caller: Caller,
     name: AgentName,
     board_id: Option<BoardId>,
@@ -60,7 +60,7 @@ pub async fn heartbeat_by_name(
 }
 
 async fn enroll(
-    state: &AppState,
+    state: &SharedState,
     secret: &Secret,
     name: AgentName,
     board_id: Option<BoardId>,
@@ -99,7 +99,7 @@ async fn enroll(
 }
 
 async fn create_by_enrollment(
-    state: &AppState,
+    state: &SharedState,
     token: &EnrollmentToken,
     name: &AgentName,
     reported: Option<ReportedHealth>,
@@ -128,9 +128,12 @@ async fn retry_enrollment(
     agent: &Agent,
     reported: Option<ReportedHealth>,
 ) -> ApiResult<HeartbeatOutcome> {
+    // Found in the store, perhaps not yet in memory: created on another replica a
+    // moment ago (the retry of a request that timed out there may come here).
     let live = state
-        .registry
-        .get(agent.id)
+        .engine
+        .agent_by_id(agent.id)
+        .await?
         .ok_or(ApiError::NotFound("Agent not found"))?;
     if agent.enrolled_via != Some(token.id) {
         return Err(ApiError::Forbidden(
@@ -149,7 +152,7 @@ async fn retry_enrollment(
 }
 
 async fn admin_heartbeat(
-    state: &AppState,
+    state: &SharedState,
     name: AgentName,
     board_id: Option<BoardId>,
     reported: Option<ReportedHealth>,
@@ -168,8 +171,9 @@ async fn admin_heartbeat(
     match (found.as_slice(), board) {
         ([agent], _) => {
             let live = state
-                .registry
-                .get(agent.id)
+                .engine
+                .agent_by_id(agent.id)
+                .await?
                 .ok_or(ApiError::NotFound("Agent not found"))?;
             Ok(beat(state, &live, reported))
         }

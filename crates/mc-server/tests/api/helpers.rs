@@ -278,6 +278,48 @@ impl TestApp {
         agent.id.to_string()
     }
 
+    /// Stores a new agent named `name` on `board_id`, as enrolled with the enrollment
+    /// token `enrollment_id` (one use spent), through a second store on the test database:
+    /// what another replica's enrollment leaves before this server has followed it.
+    /// Returns the agent's id.
+    pub async fn store_enrolled_agent(
+        &self,
+        board_id: &str,
+        gateway_id: &str,
+        name: &str,
+        enrollment_id: &str,
+    ) -> String {
+        use mc_domain::activity::{EventType, NewActivity};
+        use mc_domain::agent::{Agent, AgentName};
+        let now = Timestamp::now();
+        let token_id = enrollment_id.parse().expect("an enrollment token id");
+        let agent = Agent {
+            enrolled_via: Some(token_id),
+            ..Agent::new(
+                Some(board_id.parse().expect("a board id")),
+                gateway_id.parse().expect("a gateway id"),
+                AgentName::parse(name, "name").expect("a valid name"),
+                now,
+            )
+        };
+        let event = NewActivity {
+            event_type: EventType::AgentCreated,
+            message: format!("Agent {} was created by enrollment elsewhere.", agent.name),
+            agent_id: Some(agent.id),
+            board_id: agent.board_id,
+            data: None,
+            created_at: now,
+        };
+        let token = mc_domain::token::generate_agent_token();
+        let spend = mc_store::EnrollmentSpend { token_id, now };
+        self.second_store()
+            .await
+            .insert_agent(&agent, Some(token.digest()), Some(spend), &event)
+            .await
+            .expect("the agent is stored");
+        agent.id.to_string()
+    }
+
     async fn second_store(&self) -> std::sync::Arc<dyn mc_store::Store> {
         let mut config = ServerConfig::for_data_dir(self.data_dir.path());
         config.database_url.clone_from(&self.database_url);

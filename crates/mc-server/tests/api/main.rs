@@ -4,6 +4,7 @@
 mod agents;
 mod boards_gateways;
 mod browser;
+mod creates;
 mod dashboard;
 mod enrollment;
 mod gateway_cleanup;

@@ -1,5 +1,6 @@
 //! `/metrics`: Prometheus text with request latency by route, heartbeats, agents by status,
-//! liveness transitions, open streams and database pool use.
+//! liveness transitions, open streams, database pool use and the reads a replica makes to
+//! follow the others.
 
 use reqwest::{Method, StatusCode};
 use serde_json::json;
@@ -162,4 +163,36 @@ async fn open_event_streams_and_database_pools_are_exposed() {
         }
     }
     assert!(text.contains("mc_liveness_pending_writes "));
+}
+
+#[tokio::test]
+async fn a_replica_counts_the_reads_it_makes_to_follow_another() {
+    // Two replicas on one PostgreSQL, whatever `MC_TEST_BACKEND` says.
+    let database_url = mc_testpg::TestPostgres::shared().fresh_schema_url().await;
+    let a = TestApp::spawn_on(Some(database_url.clone()), |_| {}).await;
+    let b = TestApp::spawn_on(Some(database_url), |_| {}).await;
+    let board = a.unmanaged_board().await;
+    let agent = a.agent_with_token(&board.board_id).await;
+    eventually("B to take the agent's token", || async {
+        b.agent_heartbeat(&agent.token, None).await.status() == StatusCode::OK
+    })
+    .await;
+
+    let followed = scrape(&b).await;
+    assert!(followed.contains("# TYPE mc_feed_reads_total counter"));
+    assert!(
+        sample(&followed, "mc_feed_reads_total{read=\"agents\"}") >= 1.0,
+        "{followed}"
+    );
+    assert_eq!(
+        sample(&followed, "mc_feed_reads_total{read=\"reload\"}"),
+        0.0
+    );
+    // A replica's own events are in its memory already: nothing to read.
+    let own = scrape(&a).await;
+    assert_eq!(
+        sample(&own, "mc_feed_reads_total{read=\"agents\"}"),
+        0.0,
+        "{own}"
+    );
 }

@@ -1374,6 +1374,13 @@ impl Store for PostgresStore {
         rows.iter().map(activity_from_row).collect()
     }
 
+    async fn latest_activity_id(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM activity_events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
     fn subscribe_activity(&self) -> broadcast::Receiver<ActivityEvent> {
         self.feed.subscribe()
     }

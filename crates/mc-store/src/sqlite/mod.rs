@@ -1309,6 +1309,13 @@ impl Store for SqliteStore {
             .map_err(map_err)?;
         rows.iter().map(activity_from_row).collect()
     }
+
+    async fn latest_activity_id(&self) -> StoreResult<i64> {
+        sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM activity_events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(map_err)
+    }
 }
 
 /// Spends one use of an enrollment token, or refuses with the reason.
