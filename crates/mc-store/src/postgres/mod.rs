@@ -46,7 +46,7 @@ use tokio::sync::broadcast;
 use uuid::Uuid;
 
 use self::rows::{
-    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, BOARD_COLUMNS, CHECKIN_COLUMNS,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_ORDER, BOARD_COLUMNS, CHECKIN_COLUMNS,
     ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row, board_from_row,
     enrollment_from_row, gateway_from_row, to_timestamptz as tz,
 };
@@ -1010,21 +1010,36 @@ impl Store for PostgresStore {
         self.fetch_by_id(&sql, id.as_uuid(), agent_from_row).await
     }
 
-    async fn list_agents(
-        &self,
-        filter: AgentFilter,
-        page: PageRequest,
-    ) -> StoreResult<Page<Agent>> {
-        let listing = Listing {
-            table: AGENT_FROM,
-            columns: AGENT_COLUMNS,
-            filters: vec![
-                ("a.board_id", filter.board_id.map(|b| b.as_uuid())),
-                ("a.gateway_id", filter.gateway_id.map(|g| g.as_uuid())),
-            ],
-            order_by: "a.created_at DESC, a.id DESC",
-        };
-        self.fetch_page(listing, page, agent_from_row).await
+    async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>> {
+        let (limit, offset) = page_bounds(page);
+        let (filter, params) = where_clause(vec![
+            ("a.board_id", filter.board_id.map(|b| b.as_uuid())),
+            ("a.gateway_id", filter.gateway_id.map(|g| g.as_uuid())),
+        ]);
+        let n = params.len();
+        // The page's ids come from a listing index alone (no table row is read for the
+        // rows skipped by the offset); the settings and the liveness rows, which every
+        // write-behind batch rewrites, are read for the page's rows only.
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS}
+             FROM (SELECT a.id FROM agents a WHERE {filter}
+                   ORDER BY {AGENT_ORDER} LIMIT ${} OFFSET ${}) page
+             JOIN agents a ON a.id = page.id JOIN agent_liveness l ON l.agent_id = a.id
+             ORDER BY {AGENT_ORDER}",
+            n + 1,
+            n + 2
+        );
+        let mut query = sqlx::query(&sql);
+        for param in &params {
+            query = query.bind(param);
+        }
+        let rows = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(agent_from_row).collect()
     }
 
     async fn agents_named(
