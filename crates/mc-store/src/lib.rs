@@ -495,6 +495,14 @@ pub trait Store: Send + Sync + 'static {
     /// each request took hundreds of milliseconds at 100,000 agents, so the caller counts
     /// them in memory.
     async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>>;
+    /// The ids of the agents [`Store::list_agents`] lists, in its order, read from a
+    /// listing index alone: for the agent listing, which takes the agents themselves from
+    /// memory.
+    async fn list_agent_ids(
+        &self,
+        filter: AgentFilter,
+        page: PageRequest,
+    ) -> StoreResult<Vec<AgentId>>;
     /// Agents whose case-insensitive name key is `name_key`, on `board_id` when given.
     async fn agents_named(
         &self,

@@ -696,6 +696,31 @@ async fn agent_pages_are_newest_first_then_by_id_and_filtered(store: Arc<dyn Sto
     );
     assert_eq!(list(None, None, 200, 0).await.len(), 9);
     assert!(list(None, None, 200, 9).await.is_empty());
+    // The ids alone come in the same order, under every filter.
+    for (board_id, gateway_id, offset) in [
+        (None, None, 0),
+        (None, None, 3),
+        (Some(board), None, 1),
+        (None, Some(gw), 0),
+        (Some(other_board.id), Some(other_gateway.id), 0),
+    ] {
+        let ids = store
+            .list_agent_ids(
+                AgentFilter {
+                    board_id,
+                    gateway_id,
+                },
+                PageRequest::parse(Some(4), Some(offset)).unwrap(),
+            )
+            .await
+            .unwrap();
+        let listed: Vec<AgentId> = list(board_id, gateway_id, 4, offset)
+            .await
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, listed, "{board_id:?} {gateway_id:?} {offset}");
+    }
     // A listed agent reads as it does by id (its liveness row included).
     let listed = list(None, Some(other_gateway.id), 1, 0).await;
     assert_eq!(listed, [store.agent(elsewhere.id).await.unwrap().unwrap()]);

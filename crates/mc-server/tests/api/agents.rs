@@ -404,6 +404,34 @@ async fn listing_totals_stay_exact_through_creates_deletes_moves_and_a_board_del
 }
 
 #[tokio::test]
+async fn an_agent_stored_by_another_replica_and_not_yet_followed_is_listed_from_the_database() {
+    let app = TestApp::spawn().await;
+    let board = app.unmanaged_board().await;
+    let known = app.agent_with_token(&board.board_id).await;
+    let name = unique("elsewhere");
+    let elsewhere = app
+        .store_agent_with_create_job(&board.board_id, &board.gateway_id, &name)
+        .await;
+
+    let page = expect_json(
+        app.list_agents(&format!("board_id={}", board.board_id))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let items = page["items"].as_array().expect("items");
+    let listed: Vec<String> = items.iter().map(id_of).collect();
+    assert_eq!(
+        listed,
+        [elsewhere.clone(), known.id],
+        "newest first: {page}"
+    );
+    assert_agent_read(&items[0]);
+    assert_eq!(items[0]["name"], name.as_str());
+    assert_eq!(items[0]["board_id"], board.board_id);
+}
+
+#[tokio::test]
 async fn on_two_replicas_the_total_on_one_follows_creates_moves_and_deletes_on_the_other() {
     let database_url = TestPostgres::shared().fresh_schema_url().await;
     let a = TestApp::spawn_on(Some(database_url.clone()), |_| {}).await;

@@ -76,7 +76,7 @@ where
     row.try_get(column).map_err(map_err)
 }
 
-fn id<T: From<Uuid>>(row: &PgRow, column: &str) -> StoreResult<T> {
+pub(super) fn id<T: From<Uuid>>(row: &PgRow, column: &str) -> StoreResult<T> {
     get::<Uuid>(row, column).map(T::from)
 }
 

@@ -240,6 +240,23 @@ struct Listing<'a> {
     order_by: &'a str,
 }
 
+/// The query of the ids of one page of agents matching `filter`, newest first, and its
+/// parameters: the filter's values, to be followed by the limit and the offset. It reads
+/// a listing index alone (migration 0008): no table row for the rows the offset skips.
+fn agent_page_ids(filter: AgentFilter) -> (String, Vec<String>) {
+    let (condition, params) = where_clause(vec![
+        ("a.board_id", filter.board_id.map(|b| b.to_string())),
+        ("a.gateway_id", filter.gateway_id.map(|g| g.to_string())),
+    ]);
+    let n = params.len();
+    let sql = format!(
+        "SELECT a.id FROM agents a WHERE {condition} ORDER BY {AGENT_ORDER} LIMIT ?{} OFFSET ?{}",
+        n + 1,
+        n + 2
+    );
+    (sql, params)
+}
+
 /// The `WHERE` clause for the filters that are set, and their values in order.
 fn where_clause(filters: Vec<(&'static str, Option<String>)>) -> (String, Vec<String>) {
     let mut conditions = Vec::new();
@@ -737,26 +754,17 @@ impl Store for SqliteStore {
 
     async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>> {
         let (limit, offset) = page_bounds(page);
-        let (filter, params) = where_clause(vec![
-            ("a.board_id", filter.board_id.map(|b| b.to_string())),
-            ("a.gateway_id", filter.gateway_id.map(|g| g.to_string())),
-        ]);
-        let n = params.len();
-        // The page's ids come from a listing index alone (no table row is read for the
-        // rows skipped by the offset); the settings and the liveness rows, which every
-        // write-behind batch rewrites, are read for the page's rows only. SQLite keeps
-        // the order of a CROSS JOIN: with a plain JOIN, SQLite 3.46 (the bundled one)
-        // walks every agent in index order and looks each up in the page, to spare the
-        // final sort of the page's rows (over 100 ms at 100,000 agents).
+        let (ids, params) = agent_page_ids(filter);
+        // The settings and the liveness rows, which every write-behind batch rewrites,
+        // are read for the page's rows only, never for those the offset skips. SQLite
+        // keeps the order of a CROSS JOIN: with a plain JOIN, SQLite 3.46 (the bundled
+        // one) walks every agent in index order and looks each up in the page, to spare
+        // the final sort of the page's rows (over 100 ms at 100,000 agents).
         let sql = format!(
-            "SELECT {AGENT_COLUMNS}
-             FROM (SELECT a.id FROM agents a WHERE {filter}
-                   ORDER BY {AGENT_ORDER} LIMIT ?{} OFFSET ?{}) page
+            "SELECT {AGENT_COLUMNS} FROM ({ids}) page
              CROSS JOIN agents a ON a.id = page.id
              CROSS JOIN agent_liveness l ON l.agent_id = a.id
-             ORDER BY {AGENT_ORDER}",
-            n + 1,
-            n + 2
+             ORDER BY {AGENT_ORDER}"
         );
         let mut query = sqlx::query(&sql);
         for param in &params {
@@ -769,6 +777,28 @@ impl Store for SqliteStore {
             .await
             .map_err(map_err)?;
         rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn list_agent_ids(
+        &self,
+        filter: AgentFilter,
+        page: PageRequest,
+    ) -> StoreResult<Vec<AgentId>> {
+        let (limit, offset) = page_bounds(page);
+        let (sql, params) = agent_page_ids(filter);
+        let mut query = sqlx::query(&sql);
+        for param in &params {
+            query = query.bind(param);
+        }
+        let rows = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| rows::id(row, "id", "agents"))
+            .collect()
     }
 
     async fn agents_named(

@@ -78,7 +78,7 @@ where
     row.try_get(column).map_err(map_err)
 }
 
-fn id<T: FromStr>(row: &SqliteRow, column: &str, table: &'static str) -> StoreResult<T>
+pub(super) fn id<T: FromStr>(row: &SqliteRow, column: &str, table: &'static str) -> StoreResult<T>
 where
     T::Err: ToString,
 {
