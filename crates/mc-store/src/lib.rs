@@ -490,9 +490,19 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<i64>;
     /// An agent by id.
     async fn agent(&self, id: AgentId) -> StoreResult<Option<Agent>>;
-    /// Agents matching `filter`, newest first.
-    async fn list_agents(&self, filter: AgentFilter, page: PageRequest)
-    -> StoreResult<Page<Agent>>;
+    /// One page of the agents matching `filter`, newest first (`created_at`, then `id`,
+    /// descending), read through an index. No total: counting every matching agent on
+    /// each request took hundreds of milliseconds at 100,000 agents, so the caller counts
+    /// them in memory.
+    async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>>;
+    /// The ids of the agents [`Store::list_agents`] lists, in its order, read from a
+    /// listing index alone: for the agent listing, which takes the agents themselves from
+    /// memory.
+    async fn list_agent_ids(
+        &self,
+        filter: AgentFilter,
+        page: PageRequest,
+    ) -> StoreResult<Vec<AgentId>>;
     /// Agents whose case-insensitive name key is `name_key`, on `board_id` when given.
     async fn agents_named(
         &self,

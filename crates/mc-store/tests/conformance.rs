@@ -34,7 +34,7 @@ on_every_backend!(
     an_enrollment_use_is_spent_with_the_create_or_not_at_all,
     revoking_is_scoped_to_the_board_and_idempotent,
     liveness_batches_write_fields_and_events_in_order,
-    lists_are_paged_with_totals,
+    agent_pages_are_newest_first_then_by_id_and_filtered,
     deleting_a_board_deletes_its_agents_and_reports_them,
     a_liveness_batch_larger_than_one_statement_updates_every_agent,
     committed_events_are_published_in_id_order_and_readable_since_an_id,
@@ -622,33 +622,108 @@ async fn liveness_batches_write_fields_and_events_in_order(store: Arc<dyn Store>
     assert!(page.items.windows(2).all(|w| w[0].id > w[1].id));
 }
 
-async fn lists_are_paged_with_totals(store: Arc<dyn Store>) {
-    let (_, gw, board) = seed(&store).await;
+async fn agent_pages_are_newest_first_then_by_id_and_filtered(store: Arc<dyn Store>) {
+    let (org, gw, board) = seed(&store).await;
+    let mut on_board = Vec::new();
     for i in 0..5 {
         let mut a = agent(gw, board, &format!("a{i}"));
         a.created_at = now().plus_seconds(i);
+        on_board.push(a);
+    }
+    // Two created in the same instant: the larger id comes first.
+    for name in ["twin1", "twin2"] {
+        let mut a = agent(gw, board, name);
+        a.created_at = now().plus_seconds(10);
+        on_board.push(a);
+    }
+    let other_gateway = Gateway {
+        id: GatewayId::new(),
+        name: "gw2".into(),
+        ..store.gateway(gw).await.unwrap().unwrap()
+    };
+    store.insert_gateway(&other_gateway).await.unwrap();
+    let other_board = self::board(org, other_gateway.id, "other");
+    store.insert_board(&other_board).await.unwrap();
+    let elsewhere = agent(other_gateway.id, other_board.id, "elsewhere");
+    let mut main = common::new_agent(gw, None, "main");
+    main.created_at = now().plus_seconds(-1);
+    for a in on_board.iter().chain([&elsewhere, &main]) {
         store
-            .insert_agent(&a, None, None, &event(None))
+            .insert_agent(a, None, None, &event(Some(a.id)))
             .await
             .unwrap();
     }
-    let page = store
-        .list_agents(
-            AgentFilter {
-                board_id: Some(board),
-                gateway_id: None,
-            },
-            PageRequest::parse(Some(2), Some(1)).unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(page.total, 5);
-    let names: Vec<_> = page
-        .items
-        .iter()
-        .map(|a| a.name.as_str().to_owned())
-        .collect();
-    assert_eq!(names, ["a3", "a2"]);
+    let (twin_first, twin_second) = if on_board[5].id > on_board[6].id {
+        (on_board[5].name.as_str(), on_board[6].name.as_str())
+    } else {
+        (on_board[6].name.as_str(), on_board[5].name.as_str())
+    };
+    let names = |page: Vec<Agent>| -> Vec<String> {
+        page.iter().map(|a| a.name.as_str().to_owned()).collect()
+    };
+    let list = |board_id, gateway_id, limit, offset| {
+        let store = Arc::clone(&store);
+        async move {
+            store
+                .list_agents(
+                    AgentFilter {
+                        board_id,
+                        gateway_id,
+                    },
+                    PageRequest::parse(Some(limit), Some(offset)).unwrap(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+
+    assert_eq!(
+        names(list(Some(board), None, 4, 1).await),
+        [twin_second, "a4", "a3", "a2"]
+    );
+    assert_eq!(
+        names(list(Some(board), None, 2, 0).await),
+        [twin_first, twin_second]
+    );
+    assert_eq!(names(list(None, Some(gw), 200, 6).await), ["a0", "main"]);
+    assert_eq!(
+        names(list(Some(board), Some(other_gateway.id), 200, 0).await),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        names(list(Some(other_board.id), Some(other_gateway.id), 200, 0).await),
+        ["elsewhere"]
+    );
+    assert_eq!(list(None, None, 200, 0).await.len(), 9);
+    assert!(list(None, None, 200, 9).await.is_empty());
+    // The ids alone come in the same order, under every filter.
+    for (board_id, gateway_id, offset) in [
+        (None, None, 0),
+        (None, None, 3),
+        (Some(board), None, 1),
+        (None, Some(gw), 0),
+        (Some(other_board.id), Some(other_gateway.id), 0),
+    ] {
+        let ids = store
+            .list_agent_ids(
+                AgentFilter {
+                    board_id,
+                    gateway_id,
+                },
+                PageRequest::parse(Some(4), Some(offset)).unwrap(),
+            )
+            .await
+            .unwrap();
+        let listed: Vec<AgentId> = list(board_id, gateway_id, 4, offset)
+            .await
+            .iter()
+            .map(|a| a.id)
+            .collect();
+        assert_eq!(ids, listed, "{board_id:?} {gateway_id:?} {offset}");
+    }
+    // A listed agent reads as it does by id (its liveness row included).
+    let listed = list(None, Some(other_gateway.id), 1, 0).await;
+    assert_eq!(listed, [store.agent(elsewhere.id).await.unwrap().unwrap()]);
 }
 
 async fn deleting_a_board_deletes_its_agents_and_reports_them(store: Arc<dyn Store>) {

@@ -27,6 +27,7 @@
 //!   `follower`), and looks a token it does not know up in the database once. On a
 //!   database of its own a process always leads and does none of the extra reads.
 
+mod counts;
 mod follower;
 mod registry;
 mod unknown_tokens;

@@ -11,15 +11,18 @@ use mc_domain::ids::AgentId;
 use mc_domain::liveness::{Checkin, JobInProgress, LivenessFacts};
 use mc_domain::time::Timestamp;
 use mc_domain::token::TokenDigest;
-use mc_store::{LivenessEvent, LivenessWrite, SeenWrite, StoredAgent, Transition};
+use mc_store::{AgentFilter, LivenessEvent, LivenessWrite, SeenWrite, StoredAgent, Transition};
 use parking_lot::{Mutex, RwLock};
 use serde_json::json;
 use tokio::sync::Notify;
+
+use super::counts::{AgentCounts, Placement};
 
 /// One agent in memory: its settings (swapped whole on update) and its live state.
 #[derive(Debug)]
 pub struct LiveAgent {
     id: AgentId,
+    /// Taken before `live` where both are held.
     profile: RwLock<Arc<Agent>>,
     live: Mutex<LiveState>,
 }
@@ -185,6 +188,9 @@ pub struct Registry {
     checkins: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
     heartbeats: AtomicU64,
     transitions: [AtomicU64; STATUS_COUNT],
+    /// The agents of `by_id` by placement, each counted where its current settings place
+    /// it (see [`Registry::agent_count`]).
+    counts: Mutex<AgentCounts>,
 }
 
 /// How long a replica that does not lead waits before it looks again at an agent whose
@@ -288,6 +294,7 @@ impl Registry {
         grace_until: Option<Timestamp>,
     ) -> (Arc<LiveAgent>, bool) {
         let id = agent.id;
+        let placement = Placement::of(&agent);
         let candidate = Arc::new(LiveAgent {
             id,
             live: Mutex::new(LiveState {
@@ -314,10 +321,15 @@ impl Registry {
             }),
             profile: RwLock::new(Arc::new(agent)),
         });
+        // Counted while the entry is locked: a removal of the agent, which can only find
+        // it once the entry is released, never comes before its count.
         let live = Arc::clone(
             self.by_id
                 .entry(id)
-                .or_insert_with(|| Arc::clone(&candidate))
+                .or_insert_with(|| {
+                    self.counts.lock().add(placement);
+                    Arc::clone(&candidate)
+                })
                 .value(),
         );
         let added = Arc::ptr_eq(&live, &candidate);
@@ -332,6 +344,16 @@ impl Registry {
         let (live, _) = self.add(agent, token_digest, None);
         self.schedule(&live);
         live
+    }
+
+    /// How many agents `filter` admits (by board, gateway, both or neither), in O(1): the
+    /// agent listing's `total`. The count covers the agents this registry holds, which on
+    /// a database of its own are exactly the stored ones. With several replicas on one
+    /// PostgreSQL database, agents that another replica created, moved or deleted are
+    /// followed through the event feed, so the count is at most a feed delay (the time
+    /// until this replica has read the event) behind the database.
+    pub fn agent_count(&self, filter: AgentFilter) -> u64 {
+        self.counts.lock().count(filter)
     }
 
     /// Number of agents.
@@ -545,13 +567,15 @@ impl Registry {
         let Some(agent) = self.get(id) else {
             return;
         };
-        let profile = agent.profile();
+        // Read and replaced under one lock: a placement change swapped in meanwhile (and
+        // counted) is kept.
+        let mut profile = agent.profile.write();
         if profile.last_provision_error.as_deref() == Some(reason) {
             return;
         }
-        let mut updated = (*profile).clone();
+        let mut updated = (**profile).clone();
         updated.last_provision_error = Some(reason.to_owned());
-        *agent.profile.write() = Arc::new(updated);
+        *profile = Arc::new(updated);
     }
 
     /// Makes every agent's jobs in progress those of `unfinished` (`(agent, job, kind)`, as
@@ -990,14 +1014,24 @@ impl Registry {
         self.by_token.insert(digest, Arc::clone(agent));
     }
 
-    /// Swaps in new settings (after they were stored) and moves the deadline if the
-    /// tolerance changed.
+    /// Swaps in new settings (after they were stored), moves the agent's count if its
+    /// board or gateway changed, and moves the deadline if the tolerance changed.
     pub fn update_profile(&self, agent: &Arc<LiveAgent>, updated: Agent) {
         {
+            // The settings are swapped and the count moved under the settings' lock, so
+            // that the count always follows the settings in place (a removal takes the
+            // same lock).
+            let mut profile = agent.profile.write();
             let mut live = agent.live.lock();
             live.updated_at = live.updated_at.max(updated.updated_at);
+            if !live.removed {
+                self.counts
+                    .lock()
+                    .moved(Placement::of(&profile), Placement::of(&updated));
+            }
+            drop(live);
+            *profile = Arc::new(updated);
         }
-        *agent.profile.write() = Arc::new(updated);
         self.schedule(agent);
     }
 
@@ -1053,8 +1087,11 @@ impl Registry {
     /// Forgets a deleted agent; its token stops working at once.
     pub fn remove(&self, id: AgentId) {
         if let Some((_, agent)) = self.by_id.remove(&id) {
+            // Under the settings' lock: uncounted where the settings in place put it.
+            let profile = agent.profile.read();
             let mut live = agent.live.lock();
             live.removed = true;
+            self.counts.lock().remove(Placement::of(&profile));
             if let Some(digest) = live.token_digest.take() {
                 self.by_token.remove(&digest);
             }

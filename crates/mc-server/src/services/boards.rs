@@ -236,8 +236,7 @@ pub async fn delete_board(state: &AppState, id: BoardId) -> ApiResult<()> {
                 offset: 0,
             },
         )
-        .await?
-        .items;
+        .await?;
     let mut gateways = HashMap::new();
     for agent in &agents {
         if agent.is_mc_agent && !gateways.contains_key(&agent.gateway_id) {

@@ -1,13 +1,14 @@
 //! Agents as the admin manages them, token rotation, the activity log, and who may call
 //! the admin-only endpoints.
 
+use mc_testpg::TestPostgres;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::helpers::{
-    Auth, TestApp, agent_token_header, assert_agent_read, expect_client_error, expect_denied,
-    expect_json, expect_success, expect_validation_error, id_of, unique,
+    Auth, TestApp, agent_token_header, assert_agent_read, eventually, expect_client_error,
+    expect_denied, expect_json, expect_success, expect_validation_error, id_of, unique,
 };
 
 #[tokio::test]
@@ -327,6 +328,162 @@ async fn agents_are_listed_newest_first_and_filtered_by_board_and_gateway() {
     for item in all["items"].as_array().expect("items") {
         assert_agent_read(item);
     }
+}
+
+/// The `total` of `GET /agents?{query}` and how many agents its page lists.
+async fn total_and_listed(app: &TestApp, query: &str) -> (u64, usize) {
+    let page = expect_json(app.list_agents(query).await, StatusCode::OK).await;
+    let total = page["total"].as_u64().expect("a total");
+    (total, page["items"].as_array().expect("items").len())
+}
+
+/// The totals of `queries`, each checked against the agents its page lists (every page
+/// of these tests holds all the agents it counts).
+async fn exact_totals(app: &TestApp, queries: &[String]) -> Vec<u64> {
+    let mut totals = Vec::new();
+    for query in queries {
+        let (total, listed) = total_and_listed(app, query).await;
+        assert_eq!(usize::try_from(total).unwrap(), listed, "{query}");
+        totals.push(total);
+    }
+    totals
+}
+
+#[tokio::test]
+async fn listing_totals_stay_exact_through_creates_deletes_moves_and_a_board_deletion() {
+    let app = TestApp::spawn().await;
+    let first = app.unmanaged_board().await;
+    let second = app.unmanaged_board().await;
+    let queries = [
+        String::new(),
+        format!("board_id={}", first.board_id),
+        format!("board_id={}", second.board_id),
+        format!("gateway_id={}", first.gateway_id),
+        format!("gateway_id={}", second.gateway_id),
+        format!(
+            "board_id={}&gateway_id={}",
+            first.board_id, first.gateway_id
+        ),
+        format!(
+            "board_id={}&gateway_id={}",
+            first.board_id, second.gateway_id
+        ),
+    ];
+    let mut on_first = Vec::new();
+    for _ in 0..3 {
+        on_first.push(app.agent_with_token(&first.board_id).await.id);
+    }
+    for _ in 0..2 {
+        app.agent_with_token(&second.board_id).await;
+    }
+    assert_eq!(exact_totals(&app, &queries).await, [5, 3, 2, 3, 2, 3, 0]);
+
+    expect_success(app.delete_agent(&on_first[0]).await).await;
+    assert_eq!(exact_totals(&app, &queries).await, [4, 2, 2, 2, 2, 2, 0]);
+
+    // Moved to a board on another gateway: its board and its gateway change.
+    expect_success(
+        app.patch_agent(&on_first[1], &json!({"board_id": second.board_id}))
+            .await,
+    )
+    .await;
+    assert_eq!(exact_totals(&app, &queries).await, [4, 1, 3, 1, 3, 1, 0]);
+
+    // The first board moves to the second gateway without its agent; a new agent of
+    // the board is created on the board's new gateway.
+    expect_success(
+        app.patch_board(&first.board_id, &json!({"gateway_id": second.gateway_id}))
+            .await,
+    )
+    .await;
+    app.agent_with_token(&first.board_id).await;
+    assert_eq!(exact_totals(&app, &queries).await, [5, 2, 3, 1, 4, 1, 1]);
+
+    expect_success(app.delete_board(&second.board_id).await).await;
+    assert_eq!(exact_totals(&app, &queries).await, [2, 2, 0, 1, 1, 1, 1]);
+}
+
+#[tokio::test]
+async fn an_agent_stored_by_another_replica_and_not_yet_followed_is_listed_from_the_database() {
+    let app = TestApp::spawn().await;
+    let board = app.unmanaged_board().await;
+    let known = app.agent_with_token(&board.board_id).await;
+    let name = unique("elsewhere");
+    let elsewhere = app
+        .store_agent_with_create_job(&board.board_id, &board.gateway_id, &name)
+        .await;
+
+    let page = expect_json(
+        app.list_agents(&format!("board_id={}", board.board_id))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let items = page["items"].as_array().expect("items");
+    let listed: Vec<String> = items.iter().map(id_of).collect();
+    assert_eq!(
+        listed,
+        [elsewhere.clone(), known.id],
+        "newest first: {page}"
+    );
+    assert_agent_read(&items[0]);
+    assert_eq!(items[0]["name"], name.as_str());
+    assert_eq!(items[0]["board_id"], board.board_id);
+}
+
+#[tokio::test]
+async fn on_two_replicas_the_total_on_one_follows_creates_moves_and_deletes_on_the_other() {
+    let database_url = TestPostgres::shared().fresh_schema_url().await;
+    let a = TestApp::spawn_on(Some(database_url.clone()), |_| {}).await;
+    let b = TestApp::spawn_on(Some(database_url), |_| {}).await;
+    let first = a.unmanaged_board().await;
+    let second = a.board_on(&first.gateway_id).await;
+    let totals_on_b = || async {
+        [
+            total_and_listed(&b, "").await.0,
+            total_and_listed(&b, &format!("board_id={}", first.board_id))
+                .await
+                .0,
+            total_and_listed(&b, &format!("board_id={second}")).await.0,
+        ]
+    };
+    assert_eq!(totals_on_b().await, [0, 0, 0]);
+
+    let mut created = Vec::new();
+    for _ in 0..3 {
+        created.push(a.agent_with_token(&first.board_id).await.id);
+    }
+    eventually("B to count A's creates", || async {
+        totals_on_b().await == [3, 3, 0]
+    })
+    .await;
+
+    expect_success(
+        a.patch_agent(&created[0], &json!({"board_id": second}))
+            .await,
+    )
+    .await;
+    eventually("B to count the move", || async {
+        totals_on_b().await == [3, 2, 1]
+    })
+    .await;
+
+    expect_success(a.delete_agent(&created[1]).await).await;
+    eventually("B to count the delete", || async {
+        totals_on_b().await == [2, 1, 1]
+    })
+    .await;
+
+    expect_success(a.delete_board(&second).await).await;
+    eventually("B to count the board's deletion", || async {
+        totals_on_b().await == [1, 1, 0]
+    })
+    .await;
+    // Settled: B's totals count what B lists.
+    assert_eq!(
+        exact_totals(&b, &[String::new(), format!("board_id={}", first.board_id)]).await,
+        [1, 1]
+    );
 }
 
 #[tokio::test]

@@ -408,6 +408,44 @@ async fn the_fleet_overview_counts_by_status_and_lists_every_agent() {
     );
 }
 
+/// The agent count the boards page shows in the row of board `board_id`.
+fn listed_agent_count(html: &str, board_id: &str) -> String {
+    let row_start = html
+        .find(&format!("href=\"/boards/{board_id}\""))
+        .unwrap_or_else(|| panic!("board {board_id} is listed: {html}"));
+    let row = &html[row_start..];
+    let row = &row[..row.find("</tr>").expect("the row ends")];
+    let cell = "data-label=\"Agents\">";
+    let count = &row[row.find(cell).expect("an agents cell") + cell.len()..];
+    count[..count.find('<').expect("the cell ends")].to_owned()
+}
+
+#[tokio::test]
+async fn the_boards_page_counts_each_boards_agents_as_they_come_move_and_go() {
+    let app = TestApp::spawn().await;
+    let first = app.unmanaged_board().await;
+    let second = app.unmanaged_board().await;
+    let moving = app.agent_with_token(&first.board_id).await;
+    let leaving = app.agent_with_token(&first.board_id).await;
+    app.agent_with_token(&second.board_id).await;
+    let mut browser = Browser::signed_in(&app).await;
+    let counts = |html: &str| {
+        [
+            listed_agent_count(html, &first.board_id),
+            listed_agent_count(html, &second.board_id),
+        ]
+    };
+    assert_eq!(counts(&browser.get("/boards").await.html), ["2", "1"]);
+
+    expect_success(
+        app.patch_agent(&moving.id, &json!({"board_id": second.board_id}))
+            .await,
+    )
+    .await;
+    expect_success(app.delete_agent(&leaving.id).await).await;
+    assert_eq!(counts(&browser.get("/boards").await.html), ["0", "2"]);
+}
+
 #[tokio::test]
 async fn the_overview_filters_by_board_status_and_name() {
     let app = TestApp::spawn().await;

@@ -43,6 +43,10 @@ pub(super) const CHECKIN_COLUMNS: &str =
 /// The join that [`AGENT_COLUMNS`] reads from.
 pub(super) const AGENT_FROM: &str = "agents a JOIN agent_liveness l ON l.agent_id = a.id";
 
+/// The order agents are listed in: newest first, ties broken by id (the order of the
+/// listing indexes, so a page is read from one of them without a sort).
+pub(super) const AGENT_ORDER: &str = "a.created_at DESC, a.id DESC";
+
 pub(super) const ACTIVITY_COLUMNS: &str =
     "id, event_type, message, agent_id, board_id, data::text AS data, created_at";
 
@@ -72,7 +76,7 @@ where
     row.try_get(column).map_err(map_err)
 }
 
-fn id<T: From<Uuid>>(row: &PgRow, column: &str) -> StoreResult<T> {
+pub(super) fn id<T: From<Uuid>>(row: &PgRow, column: &str) -> StoreResult<T> {
     get::<Uuid>(row, column).map(T::from)
 }
 

@@ -33,7 +33,7 @@ use sqlx::{Row as _, Sqlite, SqlitePool, Transaction};
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard, broadcast};
 
 use self::rows::{
-    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, BOARD_COLUMNS,
+    ACTIVITY_COLUMNS, AGENT_COLUMNS, AGENT_FROM, AGENT_INSERT_COLUMNS, AGENT_ORDER, BOARD_COLUMNS,
     CHECKIN_COLUMNS, ENROLLMENT_COLUMNS, GATEWAY_COLUMNS, activity_from_row, agent_from_row,
     board_from_row, enrollment_from_row, gateway_from_row,
 };
@@ -238,6 +238,23 @@ struct Listing<'a> {
     columns: &'a str,
     filters: Vec<(&'static str, Option<String>)>,
     order_by: &'a str,
+}
+
+/// The query of the ids of one page of agents matching `filter`, newest first, and its
+/// parameters: the filter's values, to be followed by the limit and the offset. It reads
+/// a listing index alone (migration 0008): no table row for the rows the offset skips.
+fn agent_page_ids(filter: AgentFilter) -> (String, Vec<String>) {
+    let (condition, params) = where_clause(vec![
+        ("a.board_id", filter.board_id.map(|b| b.to_string())),
+        ("a.gateway_id", filter.gateway_id.map(|g| g.to_string())),
+    ]);
+    let n = params.len();
+    let sql = format!(
+        "SELECT a.id FROM agents a WHERE {condition} ORDER BY {AGENT_ORDER} LIMIT ?{} OFFSET ?{}",
+        n + 1,
+        n + 2
+    );
+    (sql, params)
 }
 
 /// The `WHERE` clause for the filters that are set, and their values in order.
@@ -735,21 +752,53 @@ impl Store for SqliteStore {
         self.fetch_by_id(&sql, id.to_string(), agent_from_row).await
     }
 
-    async fn list_agents(
+    async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>> {
+        let (limit, offset) = page_bounds(page);
+        let (ids, params) = agent_page_ids(filter);
+        // The settings and the liveness rows, which every write-behind batch rewrites,
+        // are read for the page's rows only, never for those the offset skips. SQLite
+        // keeps the order of a CROSS JOIN: with a plain JOIN, SQLite 3.46 (the bundled
+        // one) walks every agent in index order and looks each up in the page, to spare
+        // the final sort of the page's rows (over 100 ms at 100,000 agents).
+        let sql = format!(
+            "SELECT {AGENT_COLUMNS} FROM ({ids}) page
+             CROSS JOIN agents a ON a.id = page.id
+             CROSS JOIN agent_liveness l ON l.agent_id = a.id
+             ORDER BY {AGENT_ORDER}"
+        );
+        let mut query = sqlx::query(&sql);
+        for param in &params {
+            query = query.bind(param);
+        }
+        let rows = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    async fn list_agent_ids(
         &self,
         filter: AgentFilter,
         page: PageRequest,
-    ) -> StoreResult<Page<Agent>> {
-        let listing = Listing {
-            table: AGENT_FROM,
-            columns: AGENT_COLUMNS,
-            filters: vec![
-                ("a.board_id", filter.board_id.map(|b| b.to_string())),
-                ("a.gateway_id", filter.gateway_id.map(|g| g.to_string())),
-            ],
-            order_by: "a.created_at DESC, a.id DESC",
-        };
-        self.fetch_page(listing, page, agent_from_row).await
+    ) -> StoreResult<Vec<AgentId>> {
+        let (limit, offset) = page_bounds(page);
+        let (sql, params) = agent_page_ids(filter);
+        let mut query = sqlx::query(&sql);
+        for param in &params {
+            query = query.bind(param);
+        }
+        let rows = query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|row| rows::id(row, "id", "agents"))
+            .collect()
     }
 
     async fn agents_named(
