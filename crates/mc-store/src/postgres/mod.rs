@@ -1280,7 +1280,7 @@ impl Store for PostgresStore {
     }
 
     async fn compact_liveness_log(&self) -> StoreResult<LogCompaction> {
-        // Seen heartbeats are written to the rows at once (see `write_seen`): no log.
+        // Seen heartbeats are written to the rows at once (see `write_rows`): no log.
         Ok(LogCompaction::default())
     }
 
