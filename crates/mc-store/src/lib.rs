@@ -786,7 +786,8 @@ mod liveness_columns {
     }
 }
 
-/// The liveness log's row format and the fold of its rows, for both backends.
+/// The liveness log's row format and the fold of its rows (SQLite's: PostgreSQL writes
+/// plain heartbeats to the rows, which other replicas read).
 ///
 /// A row's `entries` blob is a sequence of fixed-size records, one per heartbeat: the
 /// agent's UUID (16 bytes), then `last_seen_at` and `updated_at` as milliseconds since
@@ -804,12 +805,10 @@ pub(crate) mod liveness_log {
     /// Bytes per record.
     const RECORD: usize = 32;
 
-    /// Agent rows updated per statement when the log is folded (three parameters each).
-    pub(crate) const ROWS_PER_STATEMENT: usize = 2000;
-
-    /// Statements per transaction when the log is folded: short transactions, so the
-    /// write-behind batches are not held up behind a long fold.
-    pub(crate) const STATEMENTS_PER_TRANSACTION: usize = 2;
+    /// Agent rows updated per transaction (one statement, three parameters each) when the
+    /// log is folded: a chunk holds the single writer for milliseconds, so the write-behind
+    /// batches are not held up behind a fold of the whole fleet.
+    pub(crate) const AGENTS_PER_TRANSACTION: usize = 2000;
 
     /// The blob for `seen`.
     pub(crate) fn encode(seen: &[SeenWrite]) -> Vec<u8> {

@@ -59,7 +59,7 @@ on_shared_backend!(
 
 /// Two stores on one fresh schema of the throwaway PostgreSQL server, as two replicas.
 #[tokio::test]
-async fn shared_two_replicas_crossing_liveness_batches_never_deadlock() {
+async fn on_postgres_two_replicas_crossing_liveness_batches_never_deadlock() {
     let url = TestPostgres::shared().fresh_schema_url().await;
     let first = PostgresStore::open(&url).await.unwrap();
     let second = PostgresStore::open(&url).await.unwrap();
@@ -1388,5 +1388,109 @@ async fn two_replicas_crossing_liveness_batches_never_deadlock(
     for stored in first.all_agents().await.unwrap() {
         assert_eq!(stored.agent.last_seen_at, Some(newest));
         assert_eq!(stored.agent.reported_health, Some(ReportedHealth::Degraded));
+    }
+}
+
+/// A fold of more agents than one of its transactions takes (2,000) fails in its second
+/// transaction (a trigger refuses one agent's row): the first transaction's rows stay
+/// written, the log keeps every row, so nothing is lost; batches written before the next
+/// fold are newer, and that fold completes without moving any row back.
+#[tokio::test]
+async fn on_sqlite_a_fold_that_fails_part_way_keeps_its_log_and_the_next_one_completes_it() {
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, true).await.unwrap());
+    let (_, gw, board) = seed(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..2_500 {
+        let a = agent(gw, board, &format!("a{i}"));
+        store
+            .insert_agent(&a, None, None, &event(None))
+            .await
+            .unwrap();
+        ids.push(a.id);
+    }
+    ids.sort();
+    let (t1, t2, t3) = (
+        now().plus_seconds(1),
+        now().plus_seconds(2),
+        now().plus_seconds(3),
+    );
+    let plain = |at: Timestamp| -> Vec<SeenWrite> {
+        ids.iter()
+            .map(|id| seen_reporting(*id, at, ReportedHealth::Healthy))
+            .collect()
+    };
+    store.apply_liveness(&[], &plain(t1), &[]).await.unwrap();
+    // The last agent (by id, so in the second transaction) heartbeated once more, at a
+    // time its row refuses.
+    let refused = now().plus_millis(1_500);
+    let last = *ids.last().unwrap();
+    store
+        .apply_liveness(
+            &[],
+            &[seen_reporting(last, refused, ReportedHealth::Healthy)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut admin = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE OF last_seen_at ON agent_liveness
+         WHEN NEW.last_seen_at = {} BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        refused.as_millis()
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let count_log = "SELECT count(*) FROM agent_liveness_log";
+
+    assert!(store.compact_liveness_log().await.is_err());
+    let log_rows: i64 = sqlx::query_scalar(count_log)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(log_rows, 2, "the log is kept");
+    let rows = store.stored_agents(&ids).await.unwrap();
+    let row_of = |rows: &[mc_store::StoredAgent], id: AgentId| {
+        rows.iter()
+            .find(|s| s.agent.id == id)
+            .unwrap()
+            .agent
+            .last_seen_at
+    };
+    assert_eq!(row_of(&rows, ids[0]), Some(t1), "first transaction written");
+    assert_eq!(row_of(&rows, last), None, "second transaction undone");
+    for stored in store.all_agents().await.unwrap() {
+        let expected = if stored.agent.id == last { refused } else { t1 };
+        assert_eq!(stored.agent.last_seen_at, Some(expected));
+    }
+
+    // Newer heartbeats meanwhile: plain ones of everyone, a full write of the first agent.
+    store
+        .apply_liveness(
+            &[seen_write(ids[0], t3, ReportedHealth::Degraded)],
+            &plain(t2)[1..],
+            &[],
+        )
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER refuse_one")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let folded = store.compact_liveness_log().await.unwrap();
+    assert_eq!((folded.batches, folded.agents), (3, 2_500));
+    let log_rows: i64 = sqlx::query_scalar(count_log)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(log_rows, 0);
+    let rows = store.stored_agents(&ids).await.unwrap();
+    assert_eq!(row_of(&rows, ids[0]), Some(t3), "never moved back");
+    for id in &ids[1..] {
+        assert_eq!(row_of(&rows, *id), Some(t2));
     }
 }

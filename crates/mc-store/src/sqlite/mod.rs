@@ -199,18 +199,24 @@ impl SqliteStore {
         Self::open(url, true).await.map(|_| ())
     }
 
-    /// Every heartbeat in the liveness log, folded to each agent's latest.
+    /// Every heartbeat in the liveness log, folded to each agent's latest. The decoding runs
+    /// on a blocking thread: a log of half a million records takes tens of milliseconds of
+    /// CPU, which would otherwise stall one of the runtime's workers (heartbeats included).
     async fn read_liveness_log(&self) -> StoreResult<liveness_log::Fold> {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT seq, entries FROM agent_liveness_log ORDER BY seq")
                 .fetch_all(&self.reader)
                 .await
                 .map_err(map_err)?;
-        let mut fold = liveness_log::Fold::default();
-        for (seq, blob) in &rows {
-            fold.add(*seq, blob)?;
-        }
-        Ok(fold)
+        tokio::task::spawn_blocking(move || {
+            let mut fold = liveness_log::Fold::default();
+            for (seq, blob) in &rows {
+                fold.add(*seq, blob)?;
+            }
+            Ok(fold)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("folding the liveness log: {e}")))?
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
@@ -1052,37 +1058,41 @@ impl Store for SqliteStore {
         let Some(&last_seq) = fold.seqs.last() else {
             return Ok(LogCompaction::default());
         };
+        let rows = fold.sorted();
         let mut agents = 0;
-        let per_transaction =
-            liveness_log::ROWS_PER_STATEMENT * liveness_log::STATEMENTS_PER_TRANSACTION;
-        for rows in fold.sorted().chunks(per_transaction) {
-            let mut tx = self.begin().await?;
-            for chunk in rows.chunks(liveness_log::ROWS_PER_STATEMENT) {
-                let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-                let sql = format!(
-                    "WITH v (id, last_seen_at, updated_at) AS (VALUES {values})
-                     UPDATE agent_liveness
-                       SET last_seen_at = max(coalesce(agent_liveness.last_seen_at,
-                                                       v.last_seen_at), v.last_seen_at),
-                           updated_at = max(agent_liveness.updated_at, v.updated_at)
-                     FROM v WHERE agent_liveness.agent_id = v.id"
-                );
-                let mut query = sqlx::query(&sql);
-                for (id, seen, updated) in chunk {
-                    query = query
-                        .bind(id.to_string())
-                        .bind(ms(*seen))
-                        .bind(ms(*updated));
-                }
-                agents += query
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?
-                    .rows_affected();
+        // One short transaction per chunk, its statement bound before the writer is taken:
+        // the write-behind batches (and the events they record) get the writer between
+        // chunks, so a fold of the whole fleet never holds them up by more than one chunk.
+        // A fold that fails part way leaves the log in place; the next one applies it
+        // again, which changes nothing where it already did (rows only move forward).
+        for chunk in rows.chunks(liveness_log::AGENTS_PER_TRANSACTION) {
+            let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH v (id, last_seen_at, updated_at) AS (VALUES {values})
+                 UPDATE agent_liveness
+                   SET last_seen_at = max(coalesce(agent_liveness.last_seen_at,
+                                                   v.last_seen_at), v.last_seen_at),
+                       updated_at = max(agent_liveness.updated_at, v.updated_at)
+                 FROM v WHERE agent_liveness.agent_id = v.id"
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, seen, updated) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(ms(*seen))
+                    .bind(ms(*updated));
             }
+            let mut tx = self.begin().await?;
+            agents += query
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
             tx.commit().await.map_err(map_err)?;
         }
-        // One writer: every row up to the last one read was committed before the read.
+        // Only now, with every heartbeat they hold in the rows, do the log rows go. One
+        // writer: every row up to the last one read was committed before the read, and
+        // rows appended since have higher numbers.
         sqlx::query("DELETE FROM agent_liveness_log WHERE seq <= ?")
             .bind(last_seq)
             .execute(&self.writer)
