@@ -2,8 +2,10 @@
 //!
 //! Configured on purpose: WAL journal, `synchronous=NORMAL`, `foreign_keys=ON`, a busy
 //! timeout, a page cache sized for a large fleet, one writer connection (SQLite allows one writer at a time; a single pooled
-//! connection turns lock contention into an orderly queue) and a small reader pool.
+//! connection turns lock contention into an orderly queue) that leaves WAL checkpoints to
+//! a connection of its own (every second: see `checkpoints`) and a small reader pool.
 
+mod checkpoints;
 mod provision_jobs;
 mod rows;
 mod webhooks;
@@ -62,6 +64,7 @@ pub struct SqliteStore {
     /// Held from the start of a transaction that records events until those events are
     /// on the feed, so the feed carries events in id order.
     publish_turn: Arc<AsyncMutex<()>>,
+    _checkpointer: Arc<checkpoints::Checkpointer>,
 }
 
 /// A write transaction that records activity events and publishes them on the store's
@@ -151,10 +154,6 @@ impl SqliteStore {
             // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the page
             // cache: 16 MiB per connection (negative means KiB).
             .pragma("cache_size", "-16384")
-            // Heartbeat batches rewrite the same pages again and again; checkpointing
-            // every 16,384 WAL pages (64 MiB) instead of 1,000 copies each page to the
-            // database file far less often.
-            .pragma("wal_autocheckpoint", "16384")
             .pragma("temp_store", "memory");
         let filename = base.get_filename().to_owned();
         if !create_if_missing && !filename.exists() {
@@ -171,14 +170,23 @@ impl SqliteStore {
                 parent.display()
             )));
         }
+        // The writer leaves checkpoints to `checkpoints`, which keeps the WAL at about a
+        // second of writes; only if that stopped working would the WAL reach the writer's
+        // own threshold (65,536 pages, 256 MiB).
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.clone().create_if_missing(create_if_missing))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(create_if_missing)
+                    .pragma("wal_autocheckpoint", "65536"),
+            )
             .await
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
         let store_migrations = MIGRATOR.run(&writer).await;
         store_migrations.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        let checkpointer =
+            checkpoints::start(base.clone().pragma("wal_autocheckpoint", "0")).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -191,6 +199,7 @@ impl SqliteStore {
             reader,
             feed,
             publish_turn: Arc::new(AsyncMutex::new(())),
+            _checkpointer: Arc::new(checkpointer),
         })
     }
 
