@@ -449,10 +449,11 @@ async fn lock_rows_for_transitions(
 /// heartbeat newer than the stored one ends the stored wait (the heartbeat is the
 /// check-in); the published status becomes the accepted transition's `to`.
 ///
-/// The rows are read in agent-id order (the sorted `v`, joined by merge join or by index
-/// lookups: hash joins and sequential scans, which would take the table's physical order,
-/// are switched off for the statement), so two replicas' batches lock shared rows in the
-/// same order and cannot deadlock, without a locking read before the write.
+/// Unless the batch `locked` its rows already, the rows are locked as the statement reaches
+/// them, in agent-id order (the sorted `v`, joined by merge join or by index lookups: hash
+/// joins and sequential scans, which can take the table's physical order, are switched off
+/// for the statement), so two replicas' batches lock shared rows in the same order and
+/// cannot deadlock, without a locking read before the write.
 async fn write_rows(
     tx: &mut Transaction<'_, Postgres>,
     rows: &[RowWrite<'_>],
