@@ -4,10 +4,10 @@
 //! threshold, on that commit's connection: here the one writer, so every write queued behind
 //! it (the write-behind batches, and the transition events they record) waits while tens of
 //! megabytes are copied into the database file and synced (80–380 ms per 64 MiB at 100,000
-//! agents on a shared two-core machine). Instead a connection of its own checkpoints every
+//! agents on a shared two-core machine). Here a connection of its own checkpoints every
 //! second, in `PASSIVE` mode: it never waits for the writer or the readers, and they never
-//! wait for it. The writer starts the WAL over once a checkpoint has copied all of it, so
-//! the WAL stays about one second of writes long, far below the writer's own threshold.
+//! wait for it. What the writer's own checkpoint (at its threshold) still finds to copy is
+//! at most a second of writes.
 
 use std::time::Duration;
 

@@ -2,8 +2,9 @@
 //!
 //! Configured on purpose: WAL journal, `synchronous=NORMAL`, `foreign_keys=ON`, a busy
 //! timeout, a page cache sized for a large fleet, one writer connection (SQLite allows one writer at a time; a single pooled
-//! connection turns lock contention into an orderly queue) that leaves WAL checkpoints to
-//! a connection of its own (every second: see `checkpoints`) and a small reader pool.
+//! connection turns lock contention into an orderly queue) that leaves the copying of WAL
+//! checkpoints to a connection of its own (every second: see `checkpoints`) and a small
+//! reader pool.
 
 mod checkpoints;
 mod provision_jobs;
@@ -170,16 +171,18 @@ impl SqliteStore {
                 parent.display()
             )));
         }
-        // The writer leaves checkpoints to `checkpoints`, which keeps the WAL at about a
-        // second of writes; only if that stopped working would the WAL reach the writer's
-        // own threshold (65,536 pages, 256 MiB).
+        // The writer leaves the copying to `checkpoints`, which copies every second what was
+        // written. Its own checkpoint, once the WAL is over 16,384 pages (64 MiB), finds
+        // little left to copy; it is kept because only a writer starts the WAL over, and
+        // under a steady stream of readers it gets the chance only by trying at every
+        // commit, as it does once over the threshold.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(
                 base.clone()
                     .create_if_missing(create_if_missing)
-                    .pragma("wal_autocheckpoint", "65536"),
+                    .pragma("wal_autocheckpoint", "16384"),
             )
             .await
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
