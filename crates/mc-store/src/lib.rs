@@ -177,16 +177,27 @@ pub(crate) fn accepted_events<'a>(
         .collect()
 }
 
-/// A heartbeat that changed nothing but an agent's `last_seen_at` and `updated_at`: the
-/// common case, appended to the liveness log (one row per batch) instead of updating the
-/// agent's row. Reads that go through [`Store::all_agents`] see it at once; the agents'
-/// rows catch up when [`Store::compact_liveness_log`] folds the log into them.
+/// A heartbeat that changed nothing but an agent's `last_seen_at` and `updated_at`, as far
+/// as the process that received it knows: the common case, cheaper to write than a
+/// [`LivenessWrite`].
+///
+/// An unshared store appends it to the liveness log (one row per batch) instead of updating
+/// the agent's row, without the health (the row holds the one this process wrote); reads
+/// that go through [`Store::all_agents`] see it at once, and the rows catch up when
+/// [`Store::compact_liveness_log`] folds the log into them. A shared store writes it to the
+/// row at once, where the newest heartbeat wins: another replica may have written a newer
+/// or an older heartbeat, with another health, so a newer one brings its health and ends a
+/// check-in wait stored before it (the heartbeat is the check-in), an older one changes
+/// nothing but a later `updated_at`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SeenWrite {
     /// The agent.
     pub agent_id: AgentId,
     /// Its last heartbeat.
     pub last_seen_at: Timestamp,
+    /// The health it reported (with its last heartbeat or an earlier one); `None` when read
+    /// back from the liveness log, which does not keep it.
+    pub reported_health: Option<ReportedHealth>,
     /// Its `updated_at`.
     pub updated_at: Timestamp,
 }
@@ -549,11 +560,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_agent(&self, id: AgentId, event: &NewActivity) -> StoreResult<bool>;
 
     /// Writes a batch of liveness changes and events in one transaction: `writes` update
-    /// the agents' rows, `seen` heartbeats (times only) are appended to the liveness log as
-    /// one row, or written to the rows at once by a shared store (whose rows other replicas
-    /// read). `last_seen_at` never moves backwards (a replica's older write loses to a newer
-    /// one), and each agent's transitions are recorded only when its stored published status
-    /// is the one the first starts from (see [`Transition`]).
+    /// the agents' rows, `seen` heartbeats are appended to the liveness log as one row, or
+    /// written to the rows at once by a shared store (whose rows other replicas read; see
+    /// [`SeenWrite`]). `last_seen_at` never moves backwards and the reported health goes
+    /// with the newest heartbeat (a replica's older write loses to a newer one), and each
+    /// agent's transitions are recorded only when its stored published status is the one
+    /// the first starts from (see [`Transition`]). Two replicas' batches never deadlock.
     async fn apply_liveness(
         &self,
         writes: &[LivenessWrite],
@@ -787,7 +799,8 @@ mod liveness_columns {
     }
 }
 
-/// The liveness log's row format and the fold of its rows, for both backends.
+/// The liveness log's row format and the fold of its rows (SQLite's: PostgreSQL writes
+/// plain heartbeats to the rows, which other replicas read).
 ///
 /// A row's `entries` blob is a sequence of fixed-size records, one per heartbeat: the
 /// agent's UUID (16 bytes), then `last_seen_at` and `updated_at` as milliseconds since
@@ -805,12 +818,10 @@ pub(crate) mod liveness_log {
     /// Bytes per record.
     const RECORD: usize = 32;
 
-    /// Agent rows updated per statement when the log is folded (three parameters each).
-    pub(crate) const ROWS_PER_STATEMENT: usize = 2000;
-
-    /// Statements per transaction when the log is folded: short transactions, so the
-    /// write-behind batches are not held up behind a long fold.
-    pub(crate) const STATEMENTS_PER_TRANSACTION: usize = 2;
+    /// Agent rows updated per transaction (one statement, three parameters each) when the
+    /// log is folded: a chunk holds the single writer for milliseconds, so the write-behind
+    /// batches are not held up behind a fold of the whole fleet.
+    pub(crate) const AGENTS_PER_TRANSACTION: usize = 2000;
 
     /// The blob for `seen`.
     pub(crate) fn encode(seen: &[SeenWrite]) -> Vec<u8> {
@@ -844,6 +855,7 @@ pub(crate) mod liveness_log {
             SeenWrite {
                 agent_id: AgentId::from_uuid(Uuid::from_bytes(uuid)),
                 last_seen_at: millis(seen),
+                reported_health: None,
                 updated_at: millis(updated),
             }
         }))
@@ -907,6 +919,7 @@ pub(crate) mod liveness_log {
             SeenWrite {
                 agent_id: AgentId::new(),
                 last_seen_at: Timestamp::from_millis(seen),
+                reported_health: None,
                 updated_at: Timestamp::from_millis(updated),
             }
         }

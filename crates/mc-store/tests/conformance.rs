@@ -49,7 +49,22 @@ on_every_backend!(
     due_check_in_waits_are_read_back_earliest_first,
     logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows,
     a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents,
+    a_plain_heartbeat_is_written_with_the_transition_of_its_batch,
 );
+
+on_shared_backend!(
+    shared_plain_heartbeats_carry_their_health_and_only_the_newest_applies,
+    shared_a_newer_plain_heartbeat_ends_a_stored_check_in_wait_and_an_older_one_does_not,
+);
+
+/// Two stores on one fresh schema of the throwaway PostgreSQL server, as two replicas.
+#[tokio::test]
+async fn on_postgres_two_replicas_crossing_liveness_batches_never_deadlock() {
+    let url = TestPostgres::shared().fresh_schema_url().await;
+    let first = PostgresStore::open(&url).await.unwrap();
+    let second = PostgresStore::open(&url).await.unwrap();
+    two_replicas_crossing_liveness_batches_never_deadlock(Arc::new(first), Arc::new(second)).await;
+}
 
 async fn due_check_in_waits_are_read_back_earliest_first(store: Arc<dyn Store>) {
     let (_, gw, board) = seed(&store).await;
@@ -1073,9 +1088,15 @@ async fn the_provision_error_is_set_and_cleared_on_its_own(store: Arc<dyn Store>
 }
 
 fn seen(agent: &Agent, at: mc_domain::time::Timestamp) -> SeenWrite {
+    seen_reporting(agent.id, at, ReportedHealth::Healthy)
+}
+
+/// A plain heartbeat of `agent` at `at` (health `health`, as the replica knows it).
+fn seen_reporting(agent: AgentId, at: Timestamp, health: ReportedHealth) -> SeenWrite {
     SeenWrite {
-        agent_id: agent.id,
+        agent_id: agent,
         last_seen_at: at,
+        reported_health: Some(health),
         updated_at: at,
     }
 }
@@ -1185,4 +1206,372 @@ async fn a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents(stor
     assert_eq!(row.last_seen_at, Some(late));
     assert_eq!(row.updated_at, late);
     assert_eq!(row.reported_health, Some(ReportedHealth::Degraded));
+}
+
+async fn a_plain_heartbeat_is_written_with_the_transition_of_its_batch(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    // Offline and back within one write-behind window: the row fields end as they were
+    // written, so the heartbeat is a plain one, in the batch of the transitions.
+    let t1 = now().plus_seconds(1);
+    let outcome = store
+        .apply_liveness(
+            &[],
+            &[seen(&a, t1)],
+            &[transition(
+                a.id,
+                AgentStatus::Provisioning,
+                AgentStatus::Healthy,
+            )],
+        )
+        .await
+        .unwrap();
+    assert_eq!(outcome.recorded.len(), 1);
+    assert!(outcome.refused.is_empty());
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(stored[0].agent.last_seen_at, Some(t1));
+    assert_eq!(stored[0].agent.published_status, AgentStatus::Healthy);
+}
+
+async fn shared_plain_heartbeats_carry_their_health_and_only_the_newest_applies(
+    store: Arc<dyn Store>,
+) {
+    let (_, gw, board) = seed(&store).await;
+    let a = agent(gw, board, "a");
+    store
+        .insert_agent(&a, None, None, &event(Some(a.id)))
+        .await
+        .unwrap();
+    let (t10, t20, t30) = (
+        now().plus_seconds(10),
+        now().plus_seconds(20),
+        now().plus_seconds(30),
+    );
+    // Replica B wrote a degraded heartbeat of t20; replica A's plain heartbeat of t10
+    // (healthy as A knows the agent) arrives after it.
+    store
+        .apply_liveness(&[seen_write(a.id, t20, ReportedHealth::Degraded)], &[], &[])
+        .await
+        .unwrap();
+    store
+        .apply_liveness(
+            &[],
+            &[seen_reporting(a.id, t10, ReportedHealth::Healthy)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.last_seen_at,
+            stored.reported_health,
+            stored.updated_at
+        ),
+        (Some(t20), Some(ReportedHealth::Degraded), t20)
+    );
+    // A's next plain heartbeat is the newest: its health replaces B's.
+    store
+        .apply_liveness(
+            &[],
+            &[seen_reporting(a.id, t30, ReportedHealth::Healthy)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            stored.last_seen_at,
+            stored.reported_health,
+            stored.updated_at
+        ),
+        (Some(t30), Some(ReportedHealth::Healthy), t30)
+    );
+    // And B's plain heartbeat of t20, late, changes nothing.
+    store
+        .apply_liveness(
+            &[],
+            &[seen_reporting(a.id, t20, ReportedHealth::Degraded)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored = store.agent(a.id).await.unwrap().unwrap();
+    assert_eq!(
+        (stored.last_seen_at, stored.reported_health),
+        (Some(t30), Some(ReportedHealth::Healthy))
+    );
+}
+
+async fn shared_a_newer_plain_heartbeat_ends_a_stored_check_in_wait_and_an_older_one_does_not(
+    store: Arc<dyn Store>,
+) {
+    let (_, gw, board) = seed(&store).await;
+    let (waiting, gave_up) = (agent(gw, board, "waiting"), agent(gw, board, "gave-up"));
+    for x in [&waiting, &gave_up] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    let (t5, t10, t20) = (
+        now().plus_seconds(5),
+        now().plus_seconds(10),
+        now().plus_seconds(20),
+    );
+    // Another replica woke the agents after their heartbeat of t10 (it knew of it).
+    let wait = |id, checkin| LivenessWrite {
+        checkin: Some(checkin),
+        ..seen_write(id, t10, ReportedHealth::Healthy)
+    };
+    let awaiting = Checkin::Awaiting {
+        deadline: now().plus_seconds(40),
+        wakes: 1,
+    };
+    store
+        .apply_liveness(
+            &[
+                wait(waiting.id, awaiting),
+                wait(gave_up.id, Checkin::GaveUp),
+            ],
+            &[],
+            &[],
+        )
+        .await
+        .unwrap();
+    let checkins = |store: Arc<dyn Store>| async move {
+        let stored = store
+            .stored_agents(&[waiting.id, gave_up.id])
+            .await
+            .unwrap();
+        let of = |id| stored.iter().find(|s| s.agent.id == id).unwrap().checkin;
+        (of(waiting.id), of(gave_up.id))
+    };
+    // This replica's plain heartbeats of t5 and of t10 again (it was marked to write
+    // for another reason) do not end a wait that started after them.
+    for at in [t5, t10] {
+        store
+            .apply_liveness(
+                &[],
+                &[
+                    seen_reporting(waiting.id, at, ReportedHealth::Healthy),
+                    seen_reporting(gave_up.id, at, ReportedHealth::Healthy),
+                ],
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            checkins(Arc::clone(&store)).await,
+            (Some(awaiting), Some(Checkin::GaveUp))
+        );
+    }
+    // A heartbeat after them is the check-in.
+    store
+        .apply_liveness(
+            &[],
+            &[
+                seen_reporting(waiting.id, t20, ReportedHealth::Healthy),
+                seen_reporting(gave_up.id, t20, ReportedHealth::Healthy),
+            ],
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(checkins(Arc::clone(&store)).await, (None, None));
+    assert!(
+        store
+            .checkins_due(now().plus_seconds(60), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Two replicas write behind the same agents at the same time, each with the full writes
+/// the other has as plain heartbeats, and in turns a transition (whose batch reads and locks
+/// its rows first): every batch commits, none is chosen as a deadlock victim, and the
+/// newest heartbeat wins each row. The agents are stored in the reverse of their id order,
+/// so that a write taking the rows in the table's physical order would cross one taking
+/// them in id order.
+async fn two_replicas_crossing_liveness_batches_never_deadlock(
+    first: Arc<dyn Store>,
+    second: Arc<dyn Store>,
+) {
+    let (_, gw, board) = seed(&first).await;
+    let mut agents: Vec<Agent> = (0..1_000)
+        .map(|i| agent(gw, board, &format!("a{i}")))
+        .collect();
+    agents.sort_by_key(|a| std::cmp::Reverse(a.id));
+    for a in &agents {
+        first
+            .insert_agent(a, None, None, &event(Some(a.id)))
+            .await
+            .unwrap();
+    }
+    let ids: Vec<AgentId> = agents.iter().map(|a| a.id).collect();
+    // The agent whose transition the round records (by replica `turn + 1`).
+    let turn = |round: i64| if round % 2 == 1 { 0 } else { 1 };
+    // Replica 1 writes the odd agents in full and the even ones plainly; replica 2 the
+    // other way round, one millisecond later. In odd rounds replica 1 records a transition
+    // of agent 0, in even rounds replica 2 one of agent 1: each of an agent it writes
+    // plainly and the other in full.
+    let batch = |replica: usize, round: i64, from: AgentStatus, to: AgentStatus| {
+        let at = now()
+            .plus_seconds(round)
+            .plus_millis(i64::try_from(replica).unwrap());
+        let health = if replica == 1 {
+            ReportedHealth::Healthy
+        } else {
+            ReportedHealth::Degraded
+        };
+        let mut writes = Vec::new();
+        let mut seen = Vec::new();
+        for (i, id) in ids.iter().enumerate() {
+            if replica % 2 == i % 2 {
+                writes.push(seen_write(*id, at, health));
+            } else {
+                seen.push(seen_reporting(*id, at, health));
+            }
+        }
+        let events = if replica == turn(round) + 1 {
+            vec![transition(ids[turn(round)], from, to)]
+        } else {
+            Vec::new()
+        };
+        (writes, seen, events)
+    };
+    let mut status = [AgentStatus::Provisioning; 2];
+    for round in 1..=8 {
+        let from = status[turn(round)];
+        let to = if from == AgentStatus::Healthy {
+            AgentStatus::Degraded
+        } else {
+            AgentStatus::Healthy
+        };
+        let (w1, s1, e1) = batch(1, round, from, to);
+        let (w2, s2, e2) = batch(2, round, from, to);
+        let (one, two) = tokio::join!(
+            first.apply_liveness(&w1, &s1, &e1),
+            second.apply_liveness(&w2, &s2, &e2),
+        );
+        let one = one.unwrap_or_else(|e| panic!("replica 1, round {round}: {e}"));
+        let two = two.unwrap_or_else(|e| panic!("replica 2, round {round}: {e}"));
+        assert_eq!(one.recorded.len() + two.recorded.len(), 1, "round {round}");
+        status[turn(round)] = to;
+    }
+    let newest = now().plus_seconds(8).plus_millis(2);
+    for stored in first.all_agents().await.unwrap() {
+        assert_eq!(stored.agent.last_seen_at, Some(newest));
+        assert_eq!(stored.agent.reported_health, Some(ReportedHealth::Degraded));
+    }
+}
+
+/// A fold of more agents than one of its transactions takes (2,000) fails in its second
+/// transaction (a trigger refuses one agent's row): the first transaction's rows stay
+/// written, the log keeps every row, so nothing is lost; batches written before the next
+/// fold are newer, and that fold completes without moving any row back.
+#[tokio::test]
+async fn on_sqlite_a_fold_that_fails_part_way_keeps_its_log_and_the_next_one_completes_it() {
+    use sqlx::Connection as _;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("mc.db").display());
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open(&url, true).await.unwrap());
+    let (_, gw, board) = seed(&store).await;
+    let mut ids = Vec::new();
+    for i in 0..2_500 {
+        let a = agent(gw, board, &format!("a{i}"));
+        store
+            .insert_agent(&a, None, None, &event(None))
+            .await
+            .unwrap();
+        ids.push(a.id);
+    }
+    ids.sort();
+    let (t1, t2, t3) = (
+        now().plus_seconds(1),
+        now().plus_seconds(2),
+        now().plus_seconds(3),
+    );
+    let plain = |at: Timestamp| -> Vec<SeenWrite> {
+        ids.iter()
+            .map(|id| seen_reporting(*id, at, ReportedHealth::Healthy))
+            .collect()
+    };
+    store.apply_liveness(&[], &plain(t1), &[]).await.unwrap();
+    // The last agent (by id, so in the second transaction) heartbeated once more, at a
+    // time its row refuses.
+    let refused = now().plus_millis(1_500);
+    let last = *ids.last().unwrap();
+    store
+        .apply_liveness(
+            &[],
+            &[seen_reporting(last, refused, ReportedHealth::Healthy)],
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut admin = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query(&format!(
+        "CREATE TRIGGER refuse_one BEFORE UPDATE OF last_seen_at ON agent_liveness
+         WHEN NEW.last_seen_at = {} BEGIN SELECT RAISE(ABORT, 'refused'); END",
+        refused.as_millis()
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let count_log = "SELECT count(*) FROM agent_liveness_log";
+
+    assert!(store.compact_liveness_log().await.is_err());
+    let log_rows: i64 = sqlx::query_scalar(count_log)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(log_rows, 2, "the log is kept");
+    let rows = store.stored_agents(&ids).await.unwrap();
+    let row_of = |rows: &[mc_store::StoredAgent], id: AgentId| {
+        rows.iter()
+            .find(|s| s.agent.id == id)
+            .unwrap()
+            .agent
+            .last_seen_at
+    };
+    assert_eq!(row_of(&rows, ids[0]), Some(t1), "first transaction written");
+    assert_eq!(row_of(&rows, last), None, "second transaction undone");
+    for stored in store.all_agents().await.unwrap() {
+        let expected = if stored.agent.id == last { refused } else { t1 };
+        assert_eq!(stored.agent.last_seen_at, Some(expected));
+    }
+
+    // Newer heartbeats meanwhile: plain ones of everyone, a full write of the first agent.
+    store
+        .apply_liveness(
+            &[seen_write(ids[0], t3, ReportedHealth::Degraded)],
+            &plain(t2)[1..],
+            &[],
+        )
+        .await
+        .unwrap();
+    sqlx::query("DROP TRIGGER refuse_one")
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let folded = store.compact_liveness_log().await.unwrap();
+    assert_eq!((folded.batches, folded.agents), (3, 2_500));
+    let log_rows: i64 = sqlx::query_scalar(count_log)
+        .fetch_one(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(log_rows, 0);
+    let rows = store.stored_agents(&ids).await.unwrap();
+    assert_eq!(row_of(&rows, ids[0]), Some(t3), "never moved back");
+    for id in &ids[1..] {
+        assert_eq!(row_of(&rows, *id), Some(t2));
+    }
 }

@@ -5,11 +5,13 @@
 //!   database round trip, no scan, no global lock held across I/O.
 //! - `last_seen_at` and friends are written behind in batches ([`Engine::flush`]), one
 //!   transaction per batch, at most `write_behind_interval` late. A heartbeat that changed
-//!   nothing but the agent's times (nearly all of them) is a 32-byte record in the batch's
-//!   one row of the liveness log, whatever the fleet size; the rest update agent rows.
-//!   Every `liveness_log_fold_interval` the log is folded into the rows
-//!   ([`Engine::fold_log`]), each agent once however often it heartbeated; at start the
-//!   store replays what is left of the log over the rows.
+//!   nothing but the agent's times (nearly all of them) takes the cheap path: on SQLite a
+//!   32-byte record in the batch's one row of the liveness log, whatever the fleet size,
+//!   on PostgreSQL a plain row write where the newest heartbeat wins (with its health);
+//!   the rest update agent rows with all their liveness fields. Every
+//!   `liveness_log_fold_interval` the log is folded into the rows ([`Engine::fold_log`]),
+//!   each agent once however often it heartbeated; at start the store replays what is
+//!   left of the log over the rows.
 //! - Offline detection is push: each agent with a silence deadline sits once in an
 //!   ordered deadline index; a ticker pops passed deadlines and either reschedules the
 //!   agent (it heartbeated since) or records the transition. Heartbeats never touch the
@@ -88,7 +90,7 @@ impl Engine {
     /// database error the batch is put back and the error returned.
     pub async fn flush(&self) -> Result<(), mc_store::StoreError> {
         let _guard = self.flush_lock.lock().await;
-        let batch = self.registry.take_pending(!self.store.is_shared());
+        let batch = self.registry.take_pending(true);
         if batch.is_empty() {
             return Ok(());
         }
@@ -250,8 +252,9 @@ impl Engine {
             })
         };
         let mut handles = vec![flusher, ticker];
-        // Only an unshared store logs plain heartbeats (see `Registry::take_pending`), so
-        // only it has a log to fold; a shared one follows the other replicas' events.
+        // Only an unshared store logs plain heartbeats (a shared one writes them to the
+        // rows, which the other replicas read), so only it has a log to fold; a shared one
+        // follows the other replicas' events.
         if !self.store.is_shared() {
             handles.push({
                 let engine = Arc::clone(self);

@@ -154,7 +154,8 @@ pub struct PendingBatch {
     /// Liveness fields to write to the agents' rows (more than the heartbeat's times
     /// changed).
     pub writes: Vec<LivenessWrite>,
-    /// Heartbeats that changed only the times, for the liveness log.
+    /// Heartbeats that changed only the times: the liveness log's records on SQLite, the
+    /// cheap row writes on PostgreSQL.
     pub seen: Vec<SeenWrite>,
     /// Events to record, in order (transitions carry their change).
     pub events: Vec<LivenessEvent>,
@@ -1099,8 +1100,11 @@ impl Registry {
     }
 
     /// Takes everything waiting to be written: with `log_seen`, agents whose heartbeats
-    /// changed only their times go to the liveness log, the rest to their rows (replicas
-    /// sharing a database write every agent to its row: the others read the rows).
+    /// changed only their times (their other row fields are the ones this process last
+    /// wrote) go to `seen`, with the health they reported, the rest to `writes`. Without,
+    /// every agent goes to `writes`. A row another replica wrote since is still right: a
+    /// shared store applies a `seen` heartbeat as the newest one only when it is, with its
+    /// health and the end of any check-in wait (see [`SeenWrite`]).
     pub fn take_pending(&self, log_seen: bool) -> PendingBatch {
         let agents = {
             let mut dirty = self.dirty.lock();
@@ -1122,6 +1126,7 @@ impl Registry {
                     batch.seen.push(SeenWrite {
                         agent_id: agent.id,
                         last_seen_at,
+                        reported_health: fields.reported,
                         updated_at: live.updated_at,
                     });
                     drop(live);
@@ -1339,6 +1344,7 @@ mod tests {
             [SeenWrite {
                 agent_id: live.id(),
                 last_seen_at: t0.plus_seconds(2),
+                reported_health: Some(ReportedHealth::Healthy),
                 updated_at: t0.plus_seconds(2),
             }]
         );

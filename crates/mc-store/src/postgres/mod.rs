@@ -12,9 +12,11 @@
 //!   resumes after id N (SSE `Last-Event-ID`) never misses an event committed later with
 //!   a smaller id.
 //! - Liveness batches are one `UPDATE ... FROM unnest(...)` statement: one round trip for
-//!   any number of agents. Heartbeats that changed nothing but the times go straight to
-//!   the rows too (no liveness log, unlike SQLite): other replicas read those rows, the
-//!   leader before it declares an agent offline.
+//!   any number of agents, rows taken in agent-id order so that two replicas' batches
+//!   cannot deadlock. Heartbeats that changed nothing but the times go straight to the
+//!   rows too (no liveness log, unlike SQLite), newest heartbeat winning with its health:
+//!   other replicas read those rows, the leader before it declares an agent offline. Only
+//!   a batch that records transitions reads (and locks) its rows first.
 
 mod feed;
 mod leadership;
@@ -404,215 +406,221 @@ async fn insert_activities(
         .collect())
 }
 
-/// Whether a transition was applied, and the published status stored before.
-struct Verdict {
+/// What a liveness batch writes to one agent's row.
+enum RowChange<'a> {
+    /// Every liveness field (`writes`).
+    Full(&'a LivenessWrite),
+    /// A plain heartbeat (`seen`).
+    Seen(&'a SeenWrite),
+    /// Only the published status (a transition without a field change).
+    StatusOnly,
+}
+
+/// One agent's row in a liveness batch: its change, and the status its accepted
+/// transitions end in.
+struct RowWrite<'a> {
     agent_id: AgentId,
-    accepted: bool,
-    stored: Option<AgentStatus>,
+    change: RowChange<'a>,
+    to_status: Option<AgentStatus>,
 }
 
-fn verdict_from_row(row: &PgRow) -> StoreResult<Verdict> {
-    let stored: String = row.try_get("stored_before").map_err(map_err)?;
-    Ok(Verdict {
-        agent_id: AgentId::from(row.try_get::<Uuid, _>("agent_id").map_err(map_err)?),
-        accepted: row.try_get("accepted").map_err(map_err)?,
-        stored: AgentStatus::from_stored(&stored),
-    })
-}
-
-/// Writes heartbeats that changed only an agent's times straight to its row, in agent-id
-/// order; `last_seen_at` and `updated_at` never move back. Agents this batch already wrote
-/// or transitioned are left out: a second update of a row in one transaction can deadlock
-/// with a token rotation (see `apply_liveness`), and the registry never puts an agent in
-/// both.
-async fn write_seen(
+/// Locks the rows of `ids` in agent-id order and returns the stored published status of
+/// those in `chains` (agents without a row are missing). Under these locks no other
+/// transaction can change the statuses until this one ends, so each transition's verdict
+/// is final.
+async fn lock_rows_for_transitions(
     tx: &mut Transaction<'_, Postgres>,
-    seen: &[SeenWrite],
-    written: &HashSet<AgentId>,
+    ids: Vec<Uuid>,
     chains: &[Transition],
-) -> StoreResult<()> {
-    let transitioned: HashSet<AgentId> = chains.iter().map(|c| c.agent_id).collect();
-    let mut rows: Vec<&SeenWrite> = seen
-        .iter()
-        .filter(|s| !written.contains(&s.agent_id) && !transitioned.contains(&s.agent_id))
-        .collect();
-    if rows.is_empty() {
-        return Ok(());
-    }
-    rows.sort_unstable_by_key(|s| s.agent_id);
-    sqlx::query(
-        "UPDATE agent_liveness AS l
-           SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
-               updated_at = GREATEST(l.updated_at, v.updated_at)
-         FROM unnest($1::uuid[], $2::timestamptz[], $3::timestamptz[])
-              AS v (agent_id, last_seen_at, updated_at)
-         WHERE l.agent_id = v.agent_id",
+) -> StoreResult<HashMap<AgentId, Option<AgentStatus>>> {
+    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+        "WITH locked AS (
+             SELECT agent_id, published_status FROM agent_liveness
+              WHERE agent_id = ANY($1) ORDER BY agent_id FOR NO KEY UPDATE)
+         SELECT agent_id, published_status FROM locked WHERE agent_id = ANY($2)",
     )
-    .bind(
-        rows.iter()
-            .map(|r| r.agent_id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind(rows.iter().map(|r| tz(r.last_seen_at)).collect::<Vec<_>>())
-    .bind(rows.iter().map(|r| tz(r.updated_at)).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    Ok(())
-}
-
-/// Writes the liveness fields of a batch, and the transition of each written agent that
-/// has one (its published status changes only when it is still the transition's `from`).
-/// `last_seen_at` only moves forward, and the reported health goes with the newer
-/// heartbeat, so an older write from another replica never undoes a newer one. Rows are
-/// locked in agent-id order, so two replicas' batches cannot deadlock. Returns a verdict
-/// per transition applied.
-async fn write_liveness(
-    tx: &mut Transaction<'_, Postgres>,
-    writes: &[LivenessWrite],
-    chains: &[Transition],
-) -> StoreResult<Vec<Verdict>> {
-    if writes.is_empty() {
-        return Ok(Vec::new());
-    }
-    let by_agent: HashMap<AgentId, &Transition> = chains.iter().map(|c| (c.agent_id, c)).collect();
-    let chain_of = |w: &LivenessWrite| by_agent.get(&w.agent_id).copied();
-    let rows = sqlx::query(
-        "WITH v AS (
-             SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[], $4::boolean[],
-                                  $5::timestamptz[], $6::timestamptz[], $7::bigint[],
-                                  $8::boolean[], $9::text[], $10::text[])
-                 AS v (agent_id, last_seen_at, reported_health, own_token_used, updated_at,
-                       checkin_deadline_at, checkin_wakes, checkin_gave_up, from_status,
-                       to_status)),
-         old AS (
-             SELECT l.agent_id, l.published_status FROM agent_liveness l
-              WHERE l.agent_id IN (SELECT agent_id FROM v)
-              ORDER BY l.agent_id FOR UPDATE)
-         UPDATE agent_liveness AS l SET last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
-           reported_health = CASE WHEN l.last_seen_at IS NULL OR v.last_seen_at >= l.last_seen_at
-                                  THEN v.reported_health ELSE l.reported_health END,
-           own_token_used = v.own_token_used,
-           updated_at = GREATEST(l.updated_at, v.updated_at),
-           checkin_deadline_at = v.checkin_deadline_at, checkin_wakes = v.checkin_wakes,
-           checkin_gave_up = v.checkin_gave_up,
-           published_status = CASE WHEN v.from_status = old.published_status
-                                   THEN v.to_status ELSE l.published_status END
-         FROM v JOIN old ON old.agent_id = v.agent_id
-         WHERE l.agent_id = v.agent_id
-         RETURNING l.agent_id, v.from_status IS NOT NULL AS transition,
-                   v.from_status IS NOT DISTINCT FROM old.published_status AS accepted,
-                   old.published_status AS stored_before",
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.agent_id.as_uuid())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.last_seen_at.map(tz))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.reported_health.map(|h| h.as_str().to_owned()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(writes.iter().map(|w| w.own_token_used).collect::<Vec<_>>())
-    .bind(writes.iter().map(|w| tz(w.updated_at)).collect::<Vec<_>>())
-    .bind(
-        writes
-            .iter()
-            .map(|w| checkin_deadline(w).map(tz))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| i64::from(checkin_wakes(w)))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| w.checkin == Some(Checkin::GaveUp))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| chain_of(w).map(|c| c.from.as_str().to_owned()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|w| chain_of(w).map(|c| c.to.as_str().to_owned()))
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(&mut **tx)
-    .await
-    .map_err(map_err)?;
-    let mut verdicts = Vec::new();
-    for row in &rows {
-        if row.try_get::<bool, _>("transition").map_err(map_err)? {
-            verdicts.push(verdict_from_row(row)?);
-        }
-    }
-    Ok(verdicts)
-}
-
-/// Applies transitions of agents without a field write in the batch (each changes the
-/// published status only when it is still the transition's `from`).
-async fn apply_transitions(
-    tx: &mut Transaction<'_, Postgres>,
-    chains: &[Transition],
-) -> StoreResult<Vec<Verdict>> {
-    if chains.is_empty() {
-        return Ok(Vec::new());
-    }
-    let rows = sqlx::query(
-        "WITH v AS (
-             SELECT * FROM unnest($1::uuid[], $2::text[], $3::text[])
-                 AS v (agent_id, from_status, to_status)),
-         old AS (
-             SELECT l.agent_id, l.published_status FROM agent_liveness l
-              WHERE l.agent_id IN (SELECT agent_id FROM v)
-              ORDER BY l.agent_id FOR UPDATE)
-         UPDATE agent_liveness AS l
-            SET published_status = CASE WHEN v.from_status = old.published_status
-                                        THEN v.to_status ELSE l.published_status END
-           FROM v JOIN old ON old.agent_id = v.agent_id
-          WHERE l.agent_id = v.agent_id
-         RETURNING l.agent_id, v.from_status = old.published_status AS accepted,
-                   old.published_status AS stored_before",
-    )
+    .bind(ids)
     .bind(
         chains
             .iter()
             .map(|c| c.agent_id.as_uuid())
             .collect::<Vec<_>>(),
     )
-    .bind(
-        chains
-            .iter()
-            .map(|c| c.from.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        chains
-            .iter()
-            .map(|c| c.to.as_str().to_owned())
-            .collect::<Vec<_>>(),
-    )
     .fetch_all(&mut **tx)
     .await
     .map_err(map_err)?;
-    rows.iter().map(verdict_from_row).collect()
+    Ok(rows
+        .into_iter()
+        .map(|(id, stored)| (AgentId::from(id), AgentStatus::from_stored(&stored)))
+        .collect())
+}
+
+/// Updates every row of a batch in one statement, each row once (a second update of a row
+/// in one transaction makes PostgreSQL check its foreign key, which waits for the agent's
+/// row: a token rotation holding that row and waiting for this one's liveness row would
+/// deadlock).
+///
+/// Per row: `last_seen_at` and `updated_at` never move back; the reported health goes with
+/// the newest heartbeat (another replica may have written a newer or an older one); a full
+/// write sets the token use and the check-in wait as this replica knows them, while a plain
+/// heartbeat newer than the stored one ends the stored wait (the heartbeat is the
+/// check-in); the published status becomes the accepted transition's `to`.
+///
+/// Unless the batch `locked` its rows already, the rows are locked as the statement reaches
+/// them, in agent-id order (the sorted `v`, joined by merge join or by index lookups: hash
+/// joins and sequential scans, which can take the table's physical order, are switched off
+/// for the statement), so two replicas' batches lock shared rows in the same order and
+/// cannot deadlock, without a locking read before the write.
+async fn write_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    rows: &[RowWrite<'_>],
+    locked: bool,
+) -> StoreResult<()> {
+    let columns = RowColumns::of(rows);
+    if !locked {
+        sqlx::query(
+            "SELECT set_config('enable_hashjoin', 'off', true),
+                    set_config('enable_seqscan', 'off', true)",
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    sqlx::query(
+        "UPDATE agent_liveness AS l SET
+           last_seen_at = GREATEST(l.last_seen_at, v.last_seen_at),
+           reported_health = CASE WHEN COALESCE(v.last_seen_at >= l.last_seen_at,
+                                                v.last_seen_at IS NOT NULL)
+                                  THEN v.reported_health ELSE l.reported_health END,
+           own_token_used = COALESCE(v.own_token_used, l.own_token_used),
+           updated_at = GREATEST(l.updated_at, v.updated_at),
+           checkin_deadline_at = CASE
+               WHEN v.full_write THEN v.checkin_deadline_at
+               WHEN COALESCE(v.last_seen_at > l.last_seen_at, v.last_seen_at IS NOT NULL)
+               THEN NULL ELSE l.checkin_deadline_at END,
+           checkin_wakes = CASE
+               WHEN v.full_write THEN v.checkin_wakes
+               WHEN COALESCE(v.last_seen_at > l.last_seen_at, v.last_seen_at IS NOT NULL)
+               THEN 0 ELSE l.checkin_wakes END,
+           checkin_gave_up = CASE
+               WHEN v.full_write THEN v.checkin_gave_up
+               WHEN COALESCE(v.last_seen_at > l.last_seen_at, v.last_seen_at IS NOT NULL)
+               THEN FALSE ELSE l.checkin_gave_up END,
+           published_status = COALESCE(v.to_status, l.published_status)
+         FROM (SELECT * FROM unnest($1::uuid[], $2::timestamptz[], $3::text[],
+                                    $4::timestamptz[], $5::boolean[], $6::boolean[],
+                                    $7::timestamptz[], $8::bigint[], $9::boolean[], $10::text[])
+                   AS v (agent_id, last_seen_at, reported_health, updated_at, full_write,
+                         own_token_used, checkin_deadline_at, checkin_wakes, checkin_gave_up,
+                         to_status)
+                ORDER BY agent_id) AS v
+         WHERE l.agent_id = v.agent_id",
+    )
+    .bind(columns.agent_id)
+    .bind(columns.last_seen_at)
+    .bind(columns.reported_health)
+    .bind(columns.updated_at)
+    .bind(columns.full_write)
+    .bind(columns.own_token_used)
+    .bind(columns.checkin_deadline_at)
+    .bind(columns.checkin_wakes)
+    .bind(columns.checkin_gave_up)
+    .bind(columns.to_status)
+    .execute(&mut **tx)
+    .await
+    .map_err(map_err)?;
+    // The rest of the transaction (recording the events) plans as usual.
+    if !locked {
+        sqlx::query(
+            "SELECT set_config(name, reset_val, true) FROM pg_settings
+              WHERE name IN ('enable_hashjoin', 'enable_seqscan')",
+        )
+        .execute(&mut **tx)
+        .await
+        .map_err(map_err)?;
+    }
+    Ok(())
+}
+
+/// The arrays [`write_rows`] binds, one element per row, except that the columns only full
+/// writes use stop after them, and `to_status` after the last row with a transition:
+/// `unnest` pads the shorter arrays with NULLs, so the plain heartbeats (most of a batch)
+/// cost nothing there.
+struct RowColumns {
+    agent_id: Vec<Uuid>,
+    last_seen_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    reported_health: Vec<Option<&'static str>>,
+    updated_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    full_write: Vec<bool>,
+    own_token_used: Vec<bool>,
+    checkin_deadline_at: Vec<Option<chrono::DateTime<chrono::Utc>>>,
+    checkin_wakes: Vec<i64>,
+    checkin_gave_up: Vec<bool>,
+    to_status: Vec<Option<&'static str>>,
+}
+
+impl RowColumns {
+    fn of(rows: &[RowWrite<'_>]) -> Self {
+        // Full writes first, then the other rows with a transition, then the rest.
+        let rank = |row: &RowWrite<'_>| match row.change {
+            RowChange::Full(_) => 0,
+            _ if row.to_status.is_some() => 1,
+            _ => 2,
+        };
+        let mut ordered: Vec<&RowWrite<'_>> = rows.iter().collect();
+        ordered.sort_by_key(|row| rank(row));
+        let with_status = ordered.iter().take_while(|row| rank(row) < 2).count();
+        let mut columns = Self {
+            agent_id: Vec::with_capacity(ordered.len()),
+            last_seen_at: Vec::with_capacity(ordered.len()),
+            reported_health: Vec::with_capacity(ordered.len()),
+            updated_at: Vec::with_capacity(ordered.len()),
+            full_write: Vec::new(),
+            own_token_used: Vec::new(),
+            checkin_deadline_at: Vec::new(),
+            checkin_wakes: Vec::new(),
+            checkin_gave_up: Vec::new(),
+            to_status: Vec::with_capacity(with_status),
+        };
+        for (position, row) in ordered.iter().enumerate() {
+            let (last_seen_at, reported_health, updated_at) = match row.change {
+                RowChange::Full(write) => {
+                    columns.full_write.push(true);
+                    columns.own_token_used.push(write.own_token_used);
+                    columns
+                        .checkin_deadline_at
+                        .push(checkin_deadline(write).map(tz));
+                    columns.checkin_wakes.push(i64::from(checkin_wakes(write)));
+                    columns
+                        .checkin_gave_up
+                        .push(write.checkin == Some(Checkin::GaveUp));
+                    (
+                        write.last_seen_at,
+                        write.reported_health,
+                        Some(write.updated_at),
+                    )
+                }
+                RowChange::Seen(seen) => (
+                    Some(seen.last_seen_at),
+                    seen.reported_health,
+                    Some(seen.updated_at),
+                ),
+                RowChange::StatusOnly => (None, None, None),
+            };
+            columns.agent_id.push(row.agent_id.as_uuid());
+            columns.last_seen_at.push(last_seen_at.map(tz));
+            columns
+                .reported_health
+                .push(reported_health.map(|health| health.as_str()));
+            columns.updated_at.push(updated_at.map(tz));
+            if position < with_status {
+                columns
+                    .to_status
+                    .push(row.to_status.map(|status| status.as_str()));
+            }
+        }
+        columns
+    }
 }
 
 /// An agent read with its token digest and check-in columns.
@@ -1198,41 +1206,60 @@ impl Store for PostgresStore {
         seen: &[SeenWrite],
         events: &[LivenessEvent],
     ) -> StoreResult<LivenessOutcome> {
-        let mut tx = self.begin().await?;
         let chains = transition_chains(events);
-        // Each liveness row is updated at most once per transaction: a second update of a
-        // row this transaction already updated makes PostgreSQL check its foreign key,
-        // which waits for the agent's row, while a token rotation holding that row waits
-        // for this one's liveness row: a deadlock. So a transition is applied with its
-        // agent's field write, in one statement.
-        let mut verdicts = write_liveness(&mut tx, writes, &chains).await?;
         let written: HashSet<AgentId> = writes.iter().map(|w| w.agent_id).collect();
-        let unwritten: Vec<Transition> = chains
+        let mut rows: Vec<RowWrite<'_>> = writes
             .iter()
-            .filter(|c| !written.contains(&c.agent_id))
-            .copied()
+            .map(|w| RowWrite {
+                agent_id: w.agent_id,
+                change: RowChange::Full(w),
+                to_status: None,
+            })
+            .chain(
+                seen.iter()
+                    .filter(|s| !written.contains(&s.agent_id))
+                    .map(|s| RowWrite {
+                        agent_id: s.agent_id,
+                        change: RowChange::Seen(s),
+                        to_status: None,
+                    }),
+            )
             .collect();
-        verdicts.extend(apply_transitions(&mut tx, &unwritten).await?);
-        write_seen(&mut tx, seen, &written, &chains).await?;
-        let accepted: HashSet<AgentId> = verdicts
-            .iter()
-            .filter(|v| v.accepted)
-            .map(|v| v.agent_id)
-            .collect();
-        let mut outcome = LivenessOutcome {
-            refused: verdicts
-                .iter()
-                .filter(|v| !v.accepted)
-                .map(|v| (v.agent_id, v.stored))
-                .collect(),
-            ..LivenessOutcome::default()
-        };
-        // Agents that no longer exist have no row to answer for them.
-        let answered: HashSet<AgentId> = verdicts.iter().map(|v| v.agent_id).collect();
-        for chain in &chains {
-            if !answered.contains(&chain.agent_id) {
-                outcome.refused.push((chain.agent_id, None));
+        let mut tx = self.begin().await?;
+        let mut outcome = LivenessOutcome::default();
+        let mut accepted = HashSet::new();
+        // A batch that records transitions locks all its rows first, in agent-id order (the
+        // verdicts need the stored statuses, and a row locked in that pass must not be
+        // locked out of order by the write); a batch of plain writes takes its locks in the
+        // write itself, in the same order.
+        let locked = !chains.is_empty();
+        if locked {
+            let mut ids: Vec<Uuid> = rows.iter().map(|row| row.agent_id.as_uuid()).collect();
+            ids.extend(chains.iter().map(|c| c.agent_id.as_uuid()));
+            let stored = lock_rows_for_transitions(&mut tx, ids, &chains).await?;
+            let mut to_status: HashMap<AgentId, AgentStatus> = HashMap::new();
+            for chain in &chains {
+                match stored.get(&chain.agent_id) {
+                    Some(&status) if status == Some(chain.from) => {
+                        accepted.insert(chain.agent_id);
+                        to_status.insert(chain.agent_id, chain.to);
+                    }
+                    Some(&status) => outcome.refused.push((chain.agent_id, status)),
+                    // Agents that no longer exist have no row to answer for them.
+                    None => outcome.refused.push((chain.agent_id, None)),
+                }
             }
+            for row in &mut rows {
+                row.to_status = to_status.remove(&row.agent_id);
+            }
+            rows.extend(to_status.into_iter().map(|(agent_id, to)| RowWrite {
+                agent_id,
+                change: RowChange::StatusOnly,
+                to_status: Some(to),
+            }));
+        }
+        if !rows.is_empty() {
+            write_rows(&mut tx, &rows, locked).await?;
         }
         let to_record: Vec<NewActivity> = accepted_events(events, &accepted)
             .into_iter()
@@ -1297,7 +1324,7 @@ impl Store for PostgresStore {
     }
 
     async fn compact_liveness_log(&self) -> StoreResult<LogCompaction> {
-        // Seen heartbeats are written to the rows at once (see `write_seen`): no log.
+        // Seen heartbeats are written to the rows at once (see `write_rows`): no log.
         Ok(LogCompaction::default())
     }
 

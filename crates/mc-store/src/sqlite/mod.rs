@@ -2,8 +2,11 @@
 //!
 //! Configured on purpose: WAL journal, `synchronous=NORMAL`, `foreign_keys=ON`, a busy
 //! timeout, a page cache sized for a large fleet, one writer connection (SQLite allows one writer at a time; a single pooled
-//! connection turns lock contention into an orderly queue) and a small reader pool.
+//! connection turns lock contention into an orderly queue) that leaves the copying of WAL
+//! checkpoints to a connection of its own (every second: see `checkpoints`) and a small
+//! reader pool.
 
+mod checkpoints;
 mod provision_jobs;
 mod rows;
 mod webhooks;
@@ -62,6 +65,7 @@ pub struct SqliteStore {
     /// Held from the start of a transaction that records events until those events are
     /// on the feed, so the feed carries events in id order.
     publish_turn: Arc<AsyncMutex<()>>,
+    _checkpointer: Arc<checkpoints::Checkpointer>,
 }
 
 /// A write transaction that records activity events and publishes them on the store's
@@ -151,10 +155,6 @@ impl SqliteStore {
             // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the page
             // cache: 16 MiB per connection (negative means KiB).
             .pragma("cache_size", "-16384")
-            // Heartbeat batches rewrite the same pages again and again; checkpointing
-            // every 16,384 WAL pages (64 MiB) instead of 1,000 copies each page to the
-            // database file far less often.
-            .pragma("wal_autocheckpoint", "16384")
             .pragma("temp_store", "memory");
         let filename = base.get_filename().to_owned();
         if !create_if_missing && !filename.exists() {
@@ -171,14 +171,25 @@ impl SqliteStore {
                 parent.display()
             )));
         }
+        // The writer leaves the copying to `checkpoints`, which copies every second what was
+        // written. Its own checkpoint, once the WAL is over 16,384 pages (64 MiB), finds
+        // little left to copy; it is kept because only a writer starts the WAL over, and
+        // under a steady stream of readers it gets the chance only by trying at every
+        // commit, as it does once over the threshold.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.clone().create_if_missing(create_if_missing))
+            .connect_with(
+                base.clone()
+                    .create_if_missing(create_if_missing)
+                    .pragma("wal_autocheckpoint", "16384"),
+            )
             .await
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
         let store_migrations = MIGRATOR.run(&writer).await;
         store_migrations.map_err(|e| StoreError::Internal(format!("migration failed: {e}")))?;
+        let checkpointer =
+            checkpoints::start(base.clone().pragma("wal_autocheckpoint", "0")).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
@@ -191,6 +202,7 @@ impl SqliteStore {
             reader,
             feed,
             publish_turn: Arc::new(AsyncMutex::new(())),
+            _checkpointer: Arc::new(checkpointer),
         })
     }
 
@@ -199,18 +211,24 @@ impl SqliteStore {
         Self::open(url, true).await.map(|_| ())
     }
 
-    /// Every heartbeat in the liveness log, folded to each agent's latest.
+    /// Every heartbeat in the liveness log, folded to each agent's latest. The decoding runs
+    /// on a blocking thread: a log of half a million records takes tens of milliseconds of
+    /// CPU, which would otherwise stall one of the runtime's workers (heartbeats included).
     async fn read_liveness_log(&self) -> StoreResult<liveness_log::Fold> {
         let rows: Vec<(i64, Vec<u8>)> =
             sqlx::query_as("SELECT seq, entries FROM agent_liveness_log ORDER BY seq")
                 .fetch_all(&self.reader)
                 .await
                 .map_err(map_err)?;
-        let mut fold = liveness_log::Fold::default();
-        for (seq, blob) in &rows {
-            fold.add(*seq, blob)?;
-        }
-        Ok(fold)
+        tokio::task::spawn_blocking(move || {
+            let mut fold = liveness_log::Fold::default();
+            for (seq, blob) in &rows {
+                fold.add(*seq, blob)?;
+            }
+            Ok(fold)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("folding the liveness log: {e}")))?
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
@@ -1101,37 +1119,41 @@ impl Store for SqliteStore {
         let Some(&last_seq) = fold.seqs.last() else {
             return Ok(LogCompaction::default());
         };
+        let rows = fold.sorted();
         let mut agents = 0;
-        let per_transaction =
-            liveness_log::ROWS_PER_STATEMENT * liveness_log::STATEMENTS_PER_TRANSACTION;
-        for rows in fold.sorted().chunks(per_transaction) {
-            let mut tx = self.begin().await?;
-            for chunk in rows.chunks(liveness_log::ROWS_PER_STATEMENT) {
-                let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
-                let sql = format!(
-                    "WITH v (id, last_seen_at, updated_at) AS (VALUES {values})
-                     UPDATE agent_liveness
-                       SET last_seen_at = max(coalesce(agent_liveness.last_seen_at,
-                                                       v.last_seen_at), v.last_seen_at),
-                           updated_at = max(agent_liveness.updated_at, v.updated_at)
-                     FROM v WHERE agent_liveness.agent_id = v.id"
-                );
-                let mut query = sqlx::query(&sql);
-                for (id, seen, updated) in chunk {
-                    query = query
-                        .bind(id.to_string())
-                        .bind(ms(*seen))
-                        .bind(ms(*updated));
-                }
-                agents += query
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(map_err)?
-                    .rows_affected();
+        // One short transaction per chunk, its statement bound before the writer is taken:
+        // the write-behind batches (and the events they record) get the writer between
+        // chunks, so a fold of the whole fleet never holds them up by more than one chunk.
+        // A fold that fails part way leaves the log in place; the next one applies it
+        // again, which changes nothing where it already did (rows only move forward).
+        for chunk in rows.chunks(liveness_log::AGENTS_PER_TRANSACTION) {
+            let values = vec!["(?, ?, ?)"; chunk.len()].join(", ");
+            let sql = format!(
+                "WITH v (id, last_seen_at, updated_at) AS (VALUES {values})
+                 UPDATE agent_liveness
+                   SET last_seen_at = max(coalesce(agent_liveness.last_seen_at,
+                                                   v.last_seen_at), v.last_seen_at),
+                       updated_at = max(agent_liveness.updated_at, v.updated_at)
+                 FROM v WHERE agent_liveness.agent_id = v.id"
+            );
+            let mut query = sqlx::query(&sql);
+            for (id, seen, updated) in chunk {
+                query = query
+                    .bind(id.to_string())
+                    .bind(ms(*seen))
+                    .bind(ms(*updated));
             }
+            let mut tx = self.begin().await?;
+            agents += query
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?
+                .rows_affected();
             tx.commit().await.map_err(map_err)?;
         }
-        // One writer: every row up to the last one read was committed before the read.
+        // Only now, with every heartbeat they hold in the rows, do the log rows go. One
+        // writer: every row up to the last one read was committed before the read, and
+        // rows appended since have higher numbers.
         sqlx::query("DELETE FROM agent_liveness_log WHERE seq <= ?")
             .bind(last_seq)
             .execute(&self.writer)

@@ -1,5 +1,6 @@
 //! The harness the storage specifications share: a fresh store per test on each backend,
-//! and `on_every_backend!`, which runs a specification once per backend. Test names read
+//! `on_every_backend!`, which runs a specification once per backend, and
+//! `on_shared_backend!` for rules only a database shared by replicas has. Test names read
 //! `<specification>::<backend>`.
 
 use std::future::Future;
@@ -59,6 +60,20 @@ macro_rules! on_every_backend {
                 $crate::common::with_sqlite(super::$spec).await;
             }
 
+            #[tokio::test]
+            async fn postgres() {
+                $crate::common::with_postgres(super::$spec).await;
+            }
+        }
+    )+};
+}
+
+/// Runs each named specification against the backend that replicas share (PostgreSQL): for
+/// rules that exist because other processes write the same rows.
+#[macro_export]
+macro_rules! on_shared_backend {
+    ($($spec:ident),+ $(,)?) => {$(
+        mod $spec {
             #[tokio::test]
             async fn postgres() {
                 $crate::common::with_postgres(super::$spec).await;
