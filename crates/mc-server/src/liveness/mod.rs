@@ -90,7 +90,7 @@ impl Engine {
     /// database error the batch is put back and the error returned.
     pub async fn flush(&self) -> Result<(), mc_store::StoreError> {
         let _guard = self.flush_lock.lock().await;
-        let batch = self.registry.take_pending(true);
+        let batch = self.registry.take_pending();
         if batch.is_empty() {
             return Ok(());
         }

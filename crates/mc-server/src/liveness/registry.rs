@@ -1099,13 +1099,13 @@ impl Registry {
         }
     }
 
-    /// Takes everything waiting to be written: with `log_seen`, agents whose heartbeats
-    /// changed only their times (their other row fields are the ones this process last
-    /// wrote) go to `seen`, with the health they reported, the rest to `writes`. Without,
-    /// every agent goes to `writes`. A row another replica wrote since is still right: a
-    /// shared store applies a `seen` heartbeat as the newest one only when it is, with its
-    /// health and the end of any check-in wait (see [`SeenWrite`]).
-    pub fn take_pending(&self, log_seen: bool) -> PendingBatch {
+    /// Takes everything waiting to be written: agents whose heartbeats changed only their
+    /// times (their other row fields are the ones this process last wrote) go to `seen`,
+    /// with the health they reported, the rest to `writes`. A row another replica wrote
+    /// since is still right: a shared store applies a `seen` heartbeat as the newest one
+    /// only when it is, with its health and the end of any check-in wait (see
+    /// [`SeenWrite`]).
+    pub fn take_pending(&self) -> PendingBatch {
         let agents = {
             let mut dirty = self.dirty.lock();
             // The next batch is likely as large as this one: no regrowing from empty.
@@ -1122,7 +1122,7 @@ impl Registry {
             live.dirty = false;
             let fields = live.row_fields();
             match live.last_seen_at {
-                Some(last_seen_at) if log_seen && fields == live.written => {
+                Some(last_seen_at) if fields == live.written => {
                     batch.seen.push(SeenWrite {
                         agent_id: agent.id,
                         last_seen_at,
@@ -1227,7 +1227,7 @@ mod tests {
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(60)), 0);
         let status = registry.heartbeat(&live, None, t0.plus_seconds(61)).status;
         assert_eq!(status, AgentStatus::Healthy);
-        let batch = registry.take_pending(true);
+        let batch = registry.take_pending();
         assert_eq!(
             event_types(&batch),
             ["agent.healthy", "agent.offline", "agent.healthy"]
@@ -1310,7 +1310,7 @@ mod tests {
         assert!(registry.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
         assert!(!registry.give_up_checkin(&live, "twice", t0.plus_seconds(2)));
         assert_eq!(live.view(t0.plus_seconds(2)).status, AgentStatus::Offline);
-        let batch = registry.take_pending(true);
+        let batch = registry.take_pending();
         assert_eq!(event_types(&batch), ["agent.offline"]);
         assert!(
             batch.events[0]
@@ -1327,17 +1327,17 @@ mod tests {
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        let first = registry.take_pending(true);
+        let first = registry.take_pending();
         assert_eq!((first.writes.len(), first.seen.len()), (1, 0));
         // Not written yet (the batch failed): the row fields are still owed.
         registry.restore_pending(first);
         registry.heartbeat(&live, None, t0.plus_seconds(1));
-        let retried = registry.take_pending(true);
+        let retried = registry.take_pending();
         assert_eq!((retried.writes.len(), retried.seen.len()), (1, 0));
         registry.confirm_written(&retried);
 
         registry.heartbeat(&live, None, t0.plus_seconds(2));
-        let plain = registry.take_pending(true);
+        let plain = registry.take_pending();
         assert!(plain.writes.is_empty());
         assert_eq!(
             plain.seen,
@@ -1351,7 +1351,7 @@ mod tests {
         registry.confirm_written(&plain);
 
         registry.heartbeat(&live, Some(ReportedHealth::Degraded), t0.plus_seconds(3));
-        let changed = registry.take_pending(true);
+        let changed = registry.take_pending();
         assert_eq!((changed.writes.len(), changed.seen.len()), (1, 0));
         assert_eq!(
             changed.writes[0].reported_health,
@@ -1385,17 +1385,17 @@ mod tests {
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending(true);
+        registry.take_pending();
         let late = t0.plus_millis(10_001);
         let due = registry.take_due(late);
         assert_eq!(registry.expire(due, late, false), 0);
-        assert!(registry.take_pending(true).events.is_empty());
+        assert!(registry.take_pending().events.is_empty());
         // Still watched: once it leads, the next pass records the transition.
         assert!(registry.take_due(late).is_empty(), "not before the recheck");
         let later = late.plus_millis(FOLLOWER_RECHECK_MS + 1);
         let due = registry.take_due(later);
         assert_eq!(registry.expire(due, later, true), 1);
-        let batch = registry.take_pending(true);
+        let batch = registry.take_pending();
         assert_eq!(event_types(&batch), ["agent.offline"]);
         let transition = batch.events[0].transition.unwrap();
         assert_eq!(
@@ -1411,7 +1411,7 @@ mod tests {
         let live = registry.insert(settings.clone(), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending(true);
+        registry.take_pending();
         let late = t0.plus_millis(10_001);
         let due = registry.take_due(late);
         settings.last_seen_at = Some(t0.plus_seconds(8));
@@ -1436,7 +1436,7 @@ mod tests {
         assert_eq!(live.live.lock().published, AgentStatus::Offline);
         // Already published offline: its deadline passes without another event.
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(12)), 0);
-        assert!(registry.take_pending(true).events.is_empty());
+        assert!(registry.take_pending().events.is_empty());
     }
 
     #[test]
@@ -1445,10 +1445,10 @@ mod tests {
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
         registry.heartbeat(&live, None, t0);
-        registry.take_pending(true);
+        registry.take_pending();
         // Another replica had recorded the agent offline: this one saw it heartbeat.
         registry.adopt_published(live.id(), AgentStatus::Offline, t0);
-        let batch = registry.take_pending(true);
+        let batch = registry.take_pending();
         assert_eq!(event_types(&batch), ["agent.healthy"]);
         assert_eq!(
             batch.events[0].transition.map(|t| t.from),
@@ -1538,7 +1538,7 @@ mod tests {
         let settings = agent(10);
         let live = registry.insert(settings.clone(), None);
         let t0 = Timestamp::from_millis(1_000_000);
-        registry.take_pending(true);
+        registry.take_pending();
         registry.follow_job_queued(live.id(), 3, JobInProgress::Create);
         assert_eq!(live.view(t0).status, AgentStatus::Provisioning);
         registry.follow_job_queued(live.id(), 4, JobInProgress::Update);
@@ -1580,7 +1580,7 @@ mod tests {
         );
         // A follower starts no wake cycle of its own and records nothing.
         assert!(registry.due_checkins(t0.plus_seconds(60)).is_empty());
-        assert!(registry.take_pending(true).is_empty());
+        assert!(registry.take_pending().is_empty());
     }
 
     #[test]
@@ -1614,7 +1614,7 @@ mod tests {
         leader.job_queued(&live, 1, JobInProgress::Create);
         leader.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
         assert!(leader.give_up_checkin(&live, "never checked in", t0.plus_seconds(2)));
-        let batch = leader.take_pending(true);
+        let batch = leader.take_pending();
         let data = batch.events[0].activity.data.clone().unwrap();
         assert_eq!(
             data,
@@ -1628,7 +1628,7 @@ mod tests {
             there.profile().last_provision_error.as_deref(),
             Some("never checked in")
         );
-        assert!(follower.take_pending(true).is_empty());
+        assert!(follower.take_pending().is_empty());
     }
 
     #[test]
@@ -1638,7 +1638,7 @@ mod tests {
         let t0 = Timestamp::from_millis(1_000_000);
         registry.job_queued(&live, 1, JobInProgress::Create);
         registry.job_finished(&live, 1, Some((t0, t0.plus_seconds(1))), None, t0);
-        registry.take_pending(true);
+        registry.take_pending();
         let sent = mc_domain::activity::wakeup_sent(
             live.id(),
             None,
@@ -1648,7 +1648,7 @@ mod tests {
             t0.plus_seconds(1),
         );
         assert!(registry.rewoken(&live, 2, t0.plus_seconds(2), Some(sent)));
-        let batch = registry.take_pending(true);
+        let batch = registry.take_pending();
         assert_eq!(event_types(&batch), ["agent.wakeup.sent"]);
         assert_eq!(batch.events[0].transition, None, "not a transition");
         assert_eq!(
