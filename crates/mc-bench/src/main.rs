@@ -166,12 +166,9 @@ struct Args {
 
     /// Start replicas 2..N only once the agents are seeded and refreshed through replica 1
     /// (each loads every agent from the database as it starts) instead of running them all
-    /// along. While several replicas run, each follows the others' events: `agent.created`
-    /// with one database read per agent, which falls behind at seeding rates, and the
-    /// refresh's burst of offline → healthy transitions (seeding 100,000 agents outlasts
-    /// their 120 s tolerance) overflows the feed; either way every replica then reloads
-    /// every agent, over and over (see docs/benchmarks.md). This measures the steady state
-    /// without that. Needs a single agent count (no --agent-steps).
+    /// along, which makes the other replicas follow the seeding's creates and the refresh's
+    /// burst of transitions through the event feed. This measures a replica that starts on
+    /// a full fleet. Needs a single agent count (no --agent-steps).
     #[arg(long)]
     late_replicas: bool,
 
@@ -623,9 +620,7 @@ async fn drive(
         } else {
             None
         };
-        // Late replicas start after the refresh: the refresh turns every agent that went
-        // offline while seeding took longer than its tolerance back to healthy, a burst of
-        // transitions that replicas following the feed cannot absorb (see --late-replicas).
+        // Late replicas start after the refresh, on a fleet that is all healthy again.
         if replicas.0.len() < plan.replicas {
             stage(format!("late replicas start ({agents} agents)"));
             for r in replicas.0.len() + 1..=plan.replicas {

@@ -1257,55 +1257,49 @@ async fn shared_plain_heartbeats_carry_their_health_and_only_the_newest_applies(
         .apply_liveness(&[seen_write(a.id, t20, ReportedHealth::Degraded)], &[], &[])
         .await
         .unwrap();
-    store
-        .apply_liveness(
-            &[],
-            &[seen_reporting(a.id, t10, ReportedHealth::Healthy)],
-            &[],
-        )
-        .await
-        .unwrap();
-    let stored = store.agent(a.id).await.unwrap().unwrap();
+    plain_heartbeat(&store, a.id, t10, ReportedHealth::Healthy).await;
     assert_eq!(
-        (
-            stored.last_seen_at,
-            stored.reported_health,
-            stored.updated_at
-        ),
+        seen_as_stored(&store, a.id).await,
         (Some(t20), Some(ReportedHealth::Degraded), t20)
     );
     // A's next plain heartbeat is the newest: its health replaces B's.
-    store
-        .apply_liveness(
-            &[],
-            &[seen_reporting(a.id, t30, ReportedHealth::Healthy)],
-            &[],
-        )
-        .await
-        .unwrap();
-    let stored = store.agent(a.id).await.unwrap().unwrap();
+    plain_heartbeat(&store, a.id, t30, ReportedHealth::Healthy).await;
     assert_eq!(
-        (
-            stored.last_seen_at,
-            stored.reported_health,
-            stored.updated_at
-        ),
+        seen_as_stored(&store, a.id).await,
         (Some(t30), Some(ReportedHealth::Healthy), t30)
     );
     // And B's plain heartbeat of t20, late, changes nothing.
+    plain_heartbeat(&store, a.id, t20, ReportedHealth::Degraded).await;
+    assert_eq!(
+        seen_as_stored(&store, a.id).await,
+        (Some(t30), Some(ReportedHealth::Healthy), t30)
+    );
+}
+
+/// Writes one plain heartbeat of `agent` at `at`, alone in its batch.
+async fn plain_heartbeat(
+    store: &Arc<dyn Store>,
+    agent: AgentId,
+    at: Timestamp,
+    health: ReportedHealth,
+) {
     store
-        .apply_liveness(
-            &[],
-            &[seen_reporting(a.id, t20, ReportedHealth::Degraded)],
-            &[],
-        )
+        .apply_liveness(&[], &[seen_reporting(agent, at, health)], &[])
         .await
         .unwrap();
-    let stored = store.agent(a.id).await.unwrap().unwrap();
-    assert_eq!(
-        (stored.last_seen_at, stored.reported_health),
-        (Some(t30), Some(ReportedHealth::Healthy))
-    );
+}
+
+/// The stored agent's `last_seen_at`, `reported_health` and `updated_at`.
+async fn seen_as_stored(
+    store: &Arc<dyn Store>,
+    agent: AgentId,
+) -> (Option<Timestamp>, Option<ReportedHealth>, Timestamp) {
+    let stored = store.agent(agent).await.unwrap().unwrap();
+    (
+        stored.last_seen_at,
+        stored.reported_health,
+        stored.updated_at,
+    )
 }
 
 async fn shared_a_newer_plain_heartbeat_ends_a_stored_check_in_wait_and_an_older_one_does_not(
