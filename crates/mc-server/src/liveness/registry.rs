@@ -194,6 +194,11 @@ pub struct Registry {
     counts: Mutex<AgentCounts>,
 }
 
+/// Most events one write-behind batch records: a burst (a fleet back after an outage
+/// makes one transition per agent) is written in batches of this size, back to back, so
+/// what a batch copies on its way to the database stays small.
+const MAX_BATCH_EVENTS: usize = 4_096;
+
 /// How long a replica that does not lead waits before it looks again at an agent whose
 /// deadline passed (the leader records its transition meanwhile).
 const FOLLOWER_RECHECK_MS: i64 = 1_000;
@@ -1099,12 +1104,12 @@ impl Registry {
         }
     }
 
-    /// Takes everything waiting to be written: agents whose heartbeats changed only their
-    /// times (their other row fields are the ones this process last wrote) go to `seen`,
-    /// with the health they reported, the rest to `writes`. A row another replica wrote
-    /// since is still right: a shared store applies a `seen` heartbeat as the newest one
-    /// only when it is, with its health and the end of any check-in wait (see
-    /// [`SeenWrite`]).
+    /// Takes what waits to be written (the events up to [`MAX_BATCH_EVENTS`], the oldest
+    /// first): agents whose heartbeats changed only their times (their other row fields
+    /// are the ones this process last wrote) go to `seen`, with the health they reported,
+    /// the rest to `writes`. A row another replica wrote since is still right: a shared
+    /// store applies a `seen` heartbeat as the newest one only when it is, with its health
+    /// and the end of any check-in wait (see [`SeenWrite`]).
     pub fn take_pending(&self) -> PendingBatch {
         let agents = {
             let mut dirty = self.dirty.lock();
@@ -1112,7 +1117,17 @@ impl Registry {
             let capacity = dirty.len();
             std::mem::replace(&mut *dirty, Vec::with_capacity(capacity))
         };
-        let events = std::mem::take(&mut *self.events.lock());
+        let events = {
+            let mut queued = self.events.lock();
+            if queued.len() > MAX_BATCH_EVENTS {
+                // The rest go with the next batch, which the flusher starts at once.
+                let rest = queued.split_off(MAX_BATCH_EVENTS);
+                self.events_notify.notify_one();
+                std::mem::replace(&mut *queued, rest)
+            } else {
+                std::mem::take(&mut *queued)
+            }
+        };
         let mut batch = PendingBatch {
             events,
             ..PendingBatch::default()
@@ -1377,6 +1392,44 @@ mod tests {
             token_digest: digest,
             checkin: None,
         }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_transitions_is_written_in_bounded_batches_in_order() {
+        let registry = Registry::default();
+        let t0 = Timestamp::from_millis(1_000_000);
+        let agents: Vec<_> = (0..MAX_BATCH_EVENTS + 10)
+            .map(|_| registry.insert(agent(10), None))
+            .collect();
+        for live in &agents {
+            registry.heartbeat(live, None, t0);
+        }
+        while !registry.take_pending().is_empty() {}
+        let late = t0.plus_millis(10_001);
+        let due = registry.take_due(late);
+        assert_eq!(registry.expire(due, late, true), agents.len());
+        let mut expected: Vec<AgentId> = Vec::new();
+        for event in &registry.events.lock()[..] {
+            expected.push(event.activity.agent_id.unwrap());
+        }
+        registry.events_waiting().await;
+
+        let first = registry.take_pending();
+        assert_eq!(first.events.len(), MAX_BATCH_EVENTS);
+        // The flusher is told at once that more wait.
+        tokio::time::timeout(std::time::Duration::from_secs(1), registry.events_waiting())
+            .await
+            .expect("the rest are announced");
+        let second = registry.take_pending();
+        assert_eq!(second.events.len(), 10);
+        let written: Vec<AgentId> = first
+            .events
+            .iter()
+            .chain(&second.events)
+            .map(|e| e.activity.agent_id.unwrap())
+            .collect();
+        assert_eq!(written, expected);
+        assert!(registry.take_pending().is_empty());
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod provision_jobs;
 mod rows;
 mod webhooks;
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr as _;
 use std::sync::Arc;
@@ -333,12 +334,13 @@ fn where_clause(filters: Vec<(&'static str, Option<Uuid>)>) -> (String, Vec<Uuid
 /// this one (it is always their last statement), so it cannot take part in a deadlock.
 async fn insert_activities(
     tx: &mut Transaction<'_, Postgres>,
-    events: &[NewActivity],
+    events: &[impl Borrow<NewActivity>],
     here: &feed::RecordedHere,
 ) -> StoreResult<Vec<ActivityEvent>> {
     if events.is_empty() {
         return Ok(Vec::new());
     }
+    let events: Vec<&NewActivity> = events.iter().map(Borrow::borrow).collect();
     // The lock joins every row, so it is held before the first id is drawn; taking it in
     // the same statement saves a round trip.
     let mut ids: Vec<i64> = sqlx::query_scalar(
@@ -1261,10 +1263,7 @@ impl Store for PostgresStore {
         if !rows.is_empty() {
             write_rows(&mut tx, &rows, locked).await?;
         }
-        let to_record: Vec<NewActivity> = accepted_events(events, &accepted)
-            .into_iter()
-            .cloned()
-            .collect();
+        let to_record = accepted_events(events, &accepted);
         outcome.recorded = insert_activities(&mut tx, &to_record, &self.recorded_here).await?;
         tx.commit().await.map_err(map_err)?;
         Ok(outcome)
