@@ -152,9 +152,6 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the page
-            // cache: 16 MiB per connection (negative means KiB).
-            .pragma("cache_size", "-16384")
             .pragma("temp_store", "memory");
         let filename = base.get_filename().to_owned();
         if !create_if_missing && !filename.exists() {
@@ -182,7 +179,10 @@ impl SqliteStore {
             .connect_with(
                 base.clone()
                     .create_if_missing(create_if_missing)
-                    .pragma("wal_autocheckpoint", "16384"),
+                    .pragma("wal_autocheckpoint", "16384")
+                    // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the
+                    // writer's page cache (negative means KiB).
+                    .pragma("cache_size", "-16384"),
             )
             .await
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
@@ -193,7 +193,9 @@ impl SqliteStore {
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(base.read_only(true))
+            // Reads are point lookups and index pages (the agents themselves are served
+            // from memory): 4 MiB each, the operating system's cache behind them.
+            .connect_with(base.read_only(true).pragma("cache_size", "-4096"))
             .await
             .map_err(map_err)?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
