@@ -106,18 +106,32 @@ pub async fn create_agent(
         EventType::AgentCreated,
         format!("Agent {} was created {how}.", agent.name),
     );
+    let live = store_created(state, agent, token.clone(), spend, event).await?;
+    Ok((live, token))
+}
+
+/// Stores a new agent holding `token`, with its first provisioning job when its gateway
+/// is managed (one transaction), then adds it to the registry and hands it to
+/// provisioning. Runs in a task of its own: once the store has it, the rest happens
+/// even if the caller goes away.
+pub(crate) async fn store_created(
+    state: &SharedState,
+    agent: Agent,
+    token: Secret,
+    spend: Option<EnrollmentSpend>,
+    event: NewActivity,
+) -> ApiResult<Arc<LiveAgent>> {
     let job = crate::provision::job_for(state, &agent, ProvisionAction::Create).await?;
     let created = NewlyCreated {
         agent,
-        token: token.clone(),
+        token,
         spend,
         event,
         job,
     };
-    let live = tokio::spawn(store_new_agent(Arc::clone(state), created))
+    tokio::spawn(store_new_agent(Arc::clone(state), created))
         .await
-        .map_err(|error| ApiError::Internal(format!("the create task failed: {error}")))??;
-    Ok((live, token))
+        .map_err(|error| ApiError::Internal(format!("the create task failed: {error}")))?
 }
 
 /// Everything a create stores and hands on.
@@ -131,7 +145,7 @@ struct NewlyCreated {
 
 /// Stores a new agent (with its first provisioning job, in one transaction), adds it to
 /// the registry and hands it to provisioning, or, when the store refuses it, leaves
-/// nothing behind. Runs as a task of its own (see [`create_agent`]).
+/// nothing behind. Runs as a task of its own (see [`store_created`]).
 async fn store_new_agent(state: SharedState, new: NewlyCreated) -> ApiResult<Arc<LiveAgent>> {
     let NewlyCreated {
         agent,

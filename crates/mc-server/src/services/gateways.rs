@@ -17,8 +17,8 @@ use mc_store::ProvisionAction;
 use crate::error::{ApiError, ApiResult};
 use crate::liveness::LiveAgent;
 use crate::provision::plan;
-use crate::services::agents::{agent_event, deleted_event};
-use crate::state::AppState;
+use crate::services::agents::{agent_event, deleted_event, store_created};
+use crate::state::{AppState, SharedState};
 
 /// Fields of a gateway to create or change; `None` leaves a field as it is (on create:
 /// empty/false). `token: Some(None)` removes the stored token.
@@ -96,7 +96,7 @@ fn apply(gateway: &mut Gateway, fields: GatewayFields) -> Result<(), ValidationE
 }
 
 /// Registers a gateway; the name is required, an empty url makes it unmanaged.
-pub async fn create_gateway(state: &AppState, mut fields: GatewayFields) -> ApiResult<Gateway> {
+pub async fn create_gateway(state: &SharedState, mut fields: GatewayFields) -> ApiResult<Gateway> {
     let now = Timestamp::now();
     fields.name.get_or_insert_default();
     fields.url.get_or_insert_default();
@@ -121,7 +121,7 @@ pub async fn create_gateway(state: &AppState, mut fields: GatewayFields) -> ApiR
 
 /// Changes a gateway's fields and stores it.
 pub async fn update_gateway(
-    state: &AppState,
+    state: &SharedState,
     mut gateway: Gateway,
     fields: GatewayFields,
 ) -> ApiResult<Gateway> {
@@ -273,10 +273,10 @@ fn main_agent_name(gateway: &Gateway) -> AgentName {
 }
 
 /// Gives a managed gateway its main agent (no board) when it has none: created with a
-/// fresh token, durable, and queued for provisioning. Returns the agent when one was
-/// created. Unmanaged gateways get none (nothing would provision it).
+/// fresh token and stored with its provisioning job in one transaction, finished even if
+/// the caller goes away. Returns the agent when one was created. Unmanaged gateways get none (nothing would provision it).
 pub async fn ensure_main_agent(
-    state: &AppState,
+    state: &SharedState,
     gateway: &Gateway,
 ) -> ApiResult<Option<Arc<LiveAgent>>> {
     if !gateway.url.is_managed() {
@@ -292,7 +292,6 @@ pub async fn ensure_main_agent(
         return Ok(None);
     }
     let agent = Agent::new(None, gateway.id, main_agent_name(gateway), Timestamp::now());
-    let token = generate_agent_token();
     let event = agent_event(
         &agent,
         EventType::AgentCreated,
@@ -301,11 +300,6 @@ pub async fn ensure_main_agent(
             agent.name, gateway.name
         ),
     );
-    state
-        .store
-        .insert_agent(&agent, Some(token.digest()), None, &event)
-        .await?;
-    let live = state.registry.insert(agent.clone(), Some(token.digest()));
-    crate::provision::request(state, &agent, ProvisionAction::Create, Some(&token)).await?;
+    let live = store_created(state, agent, generate_agent_token(), None, event).await?;
     Ok(Some(live))
 }
