@@ -31,6 +31,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt as _;
 use mc_domain::activity::{ActivityEvent, NewActivity};
 use mc_domain::agent::{Agent, AgentStatus};
 use mc_domain::board::Board;
@@ -1103,13 +1104,15 @@ impl Store for PostgresStore {
     }
 
     async fn all_agents(&self) -> StoreResult<Vec<StoredAgent>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(map_err)?;
-        rows.iter().map(stored_agent_from_row).collect()
+        // Row by row: a fleet's rows are never all held besides the agents made of them.
+        let query =
+            format!("SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}");
+        let mut rows = sqlx::query(&query).fetch(&self.pool);
+        let mut agents = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(map_err)? {
+            agents.push(stored_agent_from_row(&row)?);
+        }
+        Ok(agents)
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::TryStreamExt as _;
 use mc_domain::activity::{ActivityEvent, NewActivity};
 use mc_domain::agent::{Agent, AgentStatus};
 use mc_domain::board::Board;
@@ -845,23 +846,21 @@ impl Store for SqliteStore {
         // The log is read before the rows: a fold in between only moves heartbeats from
         // the log into the rows, so none is missed (replaying one twice is harmless).
         let log = self.read_liveness_log().await?;
-        let rows = sqlx::query(&format!(
-            "SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}"
-        ))
-        .fetch_all(&self.reader)
-        .await
-        .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let mut stored = stored_agent_from_row(row)?;
-                let agent = &mut stored.agent;
-                if let Some(&(seen, updated)) = log.latest.get(&agent.id) {
-                    agent.last_seen_at = agent.last_seen_at.max(Some(seen));
-                    agent.updated_at = agent.updated_at.max(updated);
-                }
-                Ok(stored)
-            })
-            .collect()
+        // Row by row: a fleet's rows are never all held besides the agents made of them.
+        let query =
+            format!("SELECT {AGENT_COLUMNS}, a.token_digest, {CHECKIN_COLUMNS} FROM {AGENT_FROM}");
+        let mut rows = sqlx::query(&query).fetch(&self.reader);
+        let mut agents = Vec::new();
+        while let Some(row) = rows.try_next().await.map_err(map_err)? {
+            let mut stored = stored_agent_from_row(&row)?;
+            let agent = &mut stored.agent;
+            if let Some(&(seen, updated)) = log.latest.get(&agent.id) {
+                agent.last_seen_at = agent.last_seen_at.max(Some(seen));
+                agent.updated_at = agent.updated_at.max(updated);
+            }
+            agents.push(stored);
+        }
+        Ok(agents)
     }
 
     async fn update_agent(&self, a: &Agent, event: &NewActivity) -> StoreResult<()> {
