@@ -37,7 +37,7 @@ mod sse;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 use clap::Parser;
@@ -616,6 +616,9 @@ async fn drive(
                 "  refreshed all {agents} agents (one heartbeat each) in {:.1} s",
                 took.as_secs_f64()
             );
+            // The transitions the refresh caused are written behind it; the phases start
+            // once they are all recorded.
+            settle_activity(&seeder).await;
             Some(took)
         } else {
             None
@@ -813,6 +816,26 @@ async fn activity_total(seeder: &Seeder) -> Option<u64> {
             None
         }
     }
+}
+
+/// Waits until the activity log stops growing (two counts half a second apart agree), at
+/// most a minute, and says how long that took.
+async fn settle_activity(seeder: &Seeder) {
+    let started = Instant::now();
+    let mut last = activity_total(seeder).await;
+    while started.elapsed() < Duration::from_secs(60) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = activity_total(seeder).await;
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    eprintln!(
+        "  activity log settled after {:.1} s ({} events)",
+        started.elapsed().as_secs_f64(),
+        last.map_or_else(|| "n/a".to_owned(), |n| n.to_string())
+    );
 }
 
 /// Warns when other processes used a noticeable share of the CPU during a phase.
