@@ -818,6 +818,10 @@ pub(crate) mod liveness_log {
     /// Bytes per record.
     const RECORD: usize = 32;
 
+    /// Log rows read per query when the log is folded or replayed (a row holds one
+    /// write-behind batch: a few thousand records at most rates).
+    pub(crate) const ROWS_PER_READ: i64 = 16;
+
     /// Agent rows updated per transaction (one statement, three parameters each) when the
     /// log is folded: a chunk holds the single writer for milliseconds, so the write-behind
     /// batches are not held up behind a fold of the whole fleet.

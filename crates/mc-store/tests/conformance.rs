@@ -48,6 +48,7 @@ on_every_backend!(
     a_store_knows_the_events_it_recorded,
     due_check_in_waits_are_read_back_earliest_first,
     logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows,
+    a_long_log_is_replayed_and_folded_whole,
     a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents,
     a_plain_heartbeat_is_written_with_the_transition_of_its_batch,
 );
@@ -1168,6 +1169,60 @@ async fn logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows(store
         LogCompaction::default(),
         "the folded rows are gone"
     );
+}
+
+/// A log of many batches (more than one read of the log takes) is replayed and folded
+/// whole: the newest heartbeat of an agent stands in the first batch, of another in the
+/// last.
+async fn a_long_log_is_replayed_and_folded_whole(store: Arc<dyn Store>) {
+    let (_, gw, board) = seed(&store).await;
+    let (first, last) = (agent(gw, board, "first"), agent(gw, board, "last"));
+    for x in [&first, &last] {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    const BATCHES: i64 = 100;
+    let start = now();
+    store
+        .apply_liveness(&[], &[seen(&first, start.plus_seconds(BATCHES))], &[])
+        .await
+        .unwrap();
+    for batch in 1..BATCHES {
+        store
+            .apply_liveness(&[], &[seen(&last, start.plus_seconds(batch))], &[])
+            .await
+            .unwrap();
+    }
+    let newest = |stored: &[mc_store::StoredAgent], id: AgentId| {
+        stored
+            .iter()
+            .find(|s| s.agent.id == id)
+            .unwrap()
+            .agent
+            .last_seen_at
+    };
+    let stored = store.all_agents().await.unwrap();
+    assert_eq!(newest(&stored, first.id), Some(start.plus_seconds(BATCHES)));
+    assert_eq!(
+        newest(&stored, last.id),
+        Some(start.plus_seconds(BATCHES - 1))
+    );
+
+    let folded = store.compact_liveness_log().await.unwrap();
+    if !store.is_shared() {
+        assert_eq!(
+            (folded.batches, folded.entries, folded.agents),
+            (100, 100, 2)
+        );
+    }
+    for (id, at) in [(first.id, BATCHES), (last.id, BATCHES - 1)] {
+        assert_eq!(
+            store.agent(id).await.unwrap().unwrap().last_seen_at,
+            Some(start.plus_seconds(at))
+        );
+    }
 }
 
 async fn a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents(store: Arc<dyn Store>) {

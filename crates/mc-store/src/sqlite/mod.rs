@@ -214,24 +214,36 @@ impl SqliteStore {
         Self::open(url, true).await.map(|_| ())
     }
 
-    /// Every heartbeat in the liveness log, folded to each agent's latest. The decoding runs
-    /// on a blocking thread: a log of half a million records takes tens of milliseconds of
-    /// CPU, which would otherwise stall one of the runtime's workers (heartbeats included).
+    /// Every heartbeat in the liveness log, folded to each agent's latest. The log is read
+    /// a few rows at a time (30 s of heartbeats at 60,000/s are 58 MiB of records, never
+    /// all in memory at once) and each page is decoded on a blocking thread: its records
+    /// take milliseconds of CPU, which would otherwise stall one of the runtime's workers
+    /// (heartbeats included).
     async fn read_liveness_log(&self) -> StoreResult<liveness_log::Fold> {
-        let rows: Vec<(i64, Vec<u8>)> =
-            sqlx::query_as("SELECT seq, entries FROM agent_liveness_log ORDER BY seq")
-                .fetch_all(&self.reader)
-                .await
-                .map_err(map_err)?;
-        tokio::task::spawn_blocking(move || {
-            let mut fold = liveness_log::Fold::default();
-            for (seq, blob) in &rows {
-                fold.add(*seq, blob)?;
-            }
-            Ok(fold)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(format!("folding the liveness log: {e}")))?
+        let mut fold = liveness_log::Fold::default();
+        let mut after = i64::MIN;
+        loop {
+            let rows: Vec<(i64, Vec<u8>)> = sqlx::query_as(
+                "SELECT seq, entries FROM agent_liveness_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            )
+            .bind(after)
+            .bind(liveness_log::ROWS_PER_READ)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)?;
+            let Some(&(last, _)) = rows.last() else {
+                return Ok(fold);
+            };
+            after = last;
+            fold = tokio::task::spawn_blocking(move || {
+                for (seq, blob) in &rows {
+                    fold.add(*seq, blob)?;
+                }
+                Ok::<_, StoreError>(fold)
+            })
+            .await
+            .map_err(|e| StoreError::Internal(format!("folding the liveness log: {e}")))??;
+        }
     }
 
     async fn begin(&self) -> StoreResult<Transaction<'_, Sqlite>> {
