@@ -227,7 +227,7 @@ fn apply(registry: &Registry, plan: Plan, mut rows: HashMap<AgentId, StoredAgent
                 at,
                 reason,
             } => {
-                registry.follow_transition(agent, event, to, at);
+                registry.follow_transition(agent, event, (to, at), Timestamp::now());
                 if let Some(reason) = reason {
                     registry.follow_provision_error(agent, &reason);
                 }

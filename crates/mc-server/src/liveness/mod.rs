@@ -21,8 +21,11 @@
 //! - Several replicas on one database ([`Store::is_shared`]): the store records a
 //!   transition only if the stored status is still the one it starts from; only the
 //!   replica that holds the leadership lock marks agents offline, and only after reading
-//!   the due agents again (their heartbeats may have gone to another replica); the others
-//!   keep such agents under watch, to take over when the leader dies. Each replica follows
+//!   the due agents again (their heartbeats may have gone to another replica), 250 ms
+//!   after their deadline, while a heartbeat that arrives within a second of its agent's
+//!   deadline is written at once; a replica that follows an `offline` its own newer
+//!   heartbeat contradicts publishes the agent back at once. The others keep due agents
+//!   under watch, to take over when the leader dies. Each replica follows
 //!   the event feed for what other replicas changed (provisioning jobs they queued or ran
 //!   included: `updating` / `deleting`, placement and `last_provision_error` show on every
 //!   replica), in batches, catching up from the activity log when it falls behind (see
@@ -179,7 +182,14 @@ impl Engine {
     /// share the database, re-reads them first (another replica may have received their
     /// heartbeats) and marks them offline only while this replica leads.
     async fn pass_deadlines(&self, now: Timestamp, leading: bool) {
-        let due = self.registry.take_due(now);
+        let due = if self.store.is_shared() {
+            // A heartbeat another replica received just before the deadline is written
+            // at once (see `Registry::heartbeat`); the grace lets that write commit.
+            self.registry
+                .take_due(now.plus_millis(-SHARED_DEADLINE_GRACE_MS))
+        } else {
+            self.registry.take_due(now)
+        };
         if due.is_empty() {
             return;
         }
@@ -215,7 +225,7 @@ impl Engine {
                 loop {
                     tokio::select! {
                         _ = interval.tick() => {}
-                        () = engine.registry.events_waiting() => {}
+                        () = engine.registry.flush_wanted() => {}
                         _ = stopped.changed() => break,
                     }
                     match engine.flush().await {
@@ -282,6 +292,10 @@ impl Engine {
         EngineTasks { stop, handles }
     }
 }
+
+/// How long after an agent's deadline replicas sharing the database look at it: time for
+/// a heartbeat that another replica received just before the deadline to be written.
+const SHARED_DEADLINE_GRACE_MS: i64 = 250;
 
 /// How long a confirmed (or refused) lead is taken as it stands before the store is asked
 /// again: the deadline ticker runs every 100 ms, the lock is asked about once a second.

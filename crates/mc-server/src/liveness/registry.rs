@@ -182,7 +182,9 @@ pub struct Registry {
     by_token: DashMap<TokenDigest, Arc<LiveAgent>>,
     dirty: Mutex<Vec<Arc<LiveAgent>>>,
     events: Mutex<Vec<LivenessEvent>>,
-    events_notify: Notify,
+    /// Wakes the flusher before its next tick: events wait, or a heartbeat that is
+    /// urgent to write (see [`URGENT_WRITE_MS`]).
+    flush_now: Notify,
     deadlines: Mutex<BTreeMap<(Timestamp, AgentId), Arc<LiveAgent>>>,
     /// Check-in deadlines after a wake, in due order (entries whose agent checked in since
     /// are dropped when they come due).
@@ -198,6 +200,12 @@ pub struct Registry {
 /// makes one transition per agent) is written in batches of this size, back to back, so
 /// what a batch copies on its way to the database stays small.
 const MAX_BATCH_EVENTS: usize = 4_096;
+
+/// A heartbeat that arrives this close to its agent's silence deadline (as this process
+/// knows it), or after it, is written at once rather than at the next write-behind tick:
+/// where replicas share the database, the leader decides on the deadline from the stored
+/// row, which must hold the heartbeat by then.
+const URGENT_WRITE_MS: i64 = 1_000;
 
 /// How long a replica that does not lead waits before it looks again at an agent whose
 /// deadline passed (the leader records its transition meanwhile).
@@ -404,7 +412,7 @@ impl Registry {
             activity,
             transition,
         });
-        self.events_notify.notify_one();
+        self.flush_now.notify_one();
     }
 
     /// Moves the agent's published status to `to` and queues the one event of that
@@ -440,9 +448,10 @@ impl Registry {
         live.published = to;
     }
 
-    /// Resolves when events wait to be written.
-    pub async fn events_waiting(&self) {
-        self.events_notify.notified().await;
+    /// Resolves when something should be written before the next write-behind tick:
+    /// events, or a heartbeat close to its agent's deadline.
+    pub async fn flush_wanted(&self) {
+        self.flush_now.notified().await;
     }
 
     /// Records that the agent authenticated with its own token.
@@ -466,6 +475,10 @@ impl Registry {
         let profile = agent.profile();
         let tolerance = profile.heartbeat_config.missing_tolerance;
         let mut live = agent.live.lock();
+        let urgent = live
+            .facts(tolerance)
+            .silence_deadline()
+            .is_some_and(|deadline| deadline <= now.plus_millis(URGENT_WRITE_MS));
         live.last_seen_at = Some(now);
         live.reported = reported.or(live.reported).or(Some(ReportedHealth::Healthy));
         live.updated_at = now;
@@ -484,6 +497,9 @@ impl Registry {
         let (last_seen_at, updated_at) = (live.last_seen_at, live.updated_at);
         let shown = live.facts(tolerance).status(now);
         drop(live);
+        if urgent {
+            self.flush_now.notify_one();
+        }
         if let Some(deadline) = to_schedule {
             self.deadlines
                 .lock()
@@ -900,11 +916,22 @@ impl Registry {
     /// the agent's published status is `to`, and a heartbeat-driven one (healthy,
     /// degraded) tells when the agent was last seen. Older events than the newest one
     /// followed change nothing.
-    pub fn follow_transition(&self, id: AgentId, event_id: i64, to: AgentStatus, at: Timestamp) {
+    ///
+    /// An `offline` that a heartbeat received here contradicts (the leader read the
+    /// agent's row before this replica's write of it committed) is corrected at once: the
+    /// agent's status at `now` as this replica knows it is published back.
+    pub fn follow_transition(
+        &self,
+        id: AgentId,
+        event_id: i64,
+        (to, at): (AgentStatus, Timestamp),
+        now: Timestamp,
+    ) {
         let Some(agent) = self.get(id) else {
             return;
         };
         {
+            let profile = agent.profile();
             let mut live = agent.live.lock();
             if live.removed || event_id <= live.newest_transition {
                 return;
@@ -930,6 +957,14 @@ impl Registry {
                 live.grace_until = None;
                 if matches!(live.checkin, Some(Checkin::Awaiting { .. })) {
                     live.checkin = None;
+                }
+            }
+            if to == AgentStatus::Offline {
+                let status = live
+                    .facts(profile.heartbeat_config.missing_tolerance)
+                    .liveness_status(now);
+                if status != AgentStatus::Offline {
+                    self.publish_change(&agent, &profile, &mut live, now, None);
                 }
             }
         }
@@ -1122,7 +1157,7 @@ impl Registry {
             if queued.len() > MAX_BATCH_EVENTS {
                 // The rest go with the next batch, which the flusher starts at once.
                 let rest = queued.split_off(MAX_BATCH_EVENTS);
-                self.events_notify.notify_one();
+                self.flush_now.notify_one();
                 std::mem::replace(&mut *queued, rest)
             } else {
                 std::mem::take(&mut *queued)
@@ -1412,12 +1447,12 @@ mod tests {
         for event in &registry.events.lock()[..] {
             expected.push(event.activity.agent_id.unwrap());
         }
-        registry.events_waiting().await;
+        registry.flush_wanted().await;
 
         let first = registry.take_pending();
         assert_eq!(first.events.len(), MAX_BATCH_EVENTS);
         // The flusher is told at once that more wait.
-        tokio::time::timeout(std::time::Duration::from_secs(1), registry.events_waiting())
+        tokio::time::timeout(std::time::Duration::from_secs(1), registry.flush_wanted())
             .await
             .expect("the rest are announced");
         let second = registry.take_pending();
@@ -1480,16 +1515,67 @@ mod tests {
         let registry = Registry::default();
         let live = registry.insert(agent(10), None);
         let t0 = Timestamp::from_millis(1_000_000);
-        registry.follow_transition(live.id(), 7, AgentStatus::Healthy, t0);
+        registry.follow_transition(live.id(), 7, (AgentStatus::Healthy, t0), t0);
         assert_eq!(live.view(t0).status, AgentStatus::Healthy);
         assert_eq!(live.view(t0).last_seen_at, Some(t0));
-        registry.follow_transition(live.id(), 5, AgentStatus::Offline, t0);
+        registry.follow_transition(live.id(), 5, (AgentStatus::Offline, t0), t0);
         assert_eq!(live.live.lock().published, AgentStatus::Healthy, "older");
-        registry.follow_transition(live.id(), 9, AgentStatus::Offline, t0.plus_seconds(11));
+        let t11 = t0.plus_seconds(11);
+        registry.follow_transition(live.id(), 9, (AgentStatus::Offline, t11), t11);
         assert_eq!(live.live.lock().published, AgentStatus::Offline);
         // Already published offline: its deadline passes without another event.
         assert_eq!(registry.expire_deadlines(t0.plus_seconds(12)), 0);
         assert!(registry.take_pending().events.is_empty());
+    }
+
+    #[test]
+    fn a_followed_offline_that_a_heartbeat_here_contradicts_is_published_back_at_once() {
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        registry.take_pending();
+        // This replica received a heartbeat just before the deadline; the leader read the
+        // row before this replica wrote it, and recorded the agent offline.
+        let t9 = t0.plus_seconds(9);
+        registry.heartbeat(&live, None, t9);
+        registry.take_pending();
+        let t10 = t0.plus_millis(10_050);
+        registry.follow_transition(live.id(), 7, (AgentStatus::Offline, t10), t10);
+        let batch = registry.take_pending();
+        assert_eq!(event_types(&batch), ["agent.healthy"]);
+        assert_eq!(
+            batch.events[0].transition.map(|t| (t.from, t.to)),
+            Some((AgentStatus::Offline, AgentStatus::Healthy))
+        );
+        assert_eq!(live.view(t10).status, AgentStatus::Healthy);
+        // An agent really silent since stays offline, with no event.
+        let quiet = registry.insert(agent(10), None);
+        registry.heartbeat(&quiet, None, t0);
+        registry.take_pending();
+        registry.follow_transition(quiet.id(), 8, (AgentStatus::Offline, t10), t10);
+        assert!(registry.take_pending().events.is_empty());
+        assert_eq!(quiet.view(t10).status, AgentStatus::Offline);
+    }
+
+    #[tokio::test]
+    async fn a_heartbeat_close_to_its_deadline_asks_for_an_immediate_write() {
+        let wanted = |registry: &Registry| {
+            let registry = registry.flush_wanted();
+            futures::FutureExt::now_or_never(registry).is_some()
+        };
+        let registry = Registry::default();
+        let live = registry.insert(agent(10), None);
+        let t0 = Timestamp::from_millis(1_000_000);
+        registry.heartbeat(&live, None, t0);
+        while !registry.take_pending().is_empty() {}
+        let _ = wanted(&registry);
+        // Far from its deadline (t0 + 10 s): written at the next tick.
+        registry.heartbeat(&live, None, t0.plus_seconds(5));
+        assert!(!wanted(&registry));
+        // Within a second of it (t0 + 5 s + 10 s): written now.
+        registry.heartbeat(&live, None, t0.plus_millis(14_200));
+        assert!(wanted(&registry));
     }
 
     #[test]
