@@ -195,8 +195,9 @@ impl SqliteStore {
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
             // Reads are point lookups and index pages (the agents themselves are served
-            // from memory): 4 MiB each, the operating system's cache behind them.
-            .connect_with(base.read_only(true).pragma("cache_size", "-4096"))
+            // from memory): SQLite's default 2 MiB each, the operating system's cache
+            // behind them.
+            .connect_with(base.read_only(true))
             .await
             .map_err(map_err)?;
         let (feed, _) = broadcast::channel(FEED_CAPACITY);
