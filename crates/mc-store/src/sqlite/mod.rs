@@ -181,9 +181,10 @@ impl SqliteStore {
                 base.clone()
                     .create_if_missing(create_if_missing)
                     .pragma("wal_autocheckpoint", "16384")
-                    // The liveness table of a 100,000-agent fleet (~8 MiB) stays in the
-                    // writer's page cache (negative means KiB).
-                    .pragma("cache_size", "-16384"),
+                    // 8 MiB (negative means KiB): the pages a write-behind batch and a fold
+                    // chunk touch; the rest of the liveness table stays in the operating
+                    // system's cache.
+                    .pragma("cache_size", "-8192"),
             )
             .await
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", filename.display())))?;
