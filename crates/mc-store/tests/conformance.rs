@@ -451,6 +451,19 @@ fn agent(gateway: GatewayId, board: BoardId, name: &str) -> Agent {
     common::new_agent(gateway, Some(board), name)
 }
 
+/// Seeds a gateway and a board, and stores one agent on it per name.
+async fn stored_agents<const N: usize>(store: &Arc<dyn Store>, names: [&str; N]) -> [Agent; N] {
+    let (_, gw, board) = seed(store).await;
+    let agents = names.map(|name| agent(gw, board, name));
+    for x in &agents {
+        store
+            .insert_agent(x, None, None, &event(Some(x.id)))
+            .await
+            .unwrap();
+    }
+    agents
+}
+
 fn enrollment(board: BoardId, max_uses: Option<u32>) -> EnrollmentToken {
     EnrollmentToken {
         id: EnrollmentTokenId::new(),
@@ -1103,14 +1116,7 @@ fn seen_reporting(agent: AgentId, at: Timestamp, health: ReportedHealth) -> Seen
 }
 
 async fn logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows(store: Arc<dyn Store>) {
-    let (_, gw, board) = seed(&store).await;
-    let (a, b) = (agent(gw, board, "a"), agent(gw, board, "b"));
-    for x in [&a, &b] {
-        store
-            .insert_agent(x, None, None, &event(Some(x.id)))
-            .await
-            .unwrap();
-    }
+    let [a, b] = stored_agents(&store, ["a", "b"]).await;
     let (t1, t2, t3) = (
         now().plus_seconds(1),
         now().plus_seconds(2),
@@ -1175,14 +1181,7 @@ async fn logged_heartbeats_are_read_back_at_start_and_folded_into_the_rows(store
 /// whole: the newest heartbeat of an agent stands in the first batch, of another in the
 /// last.
 async fn a_long_log_is_replayed_and_folded_whole(store: Arc<dyn Store>) {
-    let (_, gw, board) = seed(&store).await;
-    let (first, last) = (agent(gw, board, "first"), agent(gw, board, "last"));
-    for x in [&first, &last] {
-        store
-            .insert_agent(x, None, None, &event(Some(x.id)))
-            .await
-            .unwrap();
-    }
+    let [first, last] = stored_agents(&store, ["first", "last"]).await;
     const BATCHES: i64 = 100;
     let start = now();
     store
@@ -1226,14 +1225,7 @@ async fn a_long_log_is_replayed_and_folded_whole(store: Arc<dyn Store>) {
 }
 
 async fn a_log_fold_never_moves_a_row_back_in_time_and_skips_deleted_agents(store: Arc<dyn Store>) {
-    let (_, gw, board) = seed(&store).await;
-    let (a, gone) = (agent(gw, board, "a"), agent(gw, board, "gone"));
-    for x in [&a, &gone] {
-        store
-            .insert_agent(x, None, None, &event(Some(x.id)))
-            .await
-            .unwrap();
-    }
+    let [a, gone] = stored_agents(&store, ["a", "gone"]).await;
     let (early, late) = (now().plus_seconds(1), now().plus_seconds(5));
     store
         .apply_liveness(&[], &[seen(&a, early), seen(&gone, early)], &[])
@@ -1360,14 +1352,7 @@ async fn seen_as_stored(
 async fn shared_a_newer_plain_heartbeat_ends_a_stored_check_in_wait_and_an_older_one_does_not(
     store: Arc<dyn Store>,
 ) {
-    let (_, gw, board) = seed(&store).await;
-    let (waiting, gave_up) = (agent(gw, board, "waiting"), agent(gw, board, "gave-up"));
-    for x in [&waiting, &gave_up] {
-        store
-            .insert_agent(x, None, None, &event(Some(x.id)))
-            .await
-            .unwrap();
-    }
+    let [waiting, gave_up] = stored_agents(&store, ["waiting", "gave-up"]).await;
     let (t5, t10, t20) = (
         now().plus_seconds(5),
         now().plus_seconds(10),
