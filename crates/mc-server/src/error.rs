@@ -154,6 +154,9 @@ impl From<StoreError> for ApiError {
                 "The gateway still has boards; delete them or move them to another gateway first."
                     .into(),
             ),
+            StoreError::Conflict(Constraint::GatewayMainAgent) => {
+                Self::Conflict("The gateway already has its main agent.".into())
+            }
             StoreError::Conflict(Constraint::TokenDigest) => {
                 Self::Internal("token digest collision".into())
             }

@@ -41,6 +41,8 @@ pub enum Constraint {
     GatewayHasBoards,
     /// A token digest collided (practically impossible with 256-bit tokens).
     TokenDigest,
+    /// A gateway has one main agent (the agent without a board).
+    GatewayMainAgent,
 }
 
 /// What can go wrong in storage.

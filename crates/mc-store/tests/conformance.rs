@@ -30,6 +30,7 @@ on_every_backend!(
     the_default_organisation_is_created_once,
     agents_round_trip_with_every_field,
     agent_names_are_unique_per_board_case_insensitively,
+    a_gateway_has_at_most_one_main_agent,
     board_slugs_are_unique_and_gateways_with_boards_cannot_be_deleted,
     an_enrollment_use_is_spent_with_the_create_or_not_at_all,
     revoking_is_scoped_to_the_board_and_idempotent,
@@ -431,6 +432,51 @@ async fn seed(store: &Arc<dyn Store>) -> (OrganizationId, GatewayId, BoardId) {
     let board = board(org, gateway.id, "ops");
     store.insert_board(&board).await.unwrap();
     (org, gateway.id, board.id)
+}
+
+/// The agent without a board is its gateway's main agent: a second one for the same
+/// gateway (two replicas creating it at once) is refused, another gateway's is not.
+async fn a_gateway_has_at_most_one_main_agent(store: Arc<dyn Store>) {
+    let (org, gw, board) = seed(&store).await;
+    let main = common::new_agent(gw, None, "gw main agent");
+    store
+        .insert_agent(&main, None, None, &event(Some(main.id)))
+        .await
+        .unwrap();
+    let again = common::new_agent(gw, None, "gw main agent");
+    let refused = store
+        .insert_agent(&again, None, None, &event(Some(again.id)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, StoreError::Conflict(Constraint::GatewayMainAgent)),
+        "{refused:?}"
+    );
+    assert!(store.agent(again.id).await.unwrap().is_none());
+    // Agents on boards, and another gateway's main agent, are not affected.
+    let worker = agent(gw, board, "worker");
+    store
+        .insert_agent(&worker, None, None, &event(Some(worker.id)))
+        .await
+        .unwrap();
+    let other = Gateway {
+        id: GatewayId::new(),
+        organization_id: org,
+        name: "other".into(),
+        url: GatewayUrl::parse("").unwrap(),
+        token: None,
+        workspace_root: String::new(),
+        allow_insecure_tls: false,
+        disable_device_pairing: false,
+        created_at: now(),
+        updated_at: now(),
+    };
+    store.insert_gateway(&other).await.unwrap();
+    let other_main = common::new_agent(other.id, None, "other main agent");
+    store
+        .insert_agent(&other_main, None, None, &event(Some(other_main.id)))
+        .await
+        .unwrap();
 }
 
 fn board(org: OrganizationId, gateway: GatewayId, slug: &str) -> Board {

@@ -300,6 +300,11 @@ pub async fn ensure_main_agent(
             agent.name, gateway.name
         ),
     );
-    let live = store_created(state, agent, generate_agent_token(), None, event).await?;
-    Ok(Some(live))
+    match store_created(state, agent, generate_agent_token(), None, event).await {
+        Ok(live) => Ok(Some(live)),
+        // Another replica created it a moment ago (a main agent has no board, so its
+        // name cannot collide: the only conflict is the one-main-agent rule).
+        Err(ApiError::Conflict(_)) => Ok(None),
+        Err(error) => Err(error),
+    }
 }

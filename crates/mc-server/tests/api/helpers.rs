@@ -242,6 +242,22 @@ impl TestApp {
         gateway_id: &str,
         name: &str,
     ) -> String {
+        self.store_elsewhere(Some(board_id), gateway_id, name).await
+    }
+
+    /// Stores a main agent (no board) for `gateway_id` and its create job, as another
+    /// replica creating it would; returns the agent's id.
+    pub async fn store_main_agent_elsewhere(&self, gateway_id: &str) -> String {
+        self.store_elsewhere(None, gateway_id, "Main agent made elsewhere")
+            .await
+    }
+
+    async fn store_elsewhere(
+        &self,
+        board_id: Option<&str>,
+        gateway_id: &str,
+        name: &str,
+    ) -> String {
         use mc_domain::activity::{EventType, NewActivity};
         use mc_domain::agent::{Agent, AgentName};
         use mc_store::ProvisionAction;
@@ -249,7 +265,7 @@ impl TestApp {
         let name = AgentName::parse(name, "name").expect("a valid name");
         let gateway_id = gateway_id.parse().expect("a gateway id");
         let agent = Agent::new(
-            Some(board_id.parse().expect("a board id")),
+            board_id.map(|id| id.parse().expect("a board id")),
             gateway_id,
             name,
             now,

@@ -591,6 +591,27 @@ async fn making_an_unmanaged_gateway_managed_gives_it_its_main_agent() {
     assert_eq!(agents_on(&app, &board.gateway_id).await.len(), 1);
 }
 
+#[tokio::test]
+async fn a_main_agent_another_replica_just_created_is_not_created_twice() {
+    let gw = fake(GatewayGeneration::V4).await;
+    let app = spawn_provisioning_app().await;
+    let board = app.unmanaged_board().await;
+    // Another replica gave the gateway its main agent a moment ago; this server has not
+    // followed it yet, so its own check finds none.
+    let elsewhere = app.store_main_agent_elsewhere(&board.gateway_id).await;
+    expect_success(
+        app.patch_gateway(
+            &board.gateway_id,
+            &json!({"url": gw.url(), "token": gw.token(), "workspace_root": WORKSPACE_ROOT}),
+        )
+        .await,
+    )
+    .await;
+    let agents = agents_on(&app, &board.gateway_id).await;
+    let ids: Vec<String> = agents.iter().map(id_of).collect();
+    assert_eq!(ids, [elsewhere], "{agents:?}");
+}
+
 /// The templates directory of [`a_templates_directory_override_reaches_the_workspace`].
 static OVERRIDE_DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
 

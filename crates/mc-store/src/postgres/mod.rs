@@ -102,6 +102,7 @@ fn map_err(error: sqlx::Error) -> StoreError {
             let constraint = match (code.as_ref(), db.constraint()) {
                 ("23505", Some("agents_board_name_key")) => Some(Constraint::AgentNameOnBoard),
                 ("23505", Some("boards_slug_key")) => Some(Constraint::BoardSlug),
+                ("23505", Some("agents_gateway_main")) => Some(Constraint::GatewayMainAgent),
                 (
                     "23505",
                     Some("agents_token_digest_key" | "enrollment_tokens_token_digest_key"),

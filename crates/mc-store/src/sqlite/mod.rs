@@ -115,6 +115,8 @@ fn map_err(error: sqlx::Error) -> StoreError {
                 Constraint::BoardSlug
             } else if message.contains("token_digest") {
                 Constraint::TokenDigest
+            } else if message.contains("agents.gateway_id") {
+                Constraint::GatewayMainAgent
             } else {
                 return StoreError::Internal(message.to_owned());
             };
