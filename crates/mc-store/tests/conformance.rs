@@ -358,13 +358,19 @@ async fn on_postgres_a_store_tells_its_own_events_from_another_stores() {
         updated_at: now(),
     };
     mine.insert_gateway(&gateway).await.unwrap();
+    // Each store creates a gateway's main agent (one per gateway).
+    let other = Gateway {
+        id: GatewayId::new(),
+        ..gateway.clone()
+    };
+    mine.insert_gateway(&other).await.unwrap();
     let mut feed = mine.subscribe_activity();
     let a = common::new_agent(gateway.id, None, "a");
     theirs
         .insert_agent(&a, None, None, &event(Some(a.id)))
         .await
         .unwrap();
-    let b = common::new_agent(gateway.id, None, "b");
+    let b = common::new_agent(other.id, None, "b");
     mine.insert_agent(&b, None, None, &event(Some(b.id)))
         .await
         .unwrap();
