@@ -217,6 +217,27 @@ impl PostgresStore {
         })
     }
 
+    /// The rows of one page of agents: `sql` (a query over [`agent_page_ids`]) with its
+    /// filter values bound in order, then the page's limit and offset.
+    async fn agent_page_rows(
+        &self,
+        sql: &str,
+        params: &[Uuid],
+        page: PageRequest,
+    ) -> StoreResult<Vec<PgRow>> {
+        let (limit, offset) = page_bounds(page);
+        let mut query = sqlx::query(sql);
+        for param in params {
+            query = query.bind(param);
+        }
+        query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_err)
+    }
+
     /// Runs the migrations only (the `migrate` command); `open` already does this.
     pub async fn migrate(url: &str) -> StoreResult<()> {
         let store = Self::open(url).await?;
@@ -1040,7 +1061,6 @@ impl Store for PostgresStore {
     }
 
     async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>> {
-        let (limit, offset) = page_bounds(page);
         let (ids, params) = agent_page_ids(filter);
         // The settings and the liveness rows, which every write-behind batch rewrites,
         // are read for the page's rows only, never for those the offset skips.
@@ -1049,16 +1069,7 @@ impl Store for PostgresStore {
              JOIN agents a ON a.id = page.id JOIN agent_liveness l ON l.agent_id = a.id
              ORDER BY {AGENT_ORDER}"
         );
-        let mut query = sqlx::query(&sql);
-        for param in &params {
-            query = query.bind(param);
-        }
-        let rows = query
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let rows = self.agent_page_rows(&sql, &params, page).await?;
         rows.iter().map(agent_from_row).collect()
     }
 
@@ -1067,18 +1078,8 @@ impl Store for PostgresStore {
         filter: AgentFilter,
         page: PageRequest,
     ) -> StoreResult<Vec<AgentId>> {
-        let (limit, offset) = page_bounds(page);
         let (sql, params) = agent_page_ids(filter);
-        let mut query = sqlx::query(&sql);
-        for param in &params {
-            query = query.bind(param);
-        }
-        let rows = query
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(map_err)?;
+        let rows = self.agent_page_rows(&sql, &params, page).await?;
         rows.iter().map(|row| rows::id(row, "id")).collect()
     }
 

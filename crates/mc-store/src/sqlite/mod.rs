@@ -213,6 +213,27 @@ impl SqliteStore {
         })
     }
 
+    /// The rows of one page of agents: `sql` (a query over [`agent_page_ids`]) with its
+    /// filter values bound in order, then the page's limit and offset.
+    async fn agent_page_rows(
+        &self,
+        sql: &str,
+        params: &[String],
+        page: PageRequest,
+    ) -> StoreResult<Vec<SqliteRow>> {
+        let (limit, offset) = page_bounds(page);
+        let mut query = sqlx::query(sql);
+        for param in params {
+            query = query.bind(param);
+        }
+        query
+            .bind(limit)
+            .bind(offset)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(map_err)
+    }
+
     /// Runs the migrations only (the `migrate` command); `open` already does this.
     pub async fn migrate(url: &str) -> StoreResult<()> {
         Self::open(url, true).await.map(|_| ())
@@ -790,7 +811,6 @@ impl Store for SqliteStore {
     }
 
     async fn list_agents(&self, filter: AgentFilter, page: PageRequest) -> StoreResult<Vec<Agent>> {
-        let (limit, offset) = page_bounds(page);
         let (ids, params) = agent_page_ids(filter);
         // The settings and the liveness rows, which every write-behind batch rewrites,
         // are read for the page's rows only, never for those the offset skips. SQLite
@@ -803,16 +823,7 @@ impl Store for SqliteStore {
              CROSS JOIN agent_liveness l ON l.agent_id = a.id
              ORDER BY {AGENT_ORDER}"
         );
-        let mut query = sqlx::query(&sql);
-        for param in &params {
-            query = query.bind(param);
-        }
-        let rows = query
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows = self.agent_page_rows(&sql, &params, page).await?;
         rows.iter().map(agent_from_row).collect()
     }
 
@@ -821,18 +832,8 @@ impl Store for SqliteStore {
         filter: AgentFilter,
         page: PageRequest,
     ) -> StoreResult<Vec<AgentId>> {
-        let (limit, offset) = page_bounds(page);
         let (sql, params) = agent_page_ids(filter);
-        let mut query = sqlx::query(&sql);
-        for param in &params {
-            query = query.bind(param);
-        }
-        let rows = query
-            .bind(limit)
-            .bind(offset)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(map_err)?;
+        let rows = self.agent_page_rows(&sql, &params, page).await?;
         rows.iter()
             .map(|row| rows::id(row, "id", "agents"))
             .collect()
