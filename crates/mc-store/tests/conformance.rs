@@ -345,24 +345,10 @@ async fn on_postgres_a_store_tells_its_own_events_from_another_stores() {
         PostgresStore::open(&url).await.unwrap(),
     );
     let org = mine.ensure_default_organization(now()).await.unwrap();
-    let gateway = Gateway {
-        id: GatewayId::new(),
-        organization_id: org,
-        name: "gw".into(),
-        url: GatewayUrl::parse("").unwrap(),
-        token: None,
-        workspace_root: String::new(),
-        allow_insecure_tls: false,
-        disable_device_pairing: false,
-        created_at: now(),
-        updated_at: now(),
-    };
+    let gateway = unmanaged_gateway(org);
     mine.insert_gateway(&gateway).await.unwrap();
     // Each store creates a gateway's main agent (one per gateway).
-    let other = Gateway {
-        id: GatewayId::new(),
-        ..gateway.clone()
-    };
+    let other = unmanaged_gateway(org);
     mine.insert_gateway(&other).await.unwrap();
     let mut feed = mine.subscribe_activity();
     let a = common::new_agent(gateway.id, None, "a");
@@ -423,16 +409,8 @@ fn event(agent: Option<AgentId>) -> NewActivity {
 async fn seed(store: &Arc<dyn Store>) -> (OrganizationId, GatewayId, BoardId) {
     let org = store.ensure_default_organization(now()).await.unwrap();
     let gateway = Gateway {
-        id: GatewayId::new(),
-        organization_id: org,
-        name: "gw".into(),
-        url: GatewayUrl::parse("").unwrap(),
         token: Some(Secret::new("gateway-secret")),
-        workspace_root: String::new(),
-        allow_insecure_tls: false,
-        disable_device_pairing: false,
-        created_at: now(),
-        updated_at: now(),
+        ..unmanaged_gateway(org)
     };
     store.insert_gateway(&gateway).await.unwrap();
     let board = board(org, gateway.id, "ops");
@@ -465,10 +443,21 @@ async fn a_gateway_has_at_most_one_main_agent(store: Arc<dyn Store>) {
         .insert_agent(&worker, None, None, &event(Some(worker.id)))
         .await
         .unwrap();
-    let other = Gateway {
+    let other = unmanaged_gateway(org);
+    store.insert_gateway(&other).await.unwrap();
+    let other_main = common::new_agent(other.id, None, "other main agent");
+    store
+        .insert_agent(&other_main, None, None, &event(Some(other_main.id)))
+        .await
+        .unwrap();
+}
+
+/// A new gateway without a URL (unmanaged) or token.
+fn unmanaged_gateway(org: OrganizationId) -> Gateway {
+    Gateway {
         id: GatewayId::new(),
         organization_id: org,
-        name: "other".into(),
+        name: "gw".into(),
         url: GatewayUrl::parse("").unwrap(),
         token: None,
         workspace_root: String::new(),
@@ -476,13 +465,7 @@ async fn a_gateway_has_at_most_one_main_agent(store: Arc<dyn Store>) {
         disable_device_pairing: false,
         created_at: now(),
         updated_at: now(),
-    };
-    store.insert_gateway(&other).await.unwrap();
-    let other_main = common::new_agent(other.id, None, "other main agent");
-    store
-        .insert_agent(&other_main, None, None, &event(Some(other_main.id)))
-        .await
-        .unwrap();
+    }
 }
 
 fn board(org: OrganizationId, gateway: GatewayId, slug: &str) -> Board {
