@@ -960,12 +960,7 @@ impl Registry {
                 }
             }
             if to == AgentStatus::Offline {
-                let status = live
-                    .facts(profile.heartbeat_config.missing_tolerance)
-                    .liveness_status(now);
-                if status != AgentStatus::Offline {
-                    self.publish_change(&agent, &profile, &mut live, now, None);
-                }
+                self.publish_back_if_contradicted(&agent, &profile, &mut live, now);
             }
         }
         self.schedule(&agent);
@@ -997,14 +992,27 @@ impl Registry {
                 return;
             }
             live.published = stored;
-            let status = live
-                .facts(profile.heartbeat_config.missing_tolerance)
-                .liveness_status(now);
-            if status != stored && status != AgentStatus::Offline {
-                self.publish_change(&agent, &profile, &mut live, now, None);
-            }
+            self.publish_back_if_contradicted(&agent, &profile, &mut live, now);
         }
         self.schedule(&agent);
+    }
+
+    /// After taking a status another replica published: publishes the agent's status as
+    /// this replica knows it (a newer heartbeat, a job under way) when that differs. Never
+    /// `offline`: only the leader records that, from the database.
+    fn publish_back_if_contradicted(
+        &self,
+        agent: &Arc<LiveAgent>,
+        profile: &Agent,
+        live: &mut LiveState,
+        now: Timestamp,
+    ) {
+        let status = live
+            .facts(profile.heartbeat_config.missing_tolerance)
+            .liveness_status(now);
+        if status != live.published && status != AgentStatus::Offline {
+            self.publish_change(agent, profile, live, now, None);
+        }
     }
 
     /// Adds an agent read from the database (created or changed by another replica, or
